@@ -1,0 +1,168 @@
+"""One configuration object for ``python -m mobilekd.distill`` / ``mobilekd.train`` and the Python API.
+
+Values come from, in increasing priority: the defaults below, a YAML/JSON file (``--config``), and command
+line flags (every field is a flag: ``embed_dim`` -> ``--embed-dim``). ``Config.validate`` turns bad values into
+one clear error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from mobilekd.errors import MobileKDError
+from mobilekd.losses.metric import METRIC_LOSSES
+from mobilekd.losses.relative import REDUCTIONS
+
+
+@dataclass
+class Config:
+    # --- data
+    data: str = ""  # data set: folder, CUB/Cars/SOP root or .zip (see mobilekd.data.datasets)
+    layout: str = "auto"  # auto | folder | cub | cars | sop | zip
+    train_fraction: float = 0.5  # first fraction of the classes trains, the rest is the test split
+    preload: int = 320  # decode all images into memory, longer side capped at this (0: read from disk)
+    # --- student (for mobilekd.train: the model being fine-tuned)
+    student: str = "mobilenetv1_025"  # a student/teacher name, timm:<name>, or a checkpoint folder
+    embed_dim: int = 128  # 0 = the backbone's pooled features
+    head_bn: bool = False
+    student_size: int = 224  # input resolution of the student
+    pretrained: bool = False  # start from ImageNet weights (teachers, timm:<name> with a hub)
+    # --- teacher
+    teacher: str | None = "efficientnet_lite0"  # name, checkpoint folder, .onnx, .npz embeddings, or none
+    teacher_size: int | None = None  # teacher input resolution (default: the teacher's own)
+    teacher_views: int = 8  # teacher embeddings cached for this many views per image; 0 = run the teacher live
+    lowres: int | None = None  # cross-quality: the student sees the image down-sampled to this size
+    jpeg_quality: int | None = None  # cross-quality: the student sees a JPEG of this quality
+    # --- losses (total = sum of weight x loss)
+    metric_loss: str = "normalized_softmax"  # triplet | multi_similarity | proxy_anchor | normalized_softmax | none
+    metric_weight: float = 1.0
+    absolute_weight: float = 0.0  # absolute teacher loss (Yu et al. 2019)
+    absolute_squared: bool = False
+    relative_weight: float = 0.0  # relative teacher loss (Yu et al. 2019)
+    relative_reduction: str = "frobenius"  # frobenius | mean_sq | mean_abs
+    # --- optimisation
+    epochs: int = 30
+    batch_classes: int = 16  # P classes per batch
+    images_per_class: int = 4  # K images per class
+    steps_per_epoch: int = 0  # 0 = images / (P x K)
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    crop_scale: float = 0.35  # smallest random-resized-crop area fraction (1 = no crops)
+    flip: bool = True
+    # --- run
+    out: str = "runs/distill"
+    seed: int = 0
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+    eval_every: int = 5  # evaluate on the test split every N epochs (and after the last)
+    resume: bool = False  # continue from OUT/train_state.pt
+    num_workers: int = 0  # DataLoader worker processes
+    progress: bool = True
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "Config":
+        problems = []
+        if not self.data:
+            problems.append("no data set given (--data PATH)")
+        if self.metric_loss not in METRIC_LOSSES:
+            problems.append(f"--metric-loss must be one of {', '.join(METRIC_LOSSES)}")
+        if self.relative_reduction not in REDUCTIONS:
+            problems.append(f"--relative-reduction must be one of {', '.join(REDUCTIONS)}")
+        for name in ("epochs", "batch_classes", "images_per_class", "student_size", "eval_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be >= 1")
+        for name in ("metric_weight", "absolute_weight", "relative_weight", "lr", "weight_decay", "teacher_views",
+                     "steps_per_epoch", "preload", "threads", "num_workers", "embed_dim", "warmup_epochs"):
+            if getattr(self, name) < 0:
+                problems.append(f"--{name.replace('_', '-')} must be >= 0")
+        if not 0 < self.crop_scale <= 1:
+            problems.append("--crop-scale must be in (0, 1]")
+        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 95:
+            problems.append("--jpeg-quality must be in 1..95")
+        if self.uses_teacher and not self.teacher:
+            problems.append("teacher losses are weighted but no --teacher is given")
+        if self.metric_loss == "none" and not self.uses_teacher:
+            problems.append("nothing to train: --metric-loss none and no teacher loss weight")
+        if self.teacher in ("none", ""):
+            self.teacher = None
+        if problems:
+            raise MobileKDError("invalid configuration: " + "; ".join(problems))
+        return self
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.absolute_weight > 0 or self.relative_weight > 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    # ------------------------------------------------------------------ files and command line
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise MobileKDError(f"unknown configuration key(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> dict:
+        path = Path(path)
+        if not path.is_file():
+            raise MobileKDError(f"config file not found: {path}")
+        try:
+            text = path.read_text()
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as error:
+            raise MobileKDError(f"cannot parse config file {path}: {error}") from None
+        if not isinstance(data, dict):
+            raise MobileKDError(f"config file {path} must hold a mapping of option: value")
+        return {k.replace("-", "_"): v for k, v in data.items()}
+
+    @classmethod
+    def parser(cls, prog: str, description: str, overrides: dict | None = None) -> argparse.ArgumentParser:
+        """Every field as a ``--flag``; defaults are suppressed so only given flags override the file."""
+        parser = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS,
+                                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        parser.add_argument("--config", help="YAML or JSON file of options (flags override it)")
+        hints = typing.get_type_hints(cls)
+        defaults = {**cls().to_dict(), **(overrides or {})}
+        for field in fields(cls):
+            flag = "--" + field.name.replace("_", "-")
+            kind = hints[field.name]
+            optional = isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
+            base = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind
+            help_text = f"(default: {defaults[field.name]})"
+            if base is bool:
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            else:
+                convert = _optional(base) if optional else base
+                parser.add_argument(flag, type=convert, metavar=field.name.upper(), help=help_text)
+        return parser
+
+    @classmethod
+    def from_args(cls, argv=None, prog: str = "mobilekd", description: str = "",
+                  overrides: dict | None = None) -> "Config":
+        args = vars(cls.parser(prog, description, overrides).parse_args(argv))
+        values = dict(overrides or {})
+        if "config" in args:
+            values.update(cls.from_file(args.pop("config")))
+        values.update(args)
+        return cls.from_dict(values).validate()
+
+
+def _optional(base):
+    def convert(text: str):
+        return None if text.lower() in ("none", "null", "") else base(text)
+
+    convert.__name__ = base.__name__
+    return convert

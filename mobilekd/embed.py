@@ -1,0 +1,49 @@
+"""Embed an image set with any model: an EmbeddingNet, an ONNX black box, or precomputed embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from mobilekd.blackbox import OnnxEmbedder, PrecomputedEmbeddings
+from mobilekd.data.dataset import ViewDataset
+from mobilekd.data.datasets import ImageSet
+from mobilekd.data.views import ViewSampler
+
+
+@torch.inference_mode()
+def embed_views(model, dataset: ViewDataset, keys: list, input_name: str, device: str = "cpu",
+                batch_size: int = 64, desc: str = "embed", progress: bool = True, num_workers: int = 0) -> torch.Tensor:
+    """Embeddings of the given ``(index, view)`` keys, rendered for ``input_name``, in key order."""
+    if isinstance(model, torch.nn.Module):
+        was_training = model.training
+        model.eval()
+    batches = DataLoader(torch.utils.data.Subset(dataset, keys), batch_size=batch_size,
+                         num_workers=num_workers)
+    out = []
+    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        pixels = batch[input_name].to(device, non_blocking=True)
+        out.append(model(pixels).float().cpu())
+    if isinstance(model, torch.nn.Module) and was_training:
+        model.train()
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def embed_image_set(model, images: ImageSet, device: str = "cpu", batch_size: int = 64, progress: bool = True,
+                    preload_side: int = 0, desc: str | None = None) -> np.ndarray:
+    """View-0 (evaluation view) embeddings of every image, float32 [N, D]."""
+    if isinstance(model, PrecomputedEmbeddings):
+        return model.lookup(images.keys).numpy()
+    dataset = ViewDataset(images, {"x": model.preprocess}, ViewSampler(), preload_side=preload_side,
+                          progress=progress)
+    keys = [(i, 0) for i in range(len(images))]
+    if isinstance(model, torch.nn.Module):
+        model.to(device)
+    return embed_views(model, dataset, keys, "x", device, batch_size, desc or f"embed {images.name}",
+                       progress).numpy()
+
+
+def is_blackbox(model) -> bool:
+    return isinstance(model, (OnnxEmbedder, PrecomputedEmbeddings))

@@ -1,0 +1,42 @@
+"""User-facing errors: one clear message and a non-zero exit, never a traceback wall."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Callable
+
+
+class MobileKDError(Exception):
+    """An error caused by the user's input (a path, a file, an option), explained in one message."""
+
+
+class DataError(MobileKDError):
+    """A data set that cannot be used: wrong path, unreadable image, empty class, too-small split."""
+
+
+class ModelError(MobileKDError):
+    """A model or checkpoint that cannot be built or loaded."""
+
+
+def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
+    """Wrap a CLI ``main`` so MobileKDError (and Ctrl-C) end with one line on stderr and exit code 2 / 130.
+
+    Set MOBILEKD_DEBUG=1 to see the full traceback.
+    """
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            return int(main(*args, **kwargs) or 0)
+        except MobileKDError as error:
+            if os.environ.get("MOBILEKD_DEBUG"):
+                raise
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper

@@ -1,0 +1,7 @@
+"""Losses: each a small module with its formula and source paper in the docstring."""
+
+from mobilekd.losses.absolute import AbsoluteTeacherLoss
+from mobilekd.losses.metric import METRIC_LOSSES, MetricLoss
+from mobilekd.losses.relative import RelativeTeacherLoss, pairwise_distances
+
+__all__ = ["AbsoluteTeacherLoss", "RelativeTeacherLoss", "MetricLoss", "METRIC_LOSSES", "pairwise_distances"]

@@ -1,0 +1,224 @@
+"""Embedding models: timm backbones + embedding head + L2 normalisation, students and real teachers.
+
+``EmbeddingNet`` = backbone (global-pooled features) -> optional Linear (+ BatchNorm1d) head -> L2 norm, with
+the backbone's intermediate feature maps available for hint / attention losses (timm
+``forward_intermediates``). Every model carries its ``Preprocess`` contract and is rebuilt from a JSON
+``ModelSpec`` -- the checkpoint format is ``model.safetensors`` + ``model.json``.
+
+Names:
+* students (from scratch; no ImageNet weights for them exist offline): ``mobilenetv1_025`` (MobileNetV1,
+  width 0.25 -- the seed's student), ``mobilenetv2_035``, ``mobilenetv2_050``, ``mobilenetv3_small_050``,
+  ``lcnet_035``, ``lcnet_050``;
+* teachers with real ImageNet weights from PyPI wheels: ``efficientnet_lite0/1/2`` (timm
+  ``tf_efficientnet_lite0..2``; see ``mobilekd.weights``);
+* ``timm:<name>``: any timm model (``pretrained=True`` needs the Hugging Face hub).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mobilekd.errors import ModelError
+from mobilekd.io import atomic_path, write_json
+from mobilekd.preprocess import IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN, TF_LITE_STD, Preprocess
+
+CHECKPOINT_FORMAT = "mobilekd-model/1"
+
+
+def _mobilenetv1_025(**kwargs) -> nn.Module:
+    # timm has no registered 0.25 variant, and create_model("mobilenetv1_100", channel_multiplier=0.25)
+    # raises a TypeError; the generator takes the multiplier directly (213k params, 256-d features).
+    from timm.models.efficientnet import _gen_mobilenet_v1
+
+    return _gen_mobilenet_v1("mobilenetv1_100", 0.25, **kwargs)
+
+
+# name -> (timm name or builder, default input size, default preprocessing mean/std)
+STUDENTS = {
+    "mobilenetv1_025": (_mobilenetv1_025, 224),
+    "mobilenetv2_035": ("mobilenetv2_035", 224),
+    "mobilenetv2_050": ("mobilenetv2_050", 224),
+    "mobilenetv3_small_050": ("mobilenetv3_small_050", 224),
+    "lcnet_035": ("lcnet_035", 224),
+    "lcnet_050": ("lcnet_050", 224),
+}
+TEACHERS = {
+    "efficientnet_lite0": ("tf_efficientnet_lite0", 224),
+    "efficientnet_lite1": ("tf_efficientnet_lite1", 240),
+    "efficientnet_lite2": ("tf_efficientnet_lite2", 260),
+}
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model (weights aside). ``embed_dim`` 0 = the pooled features."""
+
+    arch: str
+    embed_dim: int = 128
+    head_bn: bool = False
+    normalize: bool = True
+    pretrained: bool = False
+    preprocess: Preprocess = field(default_factory=Preprocess)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["preprocess"] = self.preprocess.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSpec":
+        data = dict(data)
+        data["preprocess"] = Preprocess.from_dict(data.get("preprocess", {}))
+        return cls(**data)
+
+
+def default_preprocess(arch: str, size: int | None = None) -> Preprocess:
+    if arch in TEACHERS:
+        return Preprocess(size or TEACHERS[arch][1], TF_LITE_MEAN, TF_LITE_STD)
+    if arch in STUDENTS:
+        return Preprocess(size or STUDENTS[arch][1], IMAGENET_MEAN, IMAGENET_STD)
+    if arch.startswith("timm:"):
+        cfg = timm.get_pretrained_cfg(arch[5:])
+        mean = tuple(255 * m for m in cfg.mean) if cfg else IMAGENET_MEAN
+        std = tuple(255 * s for s in cfg.std) if cfg else IMAGENET_STD
+        return Preprocess(size or (cfg.input_size[-1] if cfg else 224), mean, std,
+                          crop=cfg.crop_pct if cfg else 1.0)
+    raise ModelError(unknown_model_message(arch))
+
+
+def unknown_model_message(name: str) -> str:
+    return (f"unknown model {name!r}: use a student ({', '.join(STUDENTS)}), a teacher ({', '.join(TEACHERS)}), "
+            f"'timm:<timm model name>', a mobilekd checkpoint folder, an .onnx file or an embeddings file")
+
+
+def build_backbone(arch: str, pretrained: bool = False, num_classes: int = 0) -> nn.Module:
+    """The timm network behind ``arch`` with ``num_classes`` outputs (0 = pooled features)."""
+    if arch in STUDENTS:
+        builder, _ = STUDENTS[arch]
+        if pretrained:
+            raise ModelError(f"no offline pretrained weights exist for student {arch}; train it from scratch")
+        if callable(builder):
+            return builder(num_classes=num_classes)
+        return timm.create_model(builder, pretrained=False, num_classes=num_classes)
+    if arch in TEACHERS:
+        model = timm.create_model(TEACHERS[arch][0], pretrained=False, num_classes=1000 if pretrained else num_classes)
+        if pretrained:
+            from mobilekd.weights import load_efficientnet_lite
+
+            model.load_state_dict(load_efficientnet_lite(arch))
+            if num_classes != 1000:
+                model.reset_classifier(num_classes)
+        return model
+    if arch.startswith("timm:"):
+        try:
+            return timm.create_model(arch[5:], pretrained=pretrained, num_classes=num_classes)
+        except RuntimeError as error:  # unknown model, or no weights / no hub
+            raise ModelError(f"timm could not create {arch[5:]!r} (pretrained={pretrained}): {error}") from None
+        except Exception as error:  # huggingface_hub offline / connection errors
+            raise ModelError(f"timm could not fetch weights for {arch[5:]!r}: {type(error).__name__}: {error}. "
+                             "Offline machines: set pretrained off or use a local checkpoint") from None
+    raise ModelError(unknown_model_message(arch))
+
+
+class EmbeddingNet(nn.Module):
+    """backbone -> global pool -> [Linear (+BN)] -> L2 normalise."""
+
+    def __init__(self, spec: ModelSpec, backbone: nn.Module | None = None):
+        super().__init__()
+        self.spec = spec
+        self.backbone = backbone if backbone is not None else build_backbone(spec.arch, spec.pretrained)
+        self.feature_dim = int(self.backbone.num_features)
+        if spec.embed_dim:
+            layers = [nn.Linear(self.feature_dim, spec.embed_dim)]
+            if spec.head_bn:
+                layers.append(nn.BatchNorm1d(spec.embed_dim))
+            self.head = nn.Sequential(*layers)
+        else:
+            self.head = nn.Identity()
+        self.embed_dim = spec.embed_dim or self.feature_dim
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.spec.preprocess
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """Stages whose maps ``forward_with_intermediates`` can return: module name, channels, stride."""
+        return [dict(info) for info in self.backbone.feature_info]
+
+    def embed_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        out = self.head(pooled)
+        return F.normalize(out, dim=1) if self.spec.normalize else out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed_pooled(self.backbone(x))
+
+    def forward_with_intermediates(self, x: torch.Tensor, indices: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The embedding plus the feature maps of the given stages (``feature_info`` order, negatives ok)."""
+        final, maps = self.backbone.forward_intermediates(x, indices=indices)
+        pooled = self.backbone.forward_head(final, pre_logits=True)
+        return self.embed_pooled(pooled), maps
+
+    def spec_dict(self) -> dict:
+        return self.spec.to_dict()
+
+
+def create_model(arch: str, embed_dim: int = 128, pretrained: bool = False, size: int | None = None,
+                 head_bn: bool = False) -> EmbeddingNet:
+    """A student or teacher by name, with its default preprocessing (``size`` overrides the input size)."""
+    spec = ModelSpec(arch, embed_dim, head_bn, True, pretrained, default_preprocess(arch, size))
+    return EmbeddingNet(spec)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def save_model(model: EmbeddingNet, directory: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """``directory/model.safetensors`` + ``directory/model.json`` (spec, preprocessing, metadata)."""
+    directory = Path(directory)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(state, tmp)
+    write_json(directory / "model.json", {"format": CHECKPOINT_FORMAT, "spec": model.spec.to_dict(),
+                                          "embed_dim": model.embed_dim, **(metadata or {})})
+    return directory
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return (path / "model.json").is_file() or (path.suffix == ".safetensors" and path.with_suffix(".json").is_file())
+
+
+def load_model(path: str | os.PathLike, map_location: str = "cpu") -> EmbeddingNet:
+    """Rebuild a model saved by ``save_model`` (a folder, or a ``.safetensors`` with a ``.json`` beside)."""
+    path = Path(path)
+    if path.is_dir():
+        meta_path, weights_path = path / "model.json", path / "model.safetensors"
+    else:
+        meta_path, weights_path = path.with_suffix(".json"), path
+    if not weights_path.is_file() or not meta_path.is_file():
+        raise ModelError(f"{path} is not a mobilekd checkpoint (needs model.safetensors and model.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        spec = ModelSpec.from_dict(meta["spec"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ModelError(f"{meta_path} is not a valid mobilekd model description: {error}") from None
+    model = EmbeddingNet(ModelSpec(**{**spec.__dict__, "pretrained": False}))
+    model.spec = spec
+    try:
+        state = load_file(str(weights_path), device=map_location)
+    except Exception as error:  # safetensors raises its own error types for damaged files
+        raise ModelError(f"cannot read weights {weights_path}: {error}") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelError(f"{weights_path} does not match {spec.arch}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
