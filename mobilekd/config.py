@@ -38,7 +38,6 @@ class Config:
     # --- teacher
     teacher: str | None = "efficientnet_lite0"  # name, checkpoint folder, .onnx, .npz embeddings, or none
     teacher_size: int | None = None  # teacher input resolution (default: the teacher's own)
-    teacher_views: int = 8  # teacher embeddings cached for this many views per image; 0 = run the teacher live
     lowres: int | None = None  # cross-quality: the student sees the image down-sampled to this size
     jpeg_quality: int | None = None  # cross-quality: the student sees a JPEG of this quality
     # --- losses (total = sum of weight x loss)
@@ -56,6 +55,8 @@ class Config:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
+    views: int = 8  # fixed random views per training image, shared by student and cached teacher targets;
+    #                 0 = a fresh random view every step (the teacher, if any, then runs live)
     crop_scale: float = 0.35  # smallest random-resized-crop area fraction (1 = no crops)
     flip: bool = True
     # --- run
@@ -80,7 +81,7 @@ class Config:
         for name in ("epochs", "batch_classes", "images_per_class", "student_size", "eval_every"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1")
-        for name in ("metric_weight", "absolute_weight", "relative_weight", "lr", "weight_decay", "teacher_views",
+        for name in ("metric_weight", "absolute_weight", "relative_weight", "lr", "weight_decay", "views",
                      "steps_per_epoch", "preload", "threads", "num_workers", "embed_dim", "warmup_epochs"):
             if getattr(self, name) < 0:
                 problems.append(f"--{name.replace('_', '-')} must be >= 0")

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from mobilekd.config import Config
 from mobilekd.data.dataset import ViewDataset
 from mobilekd.data.datasets import load_image_set
-from mobilekd.data.sampler import RANDOM_VIEWS, PKBatchSampler
+from mobilekd.data.sampler import PKBatchSampler
 from mobilekd.data.views import Degradation, ViewSampler
 from mobilekd.embed import embed_image_set
 from mobilekd.errors import MobileKDError
@@ -36,7 +36,7 @@ from mobilekd.teachers import TeacherTargets, describe_teacher, resolve_model, r
 STATE_FILE = "train_state.pt"
 # options that must not change between a run and its --resume
 RESUME_KEYS = ("data", "layout", "train_fraction", "student", "embed_dim", "head_bn", "student_size", "teacher",
-               "teacher_size", "teacher_views", "metric_loss", "batch_classes", "images_per_class", "seed")
+               "teacher_size", "views", "metric_loss", "batch_classes", "images_per_class", "seed")
 
 
 def log(message: str) -> None:
@@ -60,9 +60,13 @@ class Trainer:
         self.student = resolve_model(c.student, c.embed_dim, c.student_size, c.pretrained, c.head_bn).to(self.device)
         self.teacher = resolve_teacher(c.teacher, c.teacher_size, c.threads or None) if (c.teacher and c.uses_teacher) else None
 
-        live_teacher = self.teacher is not None and c.teacher_views == 0
+        # with no crops and no flips every view is the full image: one view (view 0) is all there is
+        self.num_views = 1 if (c.crop_scale >= 1.0 and not c.flip) else c.views
+        live_teacher = self.teacher is not None and self.num_views == 0
+        if self.teacher is not None and self.teacher.preprocess is None and self.num_views != 1:
+            raise MobileKDError("a teacher of precomputed embeddings has one view per image: use --views 1")
         inputs = {"student": self.student.preprocess}
-        if self.teacher is not None and self.teacher.preprocess is not None:
+        if live_teacher:
             inputs["teacher"] = self.teacher.preprocess
         degradation = Degradation(c.lowres, c.jpeg_quality) if (c.lowres or c.jpeg_quality) else None
         self.views = ViewSampler(c.seed, scale=(c.crop_scale, 1.0), flip=c.flip)
@@ -71,15 +75,14 @@ class Trainer:
         self.targets = None
         if self.teacher is not None and not live_teacher:
             identity = {"teacher": describe_teacher(self.teacher), "data": os.path.abspath(c.data),
-                        "layout": c.layout, "train_fraction": c.train_fraction, "views": c.teacher_views,
+                        "layout": c.layout, "train_fraction": c.train_fraction, "views": self.num_views,
                         "view_sampler": repr(self.views), "images": len(self.train_images)}
-            self.targets = TeacherTargets.build(self.teacher, self.train_set, c.teacher_views,
+            teacher_views = self.train_set.with_inputs({"teacher": self.teacher.preprocess}
+                                                       if self.teacher.preprocess is not None else {})
+            self.targets = TeacherTargets.build(self.teacher, teacher_views, self.num_views,
                                                 self.out / "teacher_targets.safetensors", identity, str(self.device),
                                                 c.progress)
-        num_views = RANDOM_VIEWS if (live_teacher or self.teacher is None) else c.teacher_views
-        if c.crop_scale >= 1.0 and not c.flip:
-            num_views = 1  # every view would be the full image: use the evaluation view
-        self.sampler = PKBatchSampler(self.train_images.labels, c.batch_classes, c.images_per_class, num_views,
+        self.sampler = PKBatchSampler(self.train_images.labels, c.batch_classes, c.images_per_class, self.num_views,
                                       c.seed, c.steps_per_epoch or None)
         self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=c.num_workers,
                                  persistent_workers=c.num_workers > 0)

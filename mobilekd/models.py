@@ -136,7 +136,8 @@ class EmbeddingNet(nn.Module):
         super().__init__()
         self.spec = spec
         self.backbone = backbone if backbone is not None else build_backbone(spec.arch, spec.pretrained)
-        self.feature_dim = int(self.backbone.num_features)
+        # models with a conv head (MobileNetV3, LCNet) pool to head_hidden_size, not num_features
+        self.feature_dim = int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
         if spec.embed_dim:
             layers = [nn.Linear(self.feature_dim, spec.embed_dim)]
             if spec.head_bn:

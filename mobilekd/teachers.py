@@ -89,7 +89,7 @@ class TeacherTargets:
                 return cls(stored["embeddings"])
         if isinstance(teacher, PrecomputedEmbeddings):
             if num_views != 1:
-                raise ModelError("precomputed teacher embeddings exist for one view per image: use --teacher-views 1")
+                raise ModelError("precomputed teacher embeddings exist for one view per image: use --views 1")
             embeddings = teacher.lookup(dataset.images.keys)[:, None, :]
         else:
             if isinstance(teacher, torch.nn.Module):

@@ -36,6 +36,12 @@ class ViewDataset(Dataset):
                            for i in tqdm(range(len(images)), desc=f"decode {images.name}", disable=not progress,
                                          leave=False)]
 
+    def with_inputs(self, preprocess: Mapping[str, Preprocess]) -> "ViewDataset":
+        """The same images, views and decoded-image cache, rendered for other inputs."""
+        other = ViewDataset(self.images, preprocess, self.views, self.degradation)
+        other._cache = self._cache
+        return other
+
     @staticmethod
     def _shrink(image: Image.Image, side: int) -> Image.Image:
         if max(image.size) > side:

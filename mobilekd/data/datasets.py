@@ -197,8 +197,9 @@ def read_cars(root: Path) -> ImageSet:
     except Exception as error:  # scipy raises several types for a damaged .mat
         raise DataError(f"cannot read {root / 'cars_annos.mat'}: {error}") from None
     annotations = mat["annotations"][0]
-    names = [str(n[0]) for n in mat["class_names"][0]] if "class_names" in mat else []
-    items = sorted(((int(a["class"][0][0]), str(a["relative_im_path"][0])) for a in annotations))
+    names = [str(np.asarray(n).ravel()[0]) for n in mat["class_names"].ravel()] if "class_names" in mat else []
+    items = sorted(((int(np.asarray(a["class"]).ravel()[0]), str(np.asarray(a["relative_im_path"]).ravel()[0]))
+                    for a in annotations))
     class_ids = sorted({c for c, _ in items})
     position = {c: i for i, c in enumerate(class_ids)}
     class_names = [names[c - 1] if c - 1 < len(names) else str(c) for c in class_ids]
