@@ -1,0 +1,109 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mobilekd.config import Config
+from mobilekd.distill import main as distill_main
+from mobilekd.engine import Trainer
+from mobilekd.errors import MobileKDError
+
+
+def tiny_config(data, out, **overrides) -> Config:
+    values = dict(data=str(data), out=str(out), student="mobilenetv1_025", student_size=32, embed_dim=16,
+                  teacher="efficientnet_lite0", teacher_size=32, views=2, epochs=3, batch_classes=4,
+                  images_per_class=3, steps_per_epoch=4, eval_every=1, absolute_weight=1.0, relative_weight=0.3,
+                  relative_reduction="mean_sq", progress=False, threads=1, preload=64)
+    values.update(overrides)
+    return Config(**values)
+
+
+def test_short_distillation_lowers_the_loss_and_writes_a_checkpoint(folder_dataset, tmp_path):
+    config = tiny_config(folder_dataset, tmp_path / "run", epochs=6, steps_per_epoch=6, lr=5e-3)
+    summary = Trainer(config).run()
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    losses = [h["loss"] for h in history]
+    assert losses[-1] < losses[0]
+    assert history[-1]["loss_absolute"] < history[0]["loss_absolute"]
+    assert set(history[-1]) >= {"loss_metric", "loss_absolute", "loss_relative", "test"}
+    assert 0 <= summary["test"]["R@1"] <= 100 and summary["teacher"]["R@1"] > 0
+    model_json = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert model_json["epoch"] == 6 and model_json["spec"]["arch"] == "mobilenetv1_025"
+    assert (tmp_path / "run" / "teacher_targets.safetensors").is_file()
+
+
+def test_teacher_targets_are_those_of_the_same_views(folder_dataset, tmp_path):
+    trainer = Trainer(tiny_config(folder_dataset, tmp_path / "run"))
+    index, view = 3, 1
+    item = trainer.train_set.with_inputs({"teacher": trainer.teacher.preprocess})[(index, view)]
+    with torch.no_grad():
+        expected = trainer.teacher(item["teacher"][None])[0]
+    cached = trainer.targets(torch.tensor([index]), torch.tensor([view]))[0]
+    assert torch.allclose(cached, expected, atol=1e-5)
+
+
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(folder_dataset, tmp_path, monkeypatch):
+    Trainer(tiny_config(folder_dataset, tmp_path / "straight", eval_every=10)).run()
+
+    original_save = Trainer.save
+
+    def save_then_die(self, epoch):
+        original_save(self, epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt  # killed right after the second epoch's checkpoint
+
+    monkeypatch.setattr(Trainer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_config(folder_dataset, tmp_path / "killed", eval_every=10)).run()
+    monkeypatch.setattr(Trainer, "save", original_save)
+    assert json.loads((tmp_path / "killed" / "model.json").read_text())["epoch"] == 2
+
+    resumed = Trainer(tiny_config(folder_dataset, tmp_path / "killed", eval_every=10, resume=True))
+    assert resumed.start_epoch == 2
+    resumed.run()
+    straight = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    again = load_file(str(tmp_path / "killed" / "model.safetensors"))
+    assert straight.keys() == again.keys()
+    assert all(torch.equal(straight[k], again[k]) for k in straight)
+
+
+def test_resume_refuses_changed_options(folder_dataset, tmp_path):
+    Trainer(tiny_config(folder_dataset, tmp_path / "run", epochs=1)).run()
+    with pytest.raises(MobileKDError, match="different embed_dim"):
+        Trainer(tiny_config(folder_dataset, tmp_path / "run", epochs=2, embed_dim=8, resume=True))
+
+
+def test_config_file_and_flags(tmp_path, folder_dataset):
+    config_file = tmp_path / "kd.yaml"
+    config_file.write_text("relative-weight: 0.5\nepochs: 7\nstudent: lcnet_035\n")
+    config = Config.from_args(["--config", str(config_file), "--data", str(folder_dataset), "--epochs", "9"])
+    assert (config.relative_weight, config.epochs, config.student) == (0.5, 9, "lcnet_035")
+    (tmp_path / "bad.yaml").write_text("temperature: 3\n")
+    with pytest.raises(MobileKDError, match="unknown configuration key"):
+        Config.from_args(["--config", str(tmp_path / "bad.yaml"), "--data", "x"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "/no/such/folder"], "data path does not exist: /no/such/folder"),
+    (["--epochs", "0", "--data", "x"], "--epochs must be >= 1"),
+    (["--metric-loss", "arcface", "--data", "x"], "--metric-loss must be one of"),
+    (["--data", "x", "--config", "/no/file.yaml"], "config file not found"),
+])
+def test_bad_input_gives_one_line_and_exit_2(argv, message, capsys):
+    assert distill_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "Traceback" not in err and err.count("\n") == 0
+
+
+def test_cli_reports_corrupt_image_with_exit_code_2(folder_dataset, tmp_path):
+    (folder_dataset / "class_1" / "2.png").write_bytes(b"\x89PNG broken")
+    result = subprocess.run([sys.executable, "-m", "mobilekd.distill", "--data", str(folder_dataset), "--out",
+                             str(tmp_path / "r"), "--no-progress", "--student-size", "32", "--teacher-size", "32"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "cannot read image" in result.stderr and "class_1/2.png" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "r" / "model.safetensors").exists()
