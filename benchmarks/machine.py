@@ -1,0 +1,106 @@
+"""What machine a measurement came from: CPU, cores, OS, Python and library versions, load.
+
+``describe()`` is stored in every result JSON; ``fingerprint()`` is the part that must match for two
+results to be compared in one table (the load and the time are not part of it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+
+LIBRARIES = ("mobilekd", "torch", "timm", "numpy", "onnxruntime", "onnx", "ai-edge-litert", "litert-torch",
+             "ai-edge-quantizer", "coremltools", "faiss-cpu")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            import subprocess
+
+            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                                  text=True, timeout=5).stdout.strip() or platform.processor()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD features that decide kernel speed (AVX2/AVX-512/VNNI/NEON...), when the OS tells them."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "asimd", "neon")
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith(("flags", "features")):
+                    present = set(line.split(":", 1)[1].split())
+                    return [f for f in wanted if f in present]
+    except OSError:
+        pass
+    return []
+
+
+def library_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def describe() -> dict:
+    """The machine description stored in every result file."""
+    info = {
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "os": platform.platform(),
+        "system": platform.system(),
+        "arch": platform.machine(),
+        "hostname": platform.node(),
+        "python": platform.python_version(),
+        "libraries": library_versions(),
+        "load_average": load_average(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    info["fingerprint"] = fingerprint(info)
+    return info
+
+
+def fingerprint(info: dict) -> str:
+    """Short hash of what makes timings comparable: CPU, cores, OS, Python and library versions."""
+    key = {k: info.get(k) for k in ("cpu_model", "usable_cores", "system", "arch", "python", "libraries")}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def short_name(info: dict) -> str:
+    return f"{info.get('cpu_model', '?')} x{info.get('usable_cores', '?')}, {info.get('system', '?')} ({info.get('fingerprint', '?')})"

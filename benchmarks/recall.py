@@ -1,0 +1,138 @@
+"""Retrieval quality of checkpoints, model names and exported files: Recall@1/2/4/8, MAP@R, R-Precision.
+
+    python -m benchmarks.recall MODEL... --data DATA [--split test] [--gallery-model M] [--out recall.json]
+
+Symmetric: every test image queries all the others, all embedded by MODEL (leave-one-out). Asymmetric
+(``--gallery-model M``): queries embedded by MODEL, the gallery (the same images) by M -- e.g. an int8
+``.tflite`` on the phone searching a gallery indexed by the float checkpoint or by the teacher. The metric
+code is ``mobilekd.metrics.retrieval_metrics`` (one implementation for training, export and benchmarks).
+
+MODEL may also be an ``.npz`` of precomputed embeddings (arrays ``keys``, ``embeddings``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import RESULT_FORMAT
+from benchmarks.machine import describe, load_average, usable_cores
+from benchmarks.runtimes import RunnerEmbedder, load_target, make_runner
+from mobilekd.errors import MobileKDError, ModelError, cli_entry
+from mobilekd.metrics import format_table, retrieval_metrics
+
+
+def recall_from_embeddings(query, labels, gallery=None, gallery_labels=None) -> dict[str, float]:
+    """The metrics of hand-made or precomputed embeddings (symmetric when ``gallery`` is None)."""
+    return retrieval_metrics(query, labels, gallery, labels if gallery is not None and gallery_labels is None
+                             else gallery_labels)
+
+
+def make_embedder(spec: str, threads: int | None = None, label: str | None = None):
+    """(label, kind, embedder) for ``embed_image_set``; the runtime of an exported file is its own."""
+    path = Path(spec)
+    if path.suffix.lower() == ".npz":
+        from mobilekd.blackbox import PrecomputedEmbeddings
+
+        if not path.is_file():
+            raise ModelError(f"embeddings file not found: {path}")
+        return label or path.name, "embeddings", "embeddings", PrecomputedEmbeddings(path)
+    target = load_target(spec, label=label)
+    if target.model is not None:
+        return target.label, target.kind, "torch-eager", target.model
+    runtime = target.runtimes(compile=False)[0]
+    runner = make_runner(target, runtime, threads or usable_cores())
+    return target.label, target.kind, runtime, RunnerEmbedder(target, runner)
+
+
+def evaluate(specs: list[str], data: str, split: str = "test", gallery_model: str | None = None,
+             labels: list[str] | None = None, batch_size: int = 64, threads: int | None = None,
+             progress: bool = True, layout: str = "auto") -> dict:
+    import torch
+
+    from mobilekd.data import load_image_set
+    from mobilekd.embed import embed_image_set
+
+    if threads:
+        torch.set_num_threads(threads)
+    images = load_image_set(data, split, layout)
+    result = {"format": RESULT_FORMAT, "kind": "recall", "machine": describe(),
+              "data": {"path": str(data), "split": split, "images": len(images), "classes": images.num_classes},
+              "gallery_model": gallery_model, "results": [], "errors": [], "load_average": load_average()}
+    embed = lambda m, name: embed_image_set(m, images, batch_size=batch_size, progress=progress, desc=f"embed {name}")  # noqa: E731
+    gallery = None
+    if gallery_model:
+        g_label, _, g_runtime, g_model = make_embedder(gallery_model, threads)
+        gallery = embed(g_model, g_label)
+        result["gallery"] = {"model": g_label, "runtime": g_runtime}
+    for i, spec in enumerate(specs):
+        try:
+            label, kind, runtime, model = make_embedder(spec, threads, labels[i] if labels and i < len(labels) else None)
+            query = embed(model, label)
+            row = {"model": label, "spec": spec, "kind": kind, "runtime": runtime, "embed_dim": int(query.shape[1]),
+                   "symmetric": retrieval_metrics(query, images.labels)}
+            if gallery is not None:
+                try:
+                    row["asymmetric"] = retrieval_metrics(query, images.labels, gallery, images.labels)
+                    row["asymmetric"]["gallery"] = result["gallery"]["model"]
+                except MobileKDError as error:
+                    row["asymmetric_error"] = str(error)
+            result["results"].append(row)
+        except MobileKDError as error:
+            result["errors"].append({"model": spec, "error": str(error)})
+    return result
+
+
+def format_recall(result: dict) -> str:
+    rows = {}
+    for row in result["results"]:
+        rows[row["model"]] = row["symmetric"]
+        if "asymmetric" in row:
+            rows[f"{row['model']} -> {row['asymmetric']['gallery']} gallery"] = row["asymmetric"]
+    return format_table(rows, ("R@1", "R@2", "R@4", "R@8", "MAP@R", "R-Precision"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.recall", description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="+", metavar="MODEL",
+                        help="checkpoint folder, model name, .onnx, .tflite, or .npz of embeddings")
+    parser.add_argument("--data", required=True, help="data set (folder, zip, CUB/Cars/SOP layout)")
+    parser.add_argument("--split", default="test", choices=("train", "test", "all"),
+                        help="class-disjoint split to evaluate (default test)")
+    parser.add_argument("--layout", default="auto")
+    parser.add_argument("--gallery-model", help="embed the gallery with this model (asymmetric retrieval)")
+    parser.add_argument("--labels", help="comma-separated names for the models in the tables")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, help="CPU threads (default: all usable cores)")
+    parser.add_argument("--out", help="write the result JSON here")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    threads = args.threads
+    if threads and threads > usable_cores():
+        print(f"warning: --threads {threads} exceeds the {usable_cores()} usable core(s): capped", file=sys.stderr)
+        threads = usable_cores()
+    result = evaluate(args.models, args.data, args.split, args.gallery_model,
+                      args.labels.split(",") if args.labels else None, args.batch_size, threads,
+                      not args.quiet, args.layout)
+    if not result["results"]:
+        raise MobileKDError("nothing could be measured: " + "; ".join(f"{e['model']}: {e['error']}" for e in result["errors"]))
+    for e in result["errors"]:
+        print(f"warning: {e['model']}: {e['error']}", file=sys.stderr)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    print(format_recall(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
