@@ -1,0 +1,343 @@
+"""benchmarks: latency harness per runtime, recall with known answers, report, adb parsing, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+BENCHMARK_MODEL_SAMPLE = """\
+STARTING!
+Log parameter values verbosely: [0]
+Min num runs: [50]
+Num threads: [4]
+Graph: [/data/local/tmp/mobilekd/model_int8.tflite]
+#threads used for CPU inference: [4]
+Use xnnpack: [1]
+Loaded model /data/local/tmp/mobilekd/model_int8.tflite
+INFO: Initialized TensorFlow Lite runtime.
+INFO: Created TensorFlow Lite XNNPACK delegate for CPU.
+XNNPACK delegate created.
+Explicitly applied XNNPACK delegate, and the model graph will be completely executed by the delegate.
+The input model file size (MB): 0.301
+Initialized session in 3.52ms.
+Running benchmark for at least 1 iterations and at least 0.5 seconds but terminate if exceeding 150 seconds.
+count=412 first=2051 curr=1178 min=1101 max=2051 avg=1213.4 std=95
+
+Running benchmark for at least 50 iterations and at least 1 seconds but terminate if exceeding 150 seconds.
+count=845 first=1190 curr=1160 min=1093 max=1702 avg=1179.85 std=61
+
+Inference timings in us: Init: 3520, First inference: 2051, Warmup (avg): 1213.4, Inference (avg): 1179.85
+Note: as the benchmark tool itself affects memory footprint, the following is only APPROXIMATE to the actual memory footprint of the model at runtime. Take the information at your one's discretion.
+Memory footprint delta from the start of the tool (MB): init=2.75 overall=4.125
+Overall peak memory footprint (MB) via periodic monitoring: 9.42188
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """A tiny checkpoint and its .onnx / .tflite exports, each with a model.json contract."""
+    import torch
+
+    from export.contract import ModelContract, TensorSpec
+    from mobilekd.models import create_model, save_model
+
+    base = tmp_path_factory.mktemp("bench_models")
+    torch.manual_seed(0)
+    model = create_model("mobilenetv1_025", embed_dim=32, size=32).eval()
+    ckpt = save_model(model, base / "tiny")
+    x = torch.randn(1, 3, 32, 32)
+    paths = {"checkpoint": str(ckpt)}
+    onnx_dir, tfl_dir = base / "onnx", base / "tflite"
+    onnx_dir.mkdir()
+    tfl_dir.mkdir()
+    torch.onnx.export(model, (x,), str(onnx_dir / "model.onnx"), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["embedding"])
+    paths["onnx"] = str(onnx_dir / "model.onnx")
+    try:
+        import litert_torch
+
+        litert_torch.convert(model, (x,)).export(str(tfl_dir / "model.tflite"))
+        paths["tflite"] = str(tfl_dir / "model.tflite")
+    except ImportError:
+        pass
+    for runtime, folder, name in (("onnx", onnx_dir, "input"), ("tflite", tfl_dir, "serving_default_args_0")):
+        contract = ModelContract(f"model.{runtime}", runtime, "fp32",
+                                 TensorSpec(name, [1, 3, 32, 32], "float32", "NCHW", None),
+                                 TensorSpec("embedding", [1, 32], "float32", None, None, True), model.preprocess, 32,
+                                 {"checkpoint": str(ckpt), "arch": "mobilenetv1_025"})
+        (folder / "model.json").write_text(json.dumps(contract.to_dict()))
+    mlpackage = base / "model.mlpackage"
+    mlpackage.mkdir()
+    paths["coreml"] = str(mlpackage)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def latency_result(tiny_models):
+    from benchmarks.latency import benchmark
+
+    specs = [tiny_models[k] for k in ("checkpoint", "onnx", "tflite", "coreml") if k in tiny_models]
+    return benchmark(specs, [1], runs=6, warmup=1, compile=False, peak_repeats=2, progress=False)
+
+
+def test_latency_structure_per_runtime(latency_result, tiny_models):
+    result = latency_result
+    assert result["kind"] == "latency" and result["format"] == "mobilekd-bench/1"
+    machine = result["machine"]
+    assert machine["cpu_model"] and machine["usable_cores"] >= 1 and machine["libraries"]["torch"]
+    assert machine["fingerprint"] and result["load_average"]["after"] is not None or os.name != "posix"
+    runtimes = {r["runtime"] for r in result["results"]}
+    expected = {"torch-eager", "onnxruntime-cpu"} | ({"litert-xnnpack"} if "tflite" in tiny_models else set())
+    assert expected <= runtimes
+    for row in result["results"]:
+        assert row["runs"] == 6 and row["threads"] == 1 and row["embed_dim"] == 32
+        for key in ("median_ms", "p90_ms", "min_ms", "mean_ms"):
+            assert row[key] > 0
+        assert row["min_ms"] <= row["median_ms"] <= row["p90_ms"]
+        assert row["stdev_ms"] >= 0 and row["peak_mem_mb"] >= 0
+        assert row["floor_ms"] > 0 and row["floor_ratio"] > 0
+    assert result["peak_gops"]["fp32"]["1"] > 0
+    models = {m["kind"]: m for m in result["models"]}
+    assert models["checkpoint"]["params"] > 0 and models["checkpoint"]["macs"] > 0
+    assert models["onnx"]["macs"] == models["checkpoint"]["macs"]  # counted on the source checkpoint
+    assert models["onnx"]["file_bytes"] > 0
+    if sys.platform != "darwin":
+        assert [n["runtime"] for n in result["not_runnable"]] == ["coreml"]
+        assert "macOS" in result["not_runnable"][0]["reason"]
+
+
+def test_torch_compile_runner_or_clear_reason(tiny_models):
+    from benchmarks.runtimes import NotRunnable, load_target, make_runner
+
+    target = load_target(tiny_models["checkpoint"])
+    assert target.runtimes(compile=True) == ["torch-eager", "torch-compile"]
+    try:
+        runner = make_runner(target, "torch-eager", 1)
+    except NotRunnable:
+        pytest.fail("eager must run")
+    out = runner.run(np.zeros((1, 3, 32, 32), np.float32))
+    assert out.shape == (1, 32) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-4)
+
+
+def test_exported_runners_agree_with_checkpoint(tiny_models):
+    from benchmarks.runtimes import load_target, make_runner
+
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    reference = make_runner(load_target(tiny_models["checkpoint"]), "torch-eager", 1).run_batch(x)
+    for kind, runtime in (("onnx", "onnxruntime-cpu"), ("tflite", "litert-xnnpack")):
+        if kind not in tiny_models:
+            continue
+        out = make_runner(load_target(tiny_models[kind]), runtime, 1).run_batch(x)  # batch of 3 on a batch-1 model
+        assert out.shape == reference.shape
+        assert np.allclose(out, reference, atol=1e-4)
+
+
+def test_int8_quantize_roundtrip():
+    from benchmarks.runtimes import _dequantize, _qparams, _quantize
+
+    scale, zero = _qparams((0.05, -3))
+    q = _quantize(np.array([-1.0, 0.0, 1.0, 100.0], np.float32), scale, zero, np.int8)
+    assert q.dtype == np.int8 and q[-1] == 127
+    assert np.allclose(_dequantize(q[:3], scale, zero), [-1.0, 0.0, 1.0], atol=0.03)
+    assert _qparams((0.0, 0)) is None and _qparams({"scale": 0.1, "zero_point": 2}) == (0.1, 2)
+
+
+# ------------------------------------------------------------------------------------------------ recall
+
+
+def _tiny_set(root):
+    """3 classes x 2 images; the hand-made embeddings below have known answers."""
+    keys = []
+    for c in "ABC":
+        for i in (1, 2):
+            make_image(str(root / c / f"{i}.png"), seed=ord(c) * 10 + i, size=(40, 40))
+            keys.append(f"{c}/{i}.png")
+    return keys
+
+
+# A1, A2 close; B1 near B2 only; B2 closer to A1 than to B1 (one miss); C1, C2 close.
+HAND = np.array([[1, 0, 0, 0], [1, 0, 0, 0.1], [0, 1, 0, 0], [0.7, 0.3, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0.1]],
+                np.float32)
+LABELS = np.array([0, 0, 1, 1, 2, 2])
+
+
+def test_recall_known_answers_api():
+    from benchmarks.recall import recall_from_embeddings
+
+    sym = recall_from_embeddings(HAND, LABELS)
+    assert sym["R@1"] == pytest.approx(100 * 5 / 6)
+    assert sym["R@4"] == pytest.approx(100.0)
+    perfect = np.eye(4, dtype=np.float32)[LABELS]
+    asym = recall_from_embeddings(HAND, LABELS, gallery=perfect)
+    # queries vs a gallery where each class is one direction: B2 (mostly A) misses, the rest hit
+    assert asym["R@1"] == pytest.approx(100 * 5 / 6)
+    assert recall_from_embeddings(perfect, LABELS, gallery=perfect)["R@1"] == 100.0
+
+
+def test_recall_cli_with_embeddings_and_exported_model(tmp_path, tiny_models, capsys):
+    from benchmarks.recall import main
+
+    data = tmp_path / "data"
+    keys = _tiny_set(data)
+    hand = tmp_path / "hand.npz"
+    np.savez(hand, keys=np.array(keys), embeddings=HAND)
+    perfect = tmp_path / "perfect.npz"
+    np.savez(perfect, keys=np.array(keys), embeddings=np.eye(4, dtype=np.float32)[LABELS])
+    out = tmp_path / "recall.json"
+    code = main([str(hand), tiny_models["onnx"], "--data", str(data), "--split", "all",
+                 "--gallery-model", str(perfect), "--out", str(out), "--quiet"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    rows = {r["model"]: r for r in result["results"]}
+    assert rows["hand.npz"]["symmetric"]["R@1"] == pytest.approx(100 * 5 / 6)
+    assert rows["hand.npz"]["asymmetric"]["R@1"] == pytest.approx(100 * 5 / 6)
+    onnx_row = rows["onnx/model.onnx"]
+    assert onnx_row["runtime"] == "onnxruntime-cpu" and onnx_row["embed_dim"] == 32
+    assert 0 <= onnx_row["symmetric"]["R@1"] <= 100
+    assert "asymmetric_error" in onnx_row  # 32-d queries vs a 4-d gallery: reported, not crashed
+    assert "| hand.npz |" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def test_report_markdown_and_pngs(tmp_path, latency_result, tiny_models):
+    from benchmarks.report import main
+
+    lat = tmp_path / "latency.json"
+    lat.write_text(json.dumps(latency_result))
+    recall = {"format": "mobilekd-bench/1", "kind": "recall", "machine": latency_result["machine"],
+              "data": {"path": "x", "split": "test", "images": 6, "classes": 3}, "results": [
+                  {"model": m["label"], "symmetric": {"R@1": 50.0 + i, "R@2": 60.0, "R@4": 70.0, "R@8": 80.0,
+                                                      "MAP@R": 30.0, "R-Precision": 40.0}}
+                  for i, m in enumerate(latency_result["models"])]}
+    rec = tmp_path / "recall.json"
+    rec.write_text(json.dumps(recall))
+    out = tmp_path / "report"
+    labels = [m["label"] for m in latency_result["models"]]
+    assert main([str(lat), str(rec), "--out", str(out), "--compare", f"{labels[0]}:{labels[1]}"]) == 0
+    text = (out / "report.md").read_text()
+    for heading in ("## Quality", "## Speed", "## Size", "## Comparisons", "## Plots"):
+        assert heading in text
+    for png in ("recall_vs_latency.png", "latency_by_threads.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_refuses_mixed_machines(tmp_path, latency_result, capsys):
+    from benchmarks.report import main
+
+    other = json.loads(json.dumps(latency_result))
+    other["machine"]["fingerprint"] = "another-one"
+    other["machine"]["cpu_model"] = "Some ARM board"
+    paths = []
+    for i, data in enumerate((latency_result, other)):
+        paths.append(tmp_path / f"r{i}.json")
+        paths[-1].write_text(json.dumps(data))
+    assert main([*map(str, paths), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different machines" in err[0]
+    assert main([*map(str, paths), "--out", str(tmp_path / "rep"), "--allow-mixed-machines"]) == 0
+    assert "Some ARM board" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_pareto_front():
+    from benchmarks.report import pareto_front
+
+    points = [(1.0, 50.0), (2.0, 60.0), (3.0, 55.0), (0.5, 40.0), (4.0, 70.0)]
+    assert [points[i] for i in pareto_front(points)] == [(0.5, 40.0), (1.0, 50.0), (2.0, 60.0), (4.0, 70.0)]
+
+
+# --------------------------------------------------------------------------------------------------- adb
+
+
+def test_parse_benchmark_model_output():
+    from benchmarks.latency import parse_benchmark_model_output
+
+    parsed = parse_benchmark_model_output(BENCHMARK_MODEL_SAMPLE)
+    assert parsed["mean_ms"] == pytest.approx(1.17985)
+    assert parsed["init_ms"] == pytest.approx(3.52) and parsed["first_ms"] == pytest.approx(2.051)
+    assert parsed["warmup_mean_ms"] == pytest.approx(1.2134)
+    assert parsed["runs"] == 845  # the timed run, not the warm-up line
+    assert parsed["min_ms"] == pytest.approx(1.093) and parsed["max_ms"] == pytest.approx(1.702)
+    assert parsed["stdev_ms"] == pytest.approx(0.061)
+    assert parsed["peak_mem_mb"] == pytest.approx(9.42188)
+    assert parsed["mem_delta_overall_mb"] == pytest.approx(4.125)
+    assert parsed["median_ms"] is None  # benchmark_model prints no percentiles
+
+
+def test_parse_benchmark_model_failure():
+    from benchmarks.latency import parse_benchmark_model_output
+    from mobilekd.errors import MobileKDError
+
+    with pytest.raises(MobileKDError, match="Inference timings"):
+        parse_benchmark_model_output("STARTING!\nERROR: Failed to load model /data/local/tmp/x.tflite\n")
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+def _one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ")
+    return err[0]
+
+
+def test_bad_model_files_exit_2(tmp_path, capsys):
+    from benchmarks.latency import main
+
+    assert main([str(tmp_path / "missing.onnx"), "--quiet"]) == 2
+    assert "not found" in _one_error_line(capsys)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"this is not a protobuf")
+    assert main([str(broken), "--quiet"]) == 2
+    assert "onnxruntime cannot load" in _one_error_line(capsys)
+    folder = tmp_path / "not_a_checkpoint"
+    folder.mkdir()
+    assert main([str(folder), "--quiet"]) == 2
+    assert "checkpoint" in _one_error_line(capsys)
+
+
+def test_missing_runtime_names_the_extra(tiny_models, monkeypatch, capsys):
+    if "tflite" not in tiny_models:
+        pytest.skip("litert not installed")
+    from benchmarks.latency import main
+
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import fails as if not installed
+    assert main([tiny_models["tflite"], "--quiet", "--runs", "2"]) == 2
+    assert "pip install mobilekd[litert]" in _one_error_line(capsys)
+
+
+def test_empty_data_folder_exit_2(tmp_path, tiny_models, capsys):
+    from benchmarks.recall import main
+
+    (tmp_path / "empty").mkdir()
+    assert main([tiny_models["checkpoint"], "--data", str(tmp_path / "empty"), "--quiet"]) == 2
+    assert "no class folders" in _one_error_line(capsys)
+
+
+def test_threads_above_cores_warn_and_cap(capsys):
+    from benchmarks.latency import parse_threads
+    from mobilekd.errors import MobileKDError
+
+    assert parse_threads("1,2,4,8", cores=2) == [1, 2]
+    assert "capped to 2" in capsys.readouterr().err
+    with pytest.raises(MobileKDError):
+        parse_threads("1,x", cores=2)
+    with pytest.raises(MobileKDError):
+        parse_threads("0", cores=2)
+
+
+def test_cli_entry_point_bad_model(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "benchmarks.latency", str(tmp_path / "nope.tflite"), "--quiet"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "not found" in lines[0]
