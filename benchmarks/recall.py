@@ -32,7 +32,7 @@ def recall_from_embeddings(query, labels, gallery=None, gallery_labels=None) -> 
                              else gallery_labels)
 
 
-def make_embedder(spec: str, threads: int | None = None, label: str | None = None):
+def make_embedder(spec: str, threads: int | None = None, label: str | None = None, size: int | None = None):
     """(label, kind, embedder) for ``embed_image_set``; the runtime of an exported file is its own."""
     path = Path(spec)
     if path.suffix.lower() == ".npz":
@@ -41,7 +41,7 @@ def make_embedder(spec: str, threads: int | None = None, label: str | None = Non
         if not path.is_file():
             raise ModelError(f"embeddings file not found: {path}")
         return label or path.name, "embeddings", "embeddings", PrecomputedEmbeddings(path)
-    target = load_target(spec, label=label)
+    target = load_target(spec, size=size, label=label)
     if target.model is not None:
         return target.label, target.kind, "torch-eager", target.model
     runtime = target.runtimes(compile=False)[0]
@@ -51,7 +51,7 @@ def make_embedder(spec: str, threads: int | None = None, label: str | None = Non
 
 def evaluate(specs: list[str], data: str, split: str = "test", gallery_model: str | None = None,
              labels: list[str] | None = None, batch_size: int = 64, threads: int | None = None,
-             progress: bool = True, layout: str = "auto") -> dict:
+             progress: bool = True, layout: str = "auto", size: int | None = None) -> dict:
     import torch
 
     from mobilekd.data import load_image_set
@@ -71,7 +71,8 @@ def evaluate(specs: list[str], data: str, split: str = "test", gallery_model: st
         result["gallery"] = {"model": g_label, "runtime": g_runtime}
     for i, spec in enumerate(specs):
         try:
-            label, kind, runtime, model = make_embedder(spec, threads, labels[i] if labels and i < len(labels) else None)
+            label, kind, runtime, model = make_embedder(spec, threads, labels[i] if labels and i < len(labels) else None,
+                                                        size)
             query = embed(model, label)
             row = {"model": label, "spec": spec, "kind": kind, "runtime": runtime, "embed_dim": int(query.shape[1]),
                    "symmetric": retrieval_metrics(query, images.labels)}
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layout", default="auto")
     parser.add_argument("--gallery-model", help="embed the gallery with this model (asymmetric retrieval)")
     parser.add_argument("--labels", help="comma-separated names for the models in the tables")
+    parser.add_argument("--size", type=int, help="input size for checkpoints and names (exported files keep theirs)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, help="CPU threads (default: all usable cores)")
     parser.add_argument("--out", help="write the result JSON here")
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         threads = usable_cores()
     result = evaluate(args.models, args.data, args.split, args.gallery_model,
                       args.labels.split(",") if args.labels else None, args.batch_size, threads,
-                      not args.quiet, args.layout)
+                      not args.quiet, args.layout, args.size)
     if not result["results"]:
         raise MobileKDError("nothing could be measured: " + "; ".join(f"{e['model']}: {e['error']}" for e in result["errors"]))
     for e in result["errors"]:
