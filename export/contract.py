@@ -18,7 +18,16 @@ Schema (format ``mobilekd-export/1``), every field required unless marked option
                   (Pillow's ``Image.resize(..., BILINEAR, box=crop_box)``, which antialiases when shrinking).
     embed_dim     int
     source        {checkpoint, arch, sha256 of model.safetensors}
-    parity        optional: the parity report of export.check ({"passed": bool, ...})
+    parity        optional: the parity report of export.parity / export.check ({"passed": bool, "gates": {...},
+                  "vs_float": {...}, "vs_teacher": {...} | null, ...}); "scope": "runtime" when embeddings were
+                  measured through the file's runtime, "structural" when only its structure could be checked
+                  (Core ML on Linux) -- then no parity number is reported at all.
+    model_sha256  optional: sha256 of the model file (of every file, in sorted order, for a .mlpackage folder)
+    quantization  optional: how the weights/activations were quantized: {"scheme": "none" | "fp16-weights" |
+                  "dynamic-int8" | "int8-static" | "int8-weights", "weights": ..., "activations": ...,
+                  "calibration": {"images", "source", "seed"} | null, "float_ops": [...]}
+    build         optional: {"tools": {package: version}, "exporter": str, "notes": [str]} -- how the file was
+                  made (converter route, fallbacks taken, simplifier result)
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ RUNTIMES = ("onnx", "tflite", "coreml")
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 LAYOUTS = ("NHWC", "NCHW")
 DTYPES = ("float32", "float16", "uint8", "int8")
+OPTIONAL = ("parity", "model_sha256", "quantization", "build")
 
 
 @dataclass
@@ -60,13 +70,17 @@ class ModelContract:
     source: dict = field(default_factory=dict)
     parity: dict | None = None
     format: str = FORMAT
+    model_sha256: str | None = None
+    quantization: dict | None = None
+    build: dict | None = None
 
     def to_dict(self) -> dict:
         data = {"format": self.format, "model_file": self.model_file, "runtime": self.runtime,
                 "precision": self.precision, "input": self.input.to_dict(), "output": self.output.to_dict(),
                 "preprocess": self.preprocess.to_dict(), "embed_dim": self.embed_dim, "source": self.source}
-        if self.parity is not None:
-            data["parity"] = self.parity
+        for key in OPTIONAL:
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
         return data
 
     @classmethod
@@ -75,7 +89,7 @@ class ModelContract:
         missing = [k for k in required if k not in data]
         if missing:
             raise MobileKDError(f"model.json is missing field(s): {', '.join(missing)}")
-        unknown = sorted(set(data) - set(required) - {"source", "parity"})
+        unknown = sorted(set(data) - set(required) - {"source", *OPTIONAL})
         if unknown:
             raise MobileKDError(f"model.json has unknown field(s): {', '.join(unknown)}")
         if data["format"] != FORMAT:
@@ -92,4 +106,5 @@ class ModelContract:
             raise MobileKDError(f"model.json input.layout must be one of {LAYOUTS}")
         return cls(data["model_file"], data["runtime"], data["precision"], inp, TensorSpec(**data["output"]),
                    Preprocess.from_dict(data["preprocess"]), int(data["embed_dim"]), data.get("source", {}),
-                   data.get("parity"), data["format"])
+                   data.get("parity"), data["format"], data.get("model_sha256"), data.get("quantization"),
+                   data.get("build"))

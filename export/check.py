@@ -1,0 +1,87 @@
+"""Parity of any exported file on demand:
+``python -m export.check FILE --against CKPT [--teacher T] [--data DATA] [--write]``.
+
+FILE is a model file (``model.onnx`` / ``model.tflite`` / ``model.mlpackage``) or its export folder; the
+``model.json`` beside it says how to feed it. The file is embedded through its runtime and compared with the
+float student CKPT (and the teacher) by the same core the exporters use (``export.parity``), with the gates
+of its precision (overridable). Also verified: the file's sha256 against model.json (a file changed after
+export fails). ``--write`` stores the new report in model.json. Exit 0 = pass, 1 = gate failed, 2 = bad input.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from export.common import (GATE_FAILED, ExportArgumentParser, add_parity_options, gates_from_args, load_parity,
+                           load_student, path_size, sha256_path)
+from export.contract import ModelContract
+from mobilekd.errors import MobileKDError, cli_entry
+from mobilekd.io import write_json
+
+
+def locate(file: str) -> tuple[Path, Path]:
+    """(model file, model.json) for a model file or an export folder."""
+    path = Path(file)
+    if not path.exists():
+        raise MobileKDError(f"exported file not found: {path}")
+    manifest = path / "model.json" if path.is_dir() and not path.name.endswith(".mlpackage") else \
+        path.parent / "model.json"
+    if not manifest.is_file():
+        raise MobileKDError(f"no model.json beside {path}: export.check needs the contract written by the exporter")
+    try:
+        contract = ModelContract.from_dict(json.loads(manifest.read_text()))
+    except json.JSONDecodeError as error:
+        raise MobileKDError(f"{manifest} is not valid JSON: {error}") from None
+    model_file = manifest.parent / contract.model_file
+    if not model_file.exists():
+        raise MobileKDError(f"{manifest} names {contract.model_file}, which does not exist")
+    return model_file, manifest
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    from export.parity import compute_parity, embed_torch, format_report
+
+    parser = ExportArgumentParser(prog="python -m export.check", description=__doc__.splitlines()[0])
+    parser.add_argument("file", help="exported model file or its folder (with model.json)")
+    parser.add_argument("--against", required=True, help="the float student checkpoint it was exported from")
+    parser.add_argument("--write", action="store_true", help="store the report in model.json")
+    add_parity_options(parser)
+    args = parser.parse_args(argv)
+
+    model_file, manifest = locate(args.file)
+    contract = ModelContract.from_dict(json.loads(manifest.read_text()))
+    fmt = importlib.import_module(f"export.{contract.runtime}").FORMAT
+    model, meta = load_student(args.against, contract.preprocess.size, args.threads)
+    if int(model.embed_dim) != contract.embed_dim:
+        raise MobileKDError(f"{args.against} embeds to {model.embed_dim} dims but {model_file.name} to "
+                            f"{contract.embed_dim}: not the checkpoint it was exported from")
+    if contract.preprocess != model.preprocess:
+        print(f"warning: the file's preprocess {contract.preprocess} differs from the checkpoint's "
+              f"{model.preprocess}; using the file's")
+        model.spec.preprocess = contract.preprocess
+    gates = gates_from_args(args, contract.precision)
+
+    runner = fmt.make_runner(model_file, contract, args.threads)
+    if runner is None:
+        report = fmt.structural_check(model_file, contract)
+    else:
+        data = load_parity(args, model, Path(args.against), meta)
+        report = compute_parity(runner, model, data, gates, embed_torch(model, data.pixels))
+    digest = sha256_path(model_file)
+    if contract.model_sha256 and digest != contract.model_sha256:
+        report["passed"] = False
+        report.setdefault("failures", []).append(f"{model_file.name} sha256 {digest[:12]}... differs from "
+                                                 f"model.json's {contract.model_sha256[:12]}...: changed after export")
+    report["file_bytes"] = path_size(model_file)
+    print(format_report(report, f"{contract.runtime} {contract.precision}: {model_file}"))
+    if args.write:
+        contract.parity = report
+        write_json(manifest, contract.to_dict())
+    return 0 if report["passed"] else GATE_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,384 @@
+"""Shared plumbing of the exporters: options, checkpoint/data resolution, the build -> parity -> publish flow.
+
+Every exporter (``export.onnx``, ``export.tflite``, ``export.coreml``) is a ``Format``: a ``convert`` that writes
+the model file into a private work folder, and a ``make_runner`` that embeds images through the file's own
+runtime (or ``None`` where that runtime cannot run here -- then ``structural_check`` reports structure only).
+``run_export`` does the rest identically for all of them:
+
+1. load the checkpoint (``mobilekd.models.load_model``; wrong arch / damaged weights -> one clear error),
+2. check the output folder before any work, load the parity images (``--data`` or the test split of the
+   checkpoint's ``config.data``) and, for int8, the calibration images (``--calib`` or its training split),
+3. build into ``.<out>.<random>`` beside ``--out``, measure parity through the runtime, write ``model.json``,
+4. publish by renaming the folder to ``--out`` only if the gate passed (or ``--force``: kept and marked
+   failing). A failing gate leaves nothing in ``--out`` and exits 1; bad input exits 2 (``cli_entry``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from export.contract import ModelContract, TensorSpec
+from mobilekd.errors import MobileKDError, ModelError
+from mobilekd.io import write_json
+
+# --quantize value -> model.json precision
+PRECISION = {"none": "fp32", "fp32": "fp32", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}
+GATE_FAILED = 1
+
+
+class ExportArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one ``error: ...`` line and exit code 2 (through ``cli_entry``)."""
+
+    def error(self, message):  # noqa: D401 -- argparse API
+        raise MobileKDError(f"{self.prog}: {message}")
+
+
+def add_parity_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("parity")
+    group.add_argument("--data", help="held-out images for parity (default: the checkpoint's config.data)")
+    group.add_argument("--split", default="test", choices=("train", "test", "all"),
+                       help="split of --data used for parity (default: test, class-disjoint from training)")
+    group.add_argument("--parity-images", type=int, default=1000,
+                       help="at most this many parity images, whole classes, seeded (default 1000; 0 = all)")
+    group.add_argument("--teacher", help="also compare with this teacher (name, checkpoint, .onnx or .npz)")
+    group.add_argument("--teacher-size", type=int,
+                       help="teacher input size (default: the checkpoint's config.teacher_size when it names the "
+                            "same teacher, else the teacher's own)")
+    group.add_argument("--min-mean-cos", type=float, help="gate: minimum mean cosine vs the float student")
+    group.add_argument("--min-cos", type=float, help="gate: minimum per-image cosine vs the float student")
+    group.add_argument("--max-r1-drop", type=float, help="gate: maximum Recall@1 drop (points) vs float")
+    group.add_argument("--threads", type=int, default=1, help="CPU threads for torch and the runtimes (default 1)")
+    group.add_argument("--seed", type=int, default=0, help="seed for choosing parity/calibration images")
+
+
+def build_parser(runtime: str, quantize_choices: tuple[str, ...], default_quantize: str,
+                 default_layout: str, description: str) -> ExportArgumentParser:
+    parser = ExportArgumentParser(prog=f"python -m export.{runtime}", description=description)
+    parser.add_argument("checkpoint", help="student checkpoint folder (model.json + model.safetensors)")
+    parser.add_argument("--quantize", default=default_quantize, choices=quantize_choices,
+                        help=f"precision (default {default_quantize})")
+    parser.add_argument("--out", help=f"output folder (default CHECKPOINT/export/{runtime}-<precision>)")
+    parser.add_argument("--size", type=int, help="input size in pixels (default: the checkpoint's)")
+    parser.add_argument("--layout", default=default_layout, choices=("NHWC", "NCHW"),
+                        help=f"input layout (default {default_layout})")
+    parser.add_argument("--calib", help="calibration images for int8 (default: the training split of config.data)")
+    parser.add_argument("--calib-images", type=int, default=128, help="number of calibration images (default 128)")
+    parser.add_argument("--force", action="store_true",
+                        help="write the file even if it fails its gate (marked failing in model.json; exit 1)")
+    add_parity_options(parser)
+    return parser
+
+
+# ------------------------------------------------------------------------------------------ the job
+
+
+@dataclass
+class ExportJob:
+    checkpoint: Path
+    model: object  # mobilekd.models.EmbeddingNet, eval mode, preprocess at the export size
+    meta: dict
+    precision: str
+    layout: str
+    out: Path
+    calib: np.ndarray | None = None  # NCHW float32 calibration images
+    calib_info: dict | None = None
+    threads: int = 1
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return self.model.preprocess.size
+
+    def input_shape(self) -> list[int]:
+        s = self.size
+        return [1, s, s, 3] if self.layout == "NHWC" else [1, 3, s, s]
+
+    def calib_batches(self) -> list[np.ndarray]:
+        """Calibration images one by one, [1, ...] in the exported input layout."""
+        assert self.calib is not None
+        return [to_layout(self.calib[i:i + 1], self.layout) for i in range(len(self.calib))]
+
+
+@dataclass
+class BuildResult:
+    """What a Format's ``convert`` produced in the work folder."""
+
+    model_file: str
+    input: TensorSpec
+    output: TensorSpec
+    quantization: dict
+    exporter: str
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Format:
+    runtime: str
+    extension: str
+    convert: Callable[[ExportJob, Path], BuildResult]
+    make_runner: Callable[[Path, ModelContract, int], Callable[[np.ndarray], np.ndarray] | None]
+    tools: tuple[str, ...]
+    structural_check: Callable[[Path, ModelContract], dict] | None = None
+
+
+def to_layout(x_nchw: np.ndarray, layout: str) -> np.ndarray:
+    return np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1) if layout == "NHWC" else x_nchw)
+
+
+def quantize_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Float model input -> the file's input dtype (int8/uint8 via its scale and zero point)."""
+    if spec.dtype in ("int8", "uint8"):
+        q = spec.quantization or {}
+        info = np.iinfo(np.int8 if spec.dtype == "int8" else np.uint8)
+        x = np.clip(np.round(x / q["scale"] + q["zero_point"]), info.min, info.max)
+        return x.astype(spec.dtype)
+    return x.astype(np.float32 if spec.dtype == "float32" else spec.dtype)
+
+
+def dequantize_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    y = np.asarray(y)
+    if spec.dtype in ("int8", "uint8"):
+        q = spec.quantization or {}
+        y = (y.astype(np.float32) - q["zero_point"]) * q["scale"]
+    y = y.astype(np.float32).reshape(len(y), -1)
+    if spec.l2_normalized is False:
+        y = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+    return y
+
+
+def batch_one_runner(run_one: Callable[[np.ndarray], np.ndarray], contract: ModelContract
+                     ) -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap a batch-1 ``run_one(model_input) -> raw output`` into ``embed(nchw float [N,3,H,W]) -> [N, D]``."""
+
+    def embed(pixels: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(len(pixels)):
+            x = quantize_input(to_layout(pixels[i:i + 1], contract.input.layout), contract.input)
+            out.append(dequantize_output(run_one(x), contract.output))
+        return np.concatenate(out)
+
+    return embed
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file, or of every file in a folder (relative names and contents, sorted)."""
+    digest = hashlib.sha256()
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def path_size(path: Path) -> int:
+    path = Path(path)
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def tool_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    versions = {}
+    for name in ("mobilekd", "torch", "numpy", *packages):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def read_checkpoint_meta(checkpoint: Path) -> dict:
+    try:
+        return json.loads((checkpoint / "model.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelError(f"cannot read {checkpoint / 'model.json'}: {error}") from None
+
+
+def load_student(checkpoint: str, size: int | None, threads: int):
+    """The float student (eval mode, preprocess at ``size``) and its checkpoint model.json."""
+    import torch
+
+    from mobilekd.models import load_model
+
+    torch.set_num_threads(max(1, threads))
+    path = Path(checkpoint)
+    if not path.exists():
+        raise ModelError(f"checkpoint not found: {path}")
+    if not path.is_dir():
+        raise ModelError(f"{path} is not a checkpoint folder (expected a folder with model.json and "
+                         "model.safetensors)")
+    model = load_model(path)
+    if size is not None:
+        if size < 8:
+            raise MobileKDError(f"--size must be >= 8, got {size}")
+        model.spec.preprocess = model.preprocess.with_size(size)
+    model.eval()
+    return model, read_checkpoint_meta(path)
+
+
+def resolve_parity_data(args, checkpoint: Path, meta: dict):
+    """(--data or the checkpoint's config.data, train fraction)."""
+    from export.parity import resolve_data_path
+
+    config = meta.get("config") or {}
+    data = args.data or resolve_data_path(config.get("data"), checkpoint)
+    if not data:
+        raise MobileKDError(f"no parity data: {checkpoint / 'model.json'} has no config.data (not made by "
+                            "python -m mobilekd.distill?); pass --data DATA")
+    return data, float(config.get("train_fraction", 0.5))
+
+
+def resolve_teacher_option(args, meta: dict):
+    if not args.teacher:
+        return None
+    from mobilekd.teachers import resolve_teacher
+
+    config = meta.get("config") or {}
+    size = args.teacher_size or (config.get("teacher_size") if config.get("teacher") == args.teacher else None)
+    teacher = resolve_teacher(args.teacher, size=size, threads=args.threads)
+    return teacher
+
+
+def load_parity(args, model, checkpoint: Path, meta: dict):
+    from export.parity import load_parity_data
+
+    data, train_fraction = resolve_parity_data(args, checkpoint, meta)
+    teacher = resolve_teacher_option(args, meta)
+    return load_parity_data(data, model.preprocess, args.parity_images, args.split, train_fraction, teacher,
+                            args.teacher, args.seed)
+
+
+def gates_from_args(args, precision: str):
+    from export.parity import gates_for
+
+    for name in ("min_mean_cos", "min_cos"):
+        value = getattr(args, name)
+        if value is not None and not -1.0 <= value <= 1.0:
+            raise MobileKDError(f"--{name.replace('_', '-')} must be a cosine in [-1, 1], got {value}")
+    return gates_for(precision, args.min_mean_cos, args.min_cos, args.max_r1_drop)
+
+
+def check_out_folder(out: Path) -> None:
+    """--out must be creatable/writable, and if it exists be a previous export (or empty): we replace it."""
+    if out.exists():
+        if not out.is_dir():
+            raise MobileKDError(f"--out {out} exists and is not a folder")
+        entries = [p.name for p in out.iterdir()]
+        if entries and "model.json" not in entries:
+            raise MobileKDError(f"--out {out} is a non-empty folder that is not an export (no model.json); "
+                                "refusing to replace it")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise MobileKDError(f"output folder {out} is not writable")
+
+
+def publish(work: Path, out: Path) -> None:
+    """Move the finished work folder to ``out`` (replacing a previous export there) with renames only."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / "x")
+    os.replace(work, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def default_out(checkpoint: Path, runtime: str, precision: str, layout: str, default_layout: str) -> Path:
+    suffix = "" if layout == default_layout else f"-{layout.lower()}"
+    return checkpoint / "export" / f"{runtime}-{precision}{suffix}"
+
+
+# ------------------------------------------------------------------------------------------ the flow
+
+
+def run_export(fmt: Format, args, default_layout: str) -> int:
+    from export.parity import calibration_images, compute_parity, embed_torch, format_report
+
+    precision = PRECISION[args.quantize]
+    gates = gates_from_args(args, precision)
+    if args.calib_images < 1 or args.parity_images < 0:
+        raise MobileKDError("--calib-images must be >= 1 and --parity-images >= 0")
+    model, meta = load_student(args.checkpoint, args.size, args.threads)
+    checkpoint = Path(args.checkpoint)
+    out = Path(args.out) if args.out else default_out(checkpoint, fmt.runtime, precision, args.layout,
+                                                     default_layout)
+    check_out_folder(out)
+    job = ExportJob(checkpoint, model, meta, precision, args.layout, out, threads=args.threads)
+
+    parity_data = load_parity(args, model, checkpoint, meta) if fmt.structural_check is None or \
+        _runtime_available(fmt) else None
+    if precision == "int8" and fmt.runtime != "coreml":
+        config = meta.get("config") or {}
+        from export.parity import resolve_data_path
+
+        job.calib, job.calib_info = calibration_images(
+            model.preprocess, args.calib_images, args.calib, resolve_data_path(config.get("data"), checkpoint),
+            float(config.get("train_fraction", 0.5)), args.seed)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        print(f"export {fmt.runtime} {precision} ({args.layout}, {job.size}px) from {checkpoint}", flush=True)
+        result = fmt.convert(job, work)
+        model_path = work / result.model_file
+        contract = ModelContract(
+            model_file=result.model_file, runtime=fmt.runtime, precision=precision, input=result.input,
+            output=result.output, preprocess=model.preprocess, embed_dim=int(model.embed_dim),
+            source={"checkpoint": str(checkpoint.resolve()), "arch": model.spec.arch,
+                    "sha256": sha256_path(checkpoint / "model.safetensors")},
+            model_sha256=sha256_path(model_path),
+            quantization={**result.quantization, "calibration": job.calib_info},
+            build={"tools": tool_versions(fmt.tools), "exporter": result.exporter,
+                   "notes": job.notes + result.notes})
+        runner = fmt.make_runner(model_path, contract, args.threads)
+        if runner is None:
+            report = fmt.structural_check(model_path, contract)
+        else:
+            reference = embed_torch(model, parity_data.pixels)
+            report = compute_parity(runner, model, parity_data, gates, reference)
+        report["file_bytes"] = path_size(model_path)
+        passed = bool(report["passed"])
+        if not passed and args.force:
+            report["forced"] = True
+        contract.parity = report
+        print(format_report(report, f"{fmt.runtime} {precision}: {model_path.name} "
+                                    f"{report['file_bytes'] / 1e6:.3f} MB"), flush=True)
+        if not passed and not args.force:
+            print(f"error: {fmt.runtime} {precision} export failed its parity gate "
+                  f"({'; '.join(report['failures'])}); nothing written to {out} (use --force to keep it)",
+                  file=sys.stderr)
+            return GATE_FAILED
+        write_json(work / "model.json", contract.to_dict())
+        publish(work, out)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    if not passed:
+        print(f"error: {fmt.runtime} {precision} failed its parity gate; written to {out} because of --force "
+              "and marked failing in model.json", file=sys.stderr)
+        return GATE_FAILED
+    print(f"wrote {out / contract.model_file} and {out / 'model.json'}")
+    return 0
+
+
+def _runtime_available(fmt: Format) -> bool:
+    return fmt.runtime != "coreml" or sys.platform == "darwin"

@@ -1,0 +1,148 @@
+"""Core ML export: ``python -m export.coreml CKPT [--quantize {fp32,fp16,int8}] [--out DIR]``.
+
+Route (see ../shared/notes/export.md section 4): ``ct.convert(torch.jit.trace(model, x), convert_to="mlprogram",
+minimum_deployment_target=iOS16)`` to an ``.mlpackage`` with a float32 ``input`` (``1x3xHxW``, or
+``1xHxWx3`` with ``--layout NHWC``) and a float32 ``embedding`` output.
+
+* fp32: ``compute_precision=FLOAT32``.
+* fp16: float16 weights and compute, except the L2 normalisation (``reduce_l2_norm`` / ``real_div`` and the
+  ops around them stay float32: the sum of squares can overflow fp16); I/O stays float32.
+* int8: the fp16 program with every conv/linear weight linearly quantized to int8, symmetric per output
+  channel (``coremltools.optimize.coreml.linear_quantize_weights``, ``weight_threshold=0``): W8 weights,
+  fp16 activations. W8A8 (``coremltools.optimize.torch`` activation quantization, iOS17) is not built.
+
+Parity: Core ML runs only on macOS. On Linux the check is structural -- input/output names, shapes and dtypes,
+and the precision of every stored weight -- and model.json says that runtime parity was not measured (no
+cosine or Recall number is written). On macOS the same shared parity core runs ``MLModel.predict``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from export.common import BuildResult, ExportJob, Format, batch_one_runner, build_parser, run_export
+from export.contract import ModelContract, TensorSpec
+from export.onnx import layout_module
+from mobilekd.errors import MobileKDError, cli_entry
+
+INPUT, OUTPUT = "input", "embedding"
+NORM_OPS = ("reduce_l2_norm", "real_div", "maximum", "tile")  # F.normalize as lowered by coremltools
+WEIGHT_DTYPE = {"fp32": "FLOAT32", "fp16": "FLOAT16", "int8": "INT8"}
+
+
+def convert(job: ExportJob, work: Path) -> BuildResult:
+    import coremltools as ct
+    import torch
+
+    module = layout_module(job)
+    sample = torch.randn(*job.input_shape())
+    with torch.no_grad():
+        traced = torch.jit.trace(module, sample)
+    if job.precision == "fp32":
+        precision = ct.precision.FLOAT32
+    else:
+        precision = ct.transform.FP16ComputePrecision(op_selector=lambda op: op.op_type not in NORM_OPS)
+    try:
+        mlmodel = ct.convert(traced, inputs=[ct.TensorType(name=INPUT, shape=tuple(job.input_shape()),
+                                                           dtype=np.float32)],
+                             outputs=[ct.TensorType(name=OUTPUT, dtype=np.float32)], convert_to="mlprogram",
+                             minimum_deployment_target=ct.target.iOS16, compute_precision=precision)
+    except Exception as error:  # coremltools raises NotImplementedError/ValueError naming the op
+        raise MobileKDError(f"coremltools cannot convert {job.model.spec.arch}: {type(error).__name__}: "
+                            f"{str(error).splitlines()[0][:500] if str(error) else ''}") from None
+    info = {"scheme": "none"} if job.precision == "fp32" else {
+        "scheme": "fp16-weights", "weights": "float16", "activations": "float16 (L2 normalisation float32)"}
+    if job.precision == "int8":
+        import coremltools.optimize.coreml as cto
+
+        config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=0))
+        mlmodel = cto.linear_quantize_weights(mlmodel, config=config)
+        info = {"scheme": "int8-weights", "weights": "int8 symmetric per-channel (linear_quantize_weights)",
+                "activations": "float16 (L2 normalisation float32)"}
+    elif job.precision not in ("fp32", "fp16"):
+        raise MobileKDError(f"Core ML export does not support --quantize {job.precision}")
+    mlmodel.short_description = f"mobilekd {job.model.spec.arch} embedding ({job.precision})"
+    mlmodel.save(str(work / "model.mlpackage"))
+    dim = int(job.model.embed_dim)
+    return BuildResult("model.mlpackage", TensorSpec(INPUT, job.input_shape(), "float32", job.layout),
+                       TensorSpec(OUTPUT, [1, dim], "float32", l2_normalized=bool(job.model.spec.normalize)),
+                       info, f"coremltools.convert(torch.jit.trace) mlprogram iOS16", [])
+
+
+def structure(path: Path) -> dict:
+    """Inputs, outputs and stored weight precision of an .mlpackage, read from its spec (works on Linux)."""
+    import coremltools as ct
+    from coremltools.proto import MIL_pb2
+
+    spec = ct.utils.load_spec(str(path))
+
+    def feature(f) -> dict:
+        array = f.type.multiArrayType
+        dtype = ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(array.dataType)
+        return {"name": f.name, "shape": [int(s) for s in array.shape], "dtype": dtype}
+
+    weights: dict[str, int] = {}
+    ops: dict[str, int] = {}
+    main = spec.mlProgram.functions["main"]
+    for op in main.block_specializations[main.opset].operations:
+        ops[op.type] = ops.get(op.type, 0) + 1
+        for key, value in op.attributes.items():
+            if not value.type.HasField("tensorType") or key not in ("val", "quantized_data", "data"):
+                continue
+            tensor = value.type.tensorType
+            count = int(np.prod([d.constant.size for d in tensor.dimensions], dtype=np.int64))
+            dtype = MIL_pb2.DataType.Name(tensor.dataType)
+            if count >= 64 and dtype in ("FLOAT32", "FLOAT16", "INT8", "UINT8"):  # weights, not scalars
+                weights[dtype] = weights.get(dtype, 0) + count
+    return {"spec_version": int(spec.specificationVersion), "inputs": [feature(f) for f in spec.description.input],
+            "outputs": [feature(f) for f in spec.description.output], "weight_elements": weights,
+            "op_counts": ops}
+
+
+def structural_check(path: Path, contract: ModelContract) -> dict:
+    from export.parity import structural_report
+
+    s = structure(path)
+    weights = s["weight_elements"]
+    total = sum(weights.values()) or 1
+    expected = WEIGHT_DTYPE[contract.precision]
+    share = weights.get(expected, 0) / total
+    inp = s["inputs"][0] if len(s["inputs"]) == 1 else {}
+    out = s["outputs"][0] if len(s["outputs"]) == 1 else {}
+    checks = {
+        "one input named 'input', float32": inp.get("name") == contract.input.name and inp.get("dtype") == "FLOAT32",
+        f"input shape {contract.input.shape}": inp.get("shape") == contract.input.shape,
+        "one output named 'embedding', float32": out.get("name") == contract.output.name
+                                                and out.get("dtype") == "FLOAT32",
+        f"output shape {contract.output.shape}": out.get("shape") in (contract.output.shape, []),
+        f">= 95% of weight elements stored as {expected}": share >= 0.95,
+    }
+    s["weight_share_expected"] = round(share, 4)
+    reason = "Core ML predict() runs only on macOS; run python -m export.check there"
+    return structural_report(checks, s, reason)
+
+
+def make_runner(path: Path, contract: ModelContract, threads: int = 1):
+    if sys.platform != "darwin":
+        return None
+    import coremltools as ct
+
+    model = ct.models.MLModel(str(path))
+    return batch_one_runner(lambda x: model.predict({contract.input.name: x})[contract.output.name], contract)
+
+
+FORMAT = Format("coreml", ".mlpackage", convert, make_runner, ("coremltools",), structural_check)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser("coreml", ("fp32", "fp16", "int8"), "fp32", "NCHW", __doc__.splitlines()[0])
+    return run_export(FORMAT, parser.parse_args(argv), "NCHW")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
