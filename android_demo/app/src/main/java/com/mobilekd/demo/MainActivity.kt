@@ -228,7 +228,7 @@ class MainActivity : AppCompatActivity() {
         future.addListener({
             val provider = future.get()
             val preview = Preview.Builder().build().also {
-                it.surfaceProvider = findViewById<PreviewView>(R.id.preview).surfaceProvider
+                it.setSurfaceProvider(findViewById<PreviewView>(R.id.preview).surfaceProvider)
             }
             imageCapture = ImageCapture.Builder().setCaptureMode(ImageCapture.CAPTURE_MODE_MINIMIZE_LATENCY).build()
             provider.unbindAll()
