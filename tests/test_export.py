@@ -1,0 +1,258 @@
+"""export: ONNX / TFLite / Core ML exports of a tiny student, parity numbers, gates, manifests, bad input.
+
+The student is a random-weight MobileNetV1-0.25 (32 px, 32-d), the data 6 classes x 4 coloured-noise PNGs
+(first 3 classes = train split = calibration, last 3 = test split = parity). Every export runs in-process
+through the real converters and runtimes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mobilekd.models import create_model, save_model
+
+SIZE, DIM = 32, 32
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    data = root / "images"
+    rng = np.random.default_rng(0)
+    for c in range(6):
+        base = rng.integers(0, 256, 3)
+        (data / f"class{c}").mkdir(parents=True)
+        for i in range(4):
+            pixels = np.clip(base + rng.normal(0, 40, (40, 48, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(data / f"class{c}" / f"{i}.png")
+    torch.manual_seed(0)
+    ckpt = save_model(create_model("mobilenetv1_025", embed_dim=DIM, size=SIZE), root / "student",
+                      {"config": {"data": str(data), "train_fraction": 0.5}})
+    torch.manual_seed(1)
+    teacher = save_model(create_model("mobilenetv1_025", embed_dim=DIM, size=SIZE), root / "teacher")
+    return {"root": root, "data": data, "ckpt": ckpt, "teacher": teacher}
+
+
+def run(module: str, *argv) -> int:
+    import importlib
+
+    return importlib.import_module(f"export.{module}").main([str(a) for a in argv])
+
+
+def manifest(folder: Path) -> dict:
+    return json.loads((folder / "model.json").read_text())
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+# ------------------------------------------------------------------------------------------ parity core
+
+
+def test_parity_core_detects_drift(workspace):
+    from export.parity import Gates, compute_parity, embed_torch, load_parity_data
+    from mobilekd.models import load_model
+
+    model = load_model(workspace["ckpt"]).eval()
+    data = load_parity_data(str(workspace["data"]), model.preprocess, 0)
+    assert data.pixels.shape == (12, 3, SIZE, SIZE) and data.labels is not None
+    same = compute_parity(lambda x: embed_torch(model, x), model, data, Gates(0.9999))
+    assert same["passed"] and same["vs_float"]["min_cos"] > 0.99999 and same["vs_float"]["r1_drop"] == 0
+    assert same["vs_float"]["top10_overlap"] == 1.0
+
+    rng = np.random.default_rng(0)
+    noisy = compute_parity(lambda x: embed_torch(model, x) + rng.normal(0, 0.5, (len(x), DIM)), model, data,
+                           Gates(0.99))
+    assert not noisy["passed"] and noisy["vs_float"]["mean_cos"] < 0.99 and noisy["failures"]
+    nan = compute_parity(lambda x: np.full((len(x), DIM), np.nan), model, data, Gates(0.0))
+    assert not nan["passed"] and "NaN" in nan["failures"][0]
+
+
+# ------------------------------------------------------------------------------------------ ONNX
+
+
+def test_onnx_fp32_int8_and_check(workspace, capsys):
+    import onnx
+    import onnxruntime as ort
+
+    ckpt, teacher = workspace["ckpt"], workspace["teacher"]
+    out = workspace["root"] / "onnx32"
+    assert run("onnx", ckpt, "--out", out, "--teacher", teacher) == 0
+    info = manifest(out)
+    assert info["runtime"] == "onnx" and info["precision"] == "fp32" and info["embed_dim"] == DIM
+    assert info["input"]["shape"] == [1, 3, SIZE, SIZE] and info["input"]["layout"] == "NCHW"
+    assert info["output"] == {"name": "embedding", "shape": [1, DIM], "dtype": "float32", "quantization": None,
+                              "l2_normalized": True}
+    parity = info["parity"]
+    assert parity["passed"] and parity["vs_float"]["min_cos"] > 0.9999 and parity["vs_float"]["r1_drop"] == 0
+    assert parity["vs_teacher"]["applicable"] and "cross_r1_exported" in parity["vs_teacher"]
+    from export.common import sha256_path
+
+    assert info["model_sha256"] == sha256_path(out / "model.onnx")
+    assert info["source"]["sha256"] == sha256_path(ckpt / "model.safetensors")
+    assert "onnxruntime" in info["build"]["tools"]
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": np.zeros((1, 3, SIZE, SIZE), np.float32)})[0].shape == (1, DIM)
+
+    out8 = workspace["root"] / "onnx8"
+    assert run("onnx", ckpt, "--quantize", "int8", "--calib-images", 8, "--out", out8) == 0
+    info8 = manifest(out8)
+    graph = onnx.load(str(out8 / "model.onnx")).graph
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 10
+    assert info8["quantization"]["scheme"] == "int8-static" and info8["quantization"]["calibration"]["images"] == 8
+    assert "train split" in info8["quantization"]["calibration"]["source"]
+    assert info8["parity"]["vs_float"]["mean_cos"] > 0.99 and "r1_exported" in info8["parity"]["vs_float"]
+    assert (out8 / "model.onnx").stat().st_size < 0.5 * (out / "model.onnx").stat().st_size
+
+    capsys.readouterr()
+    assert run("check", out8, "--against", ckpt) == 0
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_onnx_fp16_nhwc(workspace):
+    out = workspace["root"] / "onnx16"
+    assert run("onnx", workspace["ckpt"], "--quantize", "fp16", "--layout", "NHWC", "--out", out) == 0
+    info = manifest(out)
+    assert info["input"]["shape"] == [1, SIZE, SIZE, 3] and info["input"]["layout"] == "NHWC"
+    assert info["precision"] == "fp16" and info["parity"]["vs_float"]["mean_cos"] > 0.999
+
+
+def test_broken_model_fails_check(workspace, capsys):
+    """Perturb the weights of an exported file: export.check must fail it (parity and sha256)."""
+    import onnx
+    from onnx import numpy_helper
+
+    src = workspace["root"] / "onnx32"
+    broken = workspace["root"] / "broken"
+    shutil.copytree(src, broken)
+    model = onnx.load(str(broken / "model.onnx"))
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.float32 and array.ndim == 4:
+            init.CopyFrom(numpy_helper.from_array(array + rng.normal(0, array.std() + 1e-3, array.shape)
+                                                  .astype(np.float32), init.name))
+    onnx.save(model, str(broken / "model.onnx"))
+    capsys.readouterr()
+    assert run("check", broken / "model.onnx", "--against", workspace["ckpt"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "mean cosine" in out and "changed after export" in out
+
+
+def test_gate_failure_leaves_no_file_unless_forced(workspace, capsys):
+    out = workspace["root"] / "refused"
+    # an impossible gate: Recall@1 must *rise* by a point over the float student
+    assert run("onnx", workspace["ckpt"], "--out", out, "--max-r1-drop", -1) == 1
+    assert "failed its parity gate" in capsys.readouterr().err
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]  # no temp leftovers
+    assert run("onnx", workspace["ckpt"], "--out", out, "--max-r1-drop", -1, "--force") == 1
+    info = manifest(out)
+    assert info["parity"]["passed"] is False and info["parity"]["forced"] is True
+
+
+# ------------------------------------------------------------------------------------------ TFLite
+
+
+def test_tflite_fp32_and_int8(workspace):
+    from export.tflite import tensor_dtypes
+
+    ckpt = workspace["ckpt"]
+    out = workspace["root"] / "tfl32"
+    assert run("tflite", ckpt, "--out", out) == 0
+    info = manifest(out)
+    assert info["input"]["shape"] == [1, SIZE, SIZE, 3] and info["input"]["layout"] == "NHWC"
+    assert info["input"]["dtype"] == "float32" and info["parity"]["vs_float"]["min_cos"] > 0.9999
+
+    out8 = workspace["root"] / "tfl8"
+    # The random-weight student maps all images to nearly the same direction, so the int8 output grid
+    # (scale ~1/128) creates nearest-neighbour ties and Recall@1 on 12 images is noise: gate on cosine only.
+    assert run("tflite", ckpt, "--quantize", "int8", "--calib-images", 8, "--out", out8, "--max-r1-drop", 100) == 0
+    info8 = manifest(out8)
+    dtypes = tensor_dtypes(out8 / "model.tflite")
+    assert dtypes.get("int8", 0) > 20
+    assert info8["input"]["dtype"] == "int8" and info8["input"]["quantization"]["scale"] > 0
+    assert info8["output"]["dtype"] == "int8" and info8["output"]["quantization"]["scale"] > 0
+    vf = info8["parity"]["vs_float"]
+    assert vf["mean_cos"] > 0.99 and {"min_cos", "max_abs_diff", "top10_overlap", "r1_float", "r1_exported"} <= set(vf)
+    assert (out8 / "model.tflite").stat().st_size < 0.5 * (out / "model.tflite").stat().st_size
+
+
+@pytest.mark.slow
+def test_tflite_fp16_dynamic(workspace):
+    for q in ("fp16", "dynamic"):
+        out = workspace["root"] / f"tfl-{q}"
+        assert run("tflite", workspace["ckpt"], "--quantize", q, "--out", out) == 0
+        assert manifest(out)["parity"]["vs_float"]["mean_cos"] > 0.99
+
+
+# ------------------------------------------------------------------------------------------ Core ML
+
+
+def test_coreml_int8_structural(workspace):
+    out = workspace["root"] / "coreml8"
+    assert run("coreml", workspace["ckpt"], "--quantize", "int8", "--out", out) == 0
+    info = manifest(out)
+    assert (out / "model.mlpackage").is_dir() and info["model_file"] == "model.mlpackage"
+    parity = info["parity"]
+    assert parity["scope"] == "structural" and parity["passed"]
+    assert parity["vs_float"] is None and "macOS" in parity["runtime_parity"]  # no unmeasured numbers
+    assert parity["structure"]["weight_elements"]["INT8"] > 0.95 * sum(parity["structure"]["weight_elements"].values())
+    assert parity["structure"]["inputs"][0] == {"name": "input", "shape": [1, 3, SIZE, SIZE], "dtype": "FLOAT32"}
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_bad_input(workspace, tmp_path, capsys):
+    ckpt = workspace["ckpt"]
+    assert run("onnx", tmp_path / "missing") == 2
+    assert "checkpoint not found" in one_error_line(capsys)
+    assert run("tflite", ckpt, "--quantize", "int4") == 2
+    assert "invalid choice" in one_error_line(capsys)
+    assert run("coreml", ckpt, "--quantize", "dynamic") == 2
+    one_error_line(capsys)
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(ckpt, corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
+    assert run("onnx", corrupt) == 2
+    assert "cannot read weights" in one_error_line(capsys)
+
+    other_arch = tmp_path / "other_arch"
+    shutil.copytree(ckpt, other_arch)
+    meta = json.loads((other_arch / "model.json").read_text())
+    meta["spec"]["arch"] = "lcnet_035"
+    (other_arch / "model.json").write_text(json.dumps(meta))
+    assert run("onnx", other_arch) == 2
+    assert "does not match lcnet_035" in one_error_line(capsys)
+
+    no_data = tmp_path / "no_data"
+    save_model(create_model("mobilenetv1_025", embed_dim=DIM, size=SIZE), no_data)
+    assert run("onnx", no_data, "--out", tmp_path / "x") == 2
+    assert "--data" in one_error_line(capsys)
+
+    tiny = tmp_path / "tiny_calib"
+    tiny.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tiny / "a.png")
+    assert run("tflite", ckpt, "--quantize", "int8", "--calib", tiny, "--calib-images", 8, "--out", tmp_path / "y") == 2
+    assert "fewer than --calib-images" in one_error_line(capsys)
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert run("onnx", ckpt, "--out", blocker) == 2
+    assert "not a folder" in one_error_line(capsys)
+
+    assert run("check", tmp_path / "nothing.onnx", "--against", ckpt) == 2
+    assert "not found" in one_error_line(capsys)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
