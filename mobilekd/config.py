@@ -38,6 +38,7 @@ class Config:
     # --- teacher
     teacher: str | None = "efficientnet_lite0"  # name, checkpoint folder, .onnx, .npz embeddings, or none
     teacher_size: int | None = None  # teacher input resolution (default: the teacher's own)
+    teacher_cache: str | None = None  # a cache folder from `python -m mobilekd.embed` (default: OUT/teacher_cache)
     lowres: int | None = None  # cross-quality: the student sees the image down-sampled to this size
     jpeg_quality: int | None = None  # cross-quality: the student sees a JPEG of this quality
     # --- losses (total = sum of weight x loss)
@@ -98,6 +99,22 @@ class Config:
         if problems:
             raise MobileKDError("invalid configuration: " + "; ".join(problems))
         return self
+
+    @property
+    def effective_views(self) -> int:
+        """Views per image; with no crops and no flips every view is the full image, so there is one."""
+        return 1 if (self.crop_scale >= 1.0 and not self.flip) else self.views
+
+    def view_sampler(self):
+        from mobilekd.data.views import ViewSampler
+
+        return ViewSampler(self.seed, scale=(self.crop_scale, 1.0), flip=self.flip)
+
+    def data_identity(self, split: str = "train") -> dict:
+        import os
+
+        return {"path": os.path.abspath(self.data), "layout": self.layout, "split": split,
+                "train_fraction": self.train_fraction}
 
     @property
     def uses_teacher(self) -> bool:

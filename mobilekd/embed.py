@@ -47,3 +47,45 @@ def embed_image_set(model, images: ImageSet, device: str = "cpu", batch_size: in
 
 def is_blackbox(model) -> bool:
     return isinstance(model, (OnnxEmbedder, PrecomputedEmbeddings))
+
+
+def main(argv=None) -> int:
+    """``python -m mobilekd.embed``: build a teacher-embedding cache for later distillation runs.
+
+    Takes the distillation flags that decide the targets (--data, --teacher, --teacher-size, --views, --seed,
+    --crop-scale, --flip) and writes the cache to --teacher-cache DIR; pass the same DIR to
+    ``python -m mobilekd.distill --teacher-cache DIR``. Re-running a killed build continues it.
+    """
+    import sys
+
+    from mobilekd.cache import TeacherCache
+    from mobilekd.config import Config
+    from mobilekd.data.datasets import load_image_set
+    from mobilekd.errors import MobileKDError, cli_entry
+    from mobilekd.teachers import resolve_teacher
+
+    @cli_entry
+    def run(args) -> int:
+        config = Config.from_args(args, "python -m mobilekd.embed", main.__doc__.split("\n\n")[0],
+                                  overrides={"absolute_weight": 1.0})
+        if not config.teacher_cache:
+            raise MobileKDError("--teacher-cache DIR (where to write the cache) is required")
+        if config.effective_views == 0:
+            raise MobileKDError("--views 0 means a live teacher: nothing to cache")
+        images = load_image_set(config.data, "train", config.layout, config.train_fraction)
+        teacher = resolve_teacher(config.teacher, config.teacher_size, config.threads or None)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        inputs = {"teacher": teacher.preprocess} if teacher.preprocess is not None else {}
+        dataset = ViewDataset(images, inputs, config.view_sampler(), preload_side=config.preload,
+                              progress=config.progress)
+        cache = TeacherCache.build(config.teacher_cache, teacher, dataset, config.effective_views,
+                                   config.data_identity("train"), config.device, progress=config.progress)
+        print(f"teacher cache: {cache.path} ({len(images)} images x {cache.num_views} views x {cache.embed_dim})")
+        return 0
+
+    return run(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -24,14 +24,15 @@ from mobilekd.config import Config
 from mobilekd.data.dataset import ViewDataset
 from mobilekd.data.datasets import load_image_set
 from mobilekd.data.sampler import PKBatchSampler
-from mobilekd.data.views import Degradation, ViewSampler
+from mobilekd.data.views import Degradation
 from mobilekd.embed import embed_image_set
 from mobilekd.errors import MobileKDError
 from mobilekd.io import atomic_path, write_json
 from mobilekd.losses import AbsoluteTeacherLoss, MetricLoss, RelativeTeacherLoss
 from mobilekd.metrics import retrieval_metrics
 from mobilekd.models import EmbeddingNet, save_model
-from mobilekd.teachers import TeacherTargets, describe_teacher, resolve_model, resolve_teacher, teacher_dim
+from mobilekd.cache import TeacherCache, expected_manifest
+from mobilekd.teachers import resolve_model, resolve_teacher, teacher_dim
 
 STATE_FILE = "train_state.pt"
 # options that must not change between a run and its --resume
@@ -60,8 +61,7 @@ class Trainer:
         self.student = resolve_model(c.student, c.embed_dim, c.student_size, c.pretrained, c.head_bn).to(self.device)
         self.teacher = resolve_teacher(c.teacher, c.teacher_size, c.threads or None) if (c.teacher and c.uses_teacher) else None
 
-        # with no crops and no flips every view is the full image: one view (view 0) is all there is
-        self.num_views = 1 if (c.crop_scale >= 1.0 and not c.flip) else c.views
+        self.num_views = c.effective_views
         live_teacher = self.teacher is not None and self.num_views == 0
         if self.teacher is not None and self.teacher.preprocess is None and self.num_views != 1:
             raise MobileKDError("a teacher of precomputed embeddings has one view per image: use --views 1")
@@ -69,19 +69,12 @@ class Trainer:
         if live_teacher:
             inputs["teacher"] = self.teacher.preprocess
         degradation = Degradation(c.lowres, c.jpeg_quality) if (c.lowres or c.jpeg_quality) else None
-        self.views = ViewSampler(c.seed, scale=(c.crop_scale, 1.0), flip=c.flip)
+        self.views = c.view_sampler()
         self.train_set = ViewDataset(self.train_images, inputs, self.views, {"student": degradation},
                                      preload_side=c.preload, progress=c.progress)
         self.targets = None
         if self.teacher is not None and not live_teacher:
-            identity = {"teacher": describe_teacher(self.teacher), "data": os.path.abspath(c.data),
-                        "layout": c.layout, "train_fraction": c.train_fraction, "views": self.num_views,
-                        "view_sampler": repr(self.views), "images": len(self.train_images)}
-            teacher_views = self.train_set.with_inputs({"teacher": self.teacher.preprocess}
-                                                       if self.teacher.preprocess is not None else {})
-            self.targets = TeacherTargets.build(self.teacher, teacher_views, self.num_views,
-                                                self.out / "teacher_targets.safetensors", identity, str(self.device),
-                                                c.progress)
+            self.targets = open_or_build_cache(c, self.teacher, self.train_set, self.out, str(self.device))
         self.sampler = PKBatchSampler(self.train_images.labels, c.batch_classes, c.images_per_class, self.num_views,
                                       c.seed, c.steps_per_epoch or None)
         self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=c.num_workers,
@@ -232,6 +225,17 @@ def _epoch_line(record: dict) -> str:
     if "student_to_teacher" in record:
         line += f" | student->teacher R@1 {record['student_to_teacher']['R@1']:.2f}"
     return line
+
+
+def open_or_build_cache(config: Config, teacher, train_set: ViewDataset, out: Path, device: str) -> TeacherCache:
+    """The run's teacher targets: ``--teacher-cache`` (checked against this run) or OUT/teacher_cache."""
+    teacher_set = train_set.with_inputs({"teacher": teacher.preprocess} if teacher.preprocess is not None else {})
+    data = config.data_identity("train")
+    if config.teacher_cache:
+        return TeacherCache.open(config.teacher_cache,
+                                 expected_manifest(teacher, teacher_set, config.effective_views, data))
+    return TeacherCache.build(out / "teacher_cache", teacher, teacher_set, config.effective_views, data, device,
+                              progress=config.progress)
 
 
 def train(config: Config) -> dict:

@@ -32,7 +32,7 @@ def test_short_distillation_lowers_the_loss_and_writes_a_checkpoint(folder_datas
     assert 0 <= summary["test"]["R@1"] <= 100 and summary["teacher"]["R@1"] > 0
     model_json = json.loads((tmp_path / "run" / "model.json").read_text())
     assert model_json["epoch"] == 6 and model_json["spec"]["arch"] == "mobilenetv1_025"
-    assert (tmp_path / "run" / "teacher_targets.safetensors").is_file()
+    assert (tmp_path / "run" / "teacher_cache" / "manifest.json").is_file()
 
 
 def test_teacher_targets_are_those_of_the_same_views(folder_dataset, tmp_path):

@@ -1,0 +1,189 @@
+"""Teacher-embedding cache: run the big teacher once, train the tiny student many times.
+
+A cache folder holds
+
+* ``embeddings.npy`` -- float32 [N images, V views, D], memory-mapped when read (``np.load(mmap_mode="r")``);
+* ``manifest.json``  -- what the numbers are: the teacher (description + sha256 of its weights or file), the
+  transform (its preprocessing and the view sampler: seed, crop scale, ratio, flip), the number of views,
+  the data set (path, layout, split, and a fingerprint of its image keys, labels and file sizes), and how
+  many images are done.
+
+View v of image i is the view ``ViewSampler(seed, ...)(W, H, i, v)`` -- the student renders the identical
+view at its own resolution, so its targets are consistent with what it sees. Building is resumable: images
+are embedded in chunks and ``done`` is advanced atomically after each chunk, so a killed build continues
+where it stopped. ``TeacherCache.open(path, expected)`` refuses a cache whose teacher, transform, views or data
+differ from the run's, naming the fields.
+
+Hint and attention losses need the teacher's feature maps, which are not cached: they keep the live teacher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mobilekd.blackbox import PrecomputedEmbeddings
+from mobilekd.data.dataset import ViewDataset
+from mobilekd.data.datasets import ImageSet
+from mobilekd.embed import embed_views
+from mobilekd.errors import MobileKDError
+from mobilekd.io import write_json
+from mobilekd.models import EmbeddingNet
+
+FORMAT = "mobilekd-teacher-cache/1"
+MANIFEST = "manifest.json"
+EMBEDDINGS = "embeddings.npy"
+# fields that must agree between a cache and the run that reads it
+IDENTITY_FIELDS = ("teacher_sha256", "transform", "views", "data_fingerprint")
+
+
+def teacher_identity(teacher) -> tuple[str, str]:
+    """(human-readable description, sha256 of the weights or file) of a teacher."""
+    digest = hashlib.sha256()
+    if isinstance(teacher, EmbeddingNet):
+        for key, value in teacher.state_dict().items():
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return json.dumps(teacher.spec.to_dict(), sort_keys=True), digest.hexdigest()
+    path = Path(teacher.path)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return str(path), digest.hexdigest()
+
+
+def data_fingerprint(images: ImageSet) -> str:
+    """sha256 of the image keys, labels and file sizes (changes when files are added, removed or replaced)."""
+    digest = hashlib.sha256()
+    source = images.source
+    sizes = {}
+    if source.is_zip:
+        import zipfile
+
+        with zipfile.ZipFile(source.root) as archive:
+            sizes = {info.filename: info.file_size for info in archive.infolist()}
+    for key, label in zip(images.keys, images.labels.tolist()):
+        size = sizes.get(key, -1) if source.is_zip else _file_size(os.path.join(source.root, key))
+        digest.update(f"{key}\t{label}\t{size}\n".encode())
+    return digest.hexdigest()
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1
+
+
+def expected_manifest(teacher, dataset: ViewDataset, views: int, data: dict) -> dict:
+    description, sha = teacher_identity(teacher)
+    sampler = dataset.views
+    transform = {"preprocess": teacher.preprocess.to_dict() if teacher.preprocess is not None else None,
+                 "view_sampler": {"seed": sampler.seed, "scale": list(sampler.scale), "ratio": list(sampler.ratio),
+                                  "flip": sampler.flip, "eval_crop": sampler.eval_crop}}
+    return {"format": FORMAT, "teacher": description, "teacher_sha256": sha, "transform": transform,
+            "views": int(views), "data": data, "data_fingerprint": data_fingerprint(dataset.images),
+            "images": len(dataset.images)}
+
+
+def _mismatch(manifest: dict, expected: dict) -> list[str]:
+    return [name for name in IDENTITY_FIELDS if json.dumps(manifest.get(name), sort_keys=True)
+            != json.dumps(expected.get(name), sort_keys=True)]
+
+
+class TeacherCache:
+    """``cache(index, view)`` -> teacher embeddings (torch, float32) of those views."""
+
+    def __init__(self, path: Path, embeddings: np.ndarray, manifest: dict):
+        self.path, self.embeddings, self.manifest = Path(path), embeddings, manifest
+
+    @property
+    def num_views(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.embeddings.shape[2])
+
+    def __call__(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        rows = self.embeddings[np.asarray(index), np.asarray(view)]
+        return torch.from_numpy(np.array(rows, dtype=np.float32))
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, expected: dict | None = None) -> "TeacherCache":
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file() or not (path / EMBEDDINGS).is_file():
+            raise MobileKDError(f"{path} is not a teacher-embedding cache (needs {MANIFEST} and {EMBEDDINGS})")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != FORMAT:
+            raise MobileKDError(f"{manifest_path}: unknown cache format {manifest.get('format')!r}")
+        if manifest.get("done", 0) < manifest.get("images", 0):
+            raise MobileKDError(f"teacher cache {path} is incomplete ({manifest.get('done')}/{manifest['images']} "
+                                "images): run the same `python -m mobilekd.embed` command again to finish it")
+        if expected is not None:
+            different = _mismatch(manifest, expected)
+            if different:
+                raise MobileKDError(f"teacher cache {path} does not match this run: different "
+                                    f"{', '.join(different)} (built for teacher {manifest.get('teacher')!r}, "
+                                    f"{manifest.get('views')} views); rebuild it or drop --teacher-cache")
+        return cls(path, np.load(path / EMBEDDINGS, mmap_mode="r"), manifest)
+
+    @classmethod
+    def build(cls, path: str | os.PathLike, teacher, dataset: ViewDataset, views: int, data: dict,
+              device: str = "cpu", chunk: int = 256, progress: bool = True) -> "TeacherCache":
+        """Embed views 0..V-1 of every image (resuming a partial build) and return the opened cache."""
+        path = Path(path)
+        expected = expected_manifest(teacher, dataset, views, data)
+        manifest_path = path / MANIFEST
+        if manifest_path.is_file():
+            manifest = json.loads(manifest_path.read_text())
+            if not _mismatch(manifest, expected) and manifest.get("done", 0) >= len(dataset):
+                return cls.open(path, expected)
+            if _mismatch(manifest, expected):
+                manifest = None  # another teacher/transform/data: start over
+        else:
+            manifest = None
+        path.mkdir(parents=True, exist_ok=True)
+        if isinstance(teacher, PrecomputedEmbeddings):
+            if views != 1:
+                raise MobileKDError("precomputed teacher embeddings exist for one view per image: use --views 1")
+            embeddings = teacher.lookup(dataset.images.keys)[:, None, :].numpy()
+            np.save(path / EMBEDDINGS, embeddings)
+            write_json(manifest_path, {**expected, "shape": list(embeddings.shape), "dtype": "float32",
+                                       "done": len(dataset)})
+            return cls.open(path, expected)
+
+        if isinstance(teacher, torch.nn.Module):
+            teacher.to(device)
+        dim = int(teacher.embed_dim)
+        shape = (len(dataset), int(views), dim)
+        if manifest is None:
+            store = np.lib.format.open_memmap(path / EMBEDDINGS, mode="w+", dtype=np.float32, shape=shape)
+            manifest = {**expected, "shape": list(shape), "dtype": "float32", "done": 0, "chunks_done": []}
+            write_json(manifest_path, manifest)
+        else:
+            store = np.load(path / EMBEDDINGS, mmap_mode="r+")
+        done = set(manifest.get("chunks_done", []))
+        mine = [s for s in range(0, len(dataset), chunk) if s not in done]
+        bar = tqdm(total=len(mine) * chunk * views, desc=f"teacher cache ({views} views x {len(dataset)} images)",
+                   disable=not progress, leave=False)
+        for start in mine:
+            stop = min(start + chunk, len(dataset))
+            keys = [(i, v) for i in range(start, stop) for v in range(views)]
+            flat = embed_views(teacher, dataset, keys, "teacher", device, progress=False)
+            store[start:stop] = flat.reshape(stop - start, views, dim).numpy()
+            store.flush()
+            manifest["chunks_done"] = sorted(set(manifest.get("chunks_done", [])) | {start})
+            manifest["done"] = sum(min(chunk, len(dataset) - s) for s in manifest["chunks_done"])
+            write_json(manifest_path, manifest)
+            bar.update(len(keys))
+        bar.close()
+        del store
+        return cls.open(path, expected)
