@@ -22,6 +22,10 @@ from mobilekd.losses.metric import METRIC_LOSSES
 from mobilekd.losses.relative import REDUCTIONS
 
 
+TEACHER_LOSS_WEIGHTS = ("absolute_weight", "relative_weight", "rkd_distance_weight", "rkd_angle_weight",
+                        "kl_weight", "hint_weight", "attention_weight")
+
+
 @dataclass
 class Config:
     # --- data
@@ -48,6 +52,13 @@ class Config:
     absolute_squared: bool = False
     relative_weight: float = 0.0  # relative teacher loss (Yu et al. 2019)
     relative_reduction: str = "frobenius"  # frobenius | mean_sq | mean_abs
+    rkd_distance_weight: float = 0.0  # RKD distance loss (Park et al. 2019)
+    rkd_angle_weight: float = 0.0  # RKD angle loss (Park et al. 2019)
+    kl_weight: float = 0.0  # distance-distribution KL (Feng et al. 2020)
+    kl_temperature: float = 0.1
+    hint_weight: float = 0.0  # hint regression of feature maps through 1x1 adapters (Yu et al. 2019)
+    attention_weight: float = 0.0  # attention-map transfer (Zagoruyko & Komodakis 2017; Yu et al. 2019)
+    feature_layers: str = "-2=-2,-1=-1"  # student=teacher stage pairs for hint/attention: index or module name
     # --- optimisation
     epochs: int = 30
     batch_classes: int = 16  # P classes per batch
@@ -82,7 +93,7 @@ class Config:
         for name in ("epochs", "batch_classes", "images_per_class", "student_size", "eval_every"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1")
-        for name in ("metric_weight", "absolute_weight", "relative_weight", "lr", "weight_decay", "views",
+        for name in (*TEACHER_LOSS_WEIGHTS, "metric_weight", "kl_temperature", "lr", "weight_decay", "views",
                      "steps_per_epoch", "preload", "threads", "num_workers", "embed_dim", "warmup_epochs"):
             if getattr(self, name) < 0:
                 problems.append(f"--{name.replace('_', '-')} must be >= 0")
@@ -118,7 +129,11 @@ class Config:
 
     @property
     def uses_teacher(self) -> bool:
-        return self.absolute_weight > 0 or self.relative_weight > 0
+        return any(getattr(self, name) > 0 for name in TEACHER_LOSS_WEIGHTS)
+
+    @property
+    def uses_feature_maps(self) -> bool:
+        return self.hint_weight > 0 or self.attention_weight > 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -28,7 +28,9 @@ from mobilekd.data.views import Degradation
 from mobilekd.embed import embed_image_set
 from mobilekd.errors import MobileKDError
 from mobilekd.io import atomic_path, write_json
-from mobilekd.losses import AbsoluteTeacherLoss, MetricLoss, RelativeTeacherLoss
+from mobilekd.features import parse_layer_pairs
+from mobilekd.losses import (AbsoluteTeacherLoss, AttentionTransferLoss, DistanceKLLoss, HintLoss, MetricLoss,
+                             RelativeTeacherLoss, RKDAngleLoss, RKDDistanceLoss)
 from mobilekd.metrics import retrieval_metrics
 from mobilekd.models import EmbeddingNet, save_model
 from mobilekd.cache import TeacherCache, expected_manifest
@@ -62,7 +64,10 @@ class Trainer:
         self.teacher = resolve_teacher(c.teacher, c.teacher_size, c.threads or None) if (c.teacher and c.uses_teacher) else None
 
         self.num_views = c.effective_views
-        live_teacher = self.teacher is not None and self.num_views == 0
+        # hint/attention need the teacher's feature maps, which are not cached: they keep the teacher live
+        live_teacher = self.teacher is not None and (self.num_views == 0 or c.uses_feature_maps)
+        if live_teacher and not isinstance(self.teacher, EmbeddingNet) and c.uses_feature_maps:
+            raise MobileKDError("hint/attention losses need a teacher network with feature maps, not a black box")
         if self.teacher is not None and self.teacher.preprocess is None and self.num_views != 1:
             raise MobileKDError("a teacher of precomputed embeddings has one view per image: use --views 1")
         inputs = {"student": self.student.preprocess}
@@ -83,12 +88,21 @@ class Trainer:
         self.losses = torch.nn.ModuleDict()
         if c.metric_loss != "none" and c.metric_weight > 0:
             self.losses["metric"] = MetricLoss(c.metric_loss, self.train_images.num_classes, self.student.embed_dim)
-        if self.teacher is not None and c.absolute_weight > 0:
-            self.losses["absolute"] = AbsoluteTeacherLoss(self.student.embed_dim, teacher_dim(self.teacher),
-                                                          squared=c.absolute_squared)
-        if self.teacher is not None and c.relative_weight > 0:
-            self.losses["relative"] = RelativeTeacherLoss(c.relative_reduction)
-        self.weights = {"metric": c.metric_weight, "absolute": c.absolute_weight, "relative": c.relative_weight}
+        self.feature_stages = None
+        if self.teacher is not None:
+            for name, make in self._embedding_losses().items():
+                if getattr(c, f"{name}_weight") > 0:
+                    self.losses[name] = make()
+            if c.uses_feature_maps:
+                self.feature_stages = parse_layer_pairs(c.feature_layers, self.student.feature_info,
+                                                        self.teacher.feature_info)
+                if c.hint_weight > 0:
+                    self.losses["hint"] = HintLoss(
+                        [self.student.feature_info[i]["num_chs"] for i in self.feature_stages[0]],
+                        [self.teacher.feature_info[i]["num_chs"] for i in self.feature_stages[1]])
+                if c.attention_weight > 0:
+                    self.losses["attention"] = AttentionTransferLoss()
+        self.weights = {name: getattr(c, f"{name}_weight") for name in self.losses}
         self.losses.to(self.device)
 
         self.optimizer = torch.optim.AdamW([
@@ -104,6 +118,18 @@ class Trainer:
         self._test_teacher: np.ndarray | None = None
         if c.resume:
             self._resume()
+
+    def _embedding_losses(self) -> dict:
+        """Losses on (student embeddings, teacher embeddings) of the batch, by config name."""
+        c = self.config
+        return {
+            "absolute": lambda: AbsoluteTeacherLoss(self.student.embed_dim, teacher_dim(self.teacher),
+                                                    squared=c.absolute_squared),
+            "relative": lambda: RelativeTeacherLoss(c.relative_reduction),
+            "rkd_distance": RKDDistanceLoss,
+            "rkd_angle": RKDAngleLoss,
+            "kl": lambda: DistanceKLLoss(c.kl_temperature),
+        }
 
     # ------------------------------------------------------------------ checkpoints
     def _resume(self) -> None:
@@ -156,27 +182,40 @@ class Trainer:
     def train_step(self, batch: dict) -> dict[str, float]:
         student_in = batch["student"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device)
-        embeddings = self.student(student_in)
-        teacher_out = None
+        if self.feature_stages is not None:
+            embeddings, student_maps = self.student.forward_with_intermediates(student_in, self.feature_stages[0])
+        else:
+            embeddings = self.student(student_in)
+        teacher_out = teacher_maps = None
         if self.teacher is not None:
             if self.targets is not None:
                 teacher_out = self.targets(batch["index"], batch["view"]).to(self.device)
             else:
                 with torch.no_grad():
-                    teacher_out = self.teacher(batch["teacher"].to(self.device)).to(self.device)
+                    teacher_in = batch["teacher"].to(self.device)
+                    if self.feature_stages is not None:
+                        teacher_out, teacher_maps = self.teacher.forward_with_intermediates(teacher_in,
+                                                                                            self.feature_stages[1])
+                    else:
+                        teacher_out = self.teacher(teacher_in)
         parts = {}
-        if "metric" in self.losses:
-            parts["metric"] = self.losses["metric"](embeddings, labels)
-        for name in ("absolute", "relative"):
-            if name in self.losses:
-                parts[name] = self.losses[name](embeddings, teacher_out)
+        for name, loss in self.losses.items():
+            if name == "metric":
+                parts[name] = loss(embeddings, labels)
+            elif name in ("hint", "attention"):
+                parts[name] = loss(student_maps, teacher_maps)
+            else:
+                parts[name] = loss(embeddings, teacher_out)
         total = sum(self.weights[name] * value for name, value in parts.items())
+        bad = [name for name, value in parts.items() if not torch.isfinite(value)]
+        if bad:  # stop before the step: the last checkpoint on disk stays the last good one
+            raise MobileKDError(f"loss term {', '.join(bad)} became {parts[bad[0]].item()} at step "
+                                f"{self.scheduler.last_epoch + 1}; the last good checkpoint is in {self.out} "
+                                "(try a lower --lr or weight)")
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
         self.scheduler.step()
-        if not torch.isfinite(total):
-            raise MobileKDError(f"loss became {total.item()} (try a lower --lr)")
         return {"loss": total.item(), **{k: v.item() for k, v in parts.items()}}
 
     def run(self) -> dict:

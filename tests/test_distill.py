@@ -107,3 +107,38 @@ def test_cli_reports_corrupt_image_with_exit_code_2(folder_dataset, tmp_path):
     assert "cannot read image" in result.stderr and "class_1/2.png" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_every_teacher_loss_combines_in_one_run(folder_dataset, tmp_path):
+    config = tiny_config(folder_dataset, tmp_path / "all", epochs=1, steps_per_epoch=2, rkd_distance_weight=1.0,
+                         rkd_angle_weight=2.0, kl_weight=1.0, hint_weight=1.0, attention_weight=10.0,
+                         feature_layers="blocks.3=-2,-1=-1", eval_every=5)
+    trainer = Trainer(config)
+    assert trainer.targets is None  # feature maps keep the teacher live
+    assert set(trainer.losses) == {"metric", "absolute", "relative", "rkd_distance", "rkd_angle", "kl", "hint",
+                                   "attention"}
+    assert trainer.feature_stages == ([3, 4], [3, 4])
+    trainer.run()
+    record = json.loads((tmp_path / "all" / "history.json").read_text())[0]
+    assert all(record[f"loss_{name}"] > 0 for name in trainer.losses)
+
+
+def test_unknown_feature_layer_lists_the_valid_ones(folder_dataset, tmp_path):
+    with pytest.raises(MobileKDError, match=r"the student has no feature stage 'blocks\.9'; valid stages: 0=blocks\.0"):
+        Trainer(tiny_config(folder_dataset, tmp_path / "r", hint_weight=1.0, feature_layers="blocks.9=-1"))
+
+
+def test_non_finite_loss_stops_naming_the_term_and_keeps_the_last_checkpoint(folder_dataset, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(folder_dataset, tmp_path / "r", epochs=2, eval_every=5))
+    real_forward = trainer.losses["relative"].forward
+    calls = {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        return real_forward(*args) * (float("nan") if calls["n"] > 4 else 1.0)  # breaks in epoch 2
+
+    monkeypatch.setattr(trainer.losses["relative"], "forward", poisoned)
+    with pytest.raises(MobileKDError, match=r"loss term relative became nan at step 5"):
+        trainer.run()
+    saved = json.loads((tmp_path / "r" / "model.json").read_text())
+    assert saved["epoch"] == 1  # the good epoch-1 checkpoint survived
