@@ -34,7 +34,6 @@ from mobilekd.data.datasets import ImageSet
 from mobilekd.embed import embed_views
 from mobilekd.errors import MobileKDError
 from mobilekd.io import write_json
-from mobilekd.models import EmbeddingNet
 
 FORMAT = "mobilekd-teacher-cache/1"
 MANIFEST = "manifest.json"
@@ -46,11 +45,12 @@ IDENTITY_FIELDS = ("teacher_sha256", "transform", "views", "data_fingerprint")
 def teacher_identity(teacher) -> tuple[str, str]:
     """(human-readable description, sha256 of the weights or file) of a teacher."""
     digest = hashlib.sha256()
-    if isinstance(teacher, EmbeddingNet):
+    if isinstance(teacher, torch.nn.Module):  # EmbeddingNet or a MasterEnsemble of them
         for key, value in teacher.state_dict().items():
             digest.update(key.encode())
             digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-        return json.dumps(teacher.spec.to_dict(), sort_keys=True), digest.hexdigest()
+        specs = teacher.spec if isinstance(teacher.spec, list) else [teacher.spec]
+        return json.dumps([spec.to_dict() for spec in specs], sort_keys=True), digest.hexdigest()
     path = Path(teacher.path)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -60,17 +60,20 @@ def teacher_identity(teacher) -> tuple[str, str]:
 
 def data_fingerprint(images: ImageSet) -> str:
     """sha256 of the image keys, labels and file sizes (changes when files are added, removed or replaced)."""
-    digest = hashlib.sha256()
-    source = images.source
-    sizes = {}
-    if source.is_zip:
-        import zipfile
+    import zipfile
 
-        with zipfile.ZipFile(source.root) as archive:
-            sizes = {info.filename: info.file_size for info in archive.infolist()}
-    for key, label in zip(images.keys, images.labels.tolist()):
-        size = sizes.get(key, -1) if source.is_zip else _file_size(os.path.join(source.root, key))
-        digest.update(f"{key}\t{label}\t{size}\n".encode())
+    digest = hashlib.sha256()
+    zip_sizes: dict[str, dict[str, int]] = {}
+    for index, (key, label) in enumerate(zip(images.keys, images.labels.tolist())):
+        source = images.source_of(index)
+        if source.is_zip:
+            if source.root not in zip_sizes:
+                with zipfile.ZipFile(source.root) as archive:
+                    zip_sizes[source.root] = {info.filename: info.file_size for info in archive.infolist()}
+            size = zip_sizes[source.root].get(key, -1)
+        else:
+            size = _file_size(os.path.join(source.root, key))
+        digest.update(f"{os.path.basename(source.root)}\t{key}\t{label}\t{size}\n".encode())
     return digest.hexdigest()
 
 

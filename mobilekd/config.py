@@ -33,6 +33,8 @@ class Config:
     layout: str = "auto"  # auto | folder | cub | cars | sop | zip
     train_fraction: float = 0.5  # first fraction of the classes trains, the rest is the test split
     preload: int = 320  # decode all images into memory, longer side capped at this (0: read from disk)
+    unlabeled: str | None = None  # extra unlabeled images (folder or .zip) for the teacher losses (semi-supervised)
+    unlabeled_per_batch: int = 32  # unlabeled images added to every P x K batch when --unlabeled is given
     # --- student (for mobilekd.train: the model being fine-tuned)
     student: str = "mobilenetv1_025"  # a student/teacher name, timm:<name>, or a checkpoint folder
     embed_dim: int = 128  # 0 = the backbone's pooled features
@@ -40,7 +42,11 @@ class Config:
     student_size: int = 224  # input resolution of the student
     pretrained: bool = False  # start from ImageNet weights (teachers, timm:<name> with a hub)
     # --- teacher
-    teacher: str | None = "efficientnet_lite0"  # name, checkpoint folder, .onnx, .npz embeddings, or none
+    teacher: str | None = "efficientnet_lite0"  # name, checkpoint folder, .onnx, .npz embeddings, or none;
+    #                                              A,B,C = a multi-branch master (ensemble of the branches)
+    teacher_budget: int = 0  # label-free: the teacher sees only this many images, the student only those (0 = all)
+    mixup_alpha: float = 0.0  # > 0: add mixed images, targets mixed in the teacher's output space (Beta(a, a))
+    domain: list[str] | None = None  # extra specialist domains DATA=TEACHER (repeat the flag), one universal student
     teacher_size: int | None = None  # teacher input resolution (default: the teacher's own)
     teacher_cache: str | None = None  # a cache folder from `python -m mobilekd.embed` (default: OUT/teacher_cache)
     lowres: int | None = None  # cross-quality: the student sees the image down-sampled to this size
@@ -93,7 +99,8 @@ class Config:
         for name in ("epochs", "batch_classes", "images_per_class", "student_size", "eval_every"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1")
-        for name in (*TEACHER_LOSS_WEIGHTS, "metric_weight", "kl_temperature", "lr", "weight_decay", "views",
+        for name in (*TEACHER_LOSS_WEIGHTS, "metric_weight", "kl_temperature", "teacher_budget", "mixup_alpha",
+                     "unlabeled_per_batch", "lr", "weight_decay", "views",
                      "steps_per_epoch", "preload", "threads", "num_workers", "embed_dim", "warmup_epochs"):
             if getattr(self, name) < 0:
                 problems.append(f"--{name.replace('_', '-')} must be >= 0")
@@ -107,6 +114,11 @@ class Config:
             problems.append("nothing to train: --metric-loss none and no teacher loss weight")
         if self.teacher in ("none", ""):
             self.teacher = None
+        if (self.teacher_budget or self.mixup_alpha) and not self.uses_teacher:
+            problems.append("--teacher-budget / --mixup-alpha need a teacher loss (e.g. --kl-weight 1)")
+        for spec in self.domain or []:
+            if spec.count("=") != 1 or not all(spec.split("=")):
+                problems.append(f"--domain expects DATA=TEACHER, got {spec!r}")
         if problems:
             raise MobileKDError("invalid configuration: " + "; ".join(problems))
         return self
@@ -177,6 +189,8 @@ class Config:
             help_text = f"(default: {defaults[field.name]})"
             if base is bool:
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            elif typing.get_origin(base) is list:
+                parser.add_argument(flag, action="append", metavar=field.name.upper(), help=help_text + " (repeatable)")
             else:
                 convert = _optional(base) if optional else base
                 parser.add_argument(flag, type=convert, metavar=field.name.upper(), help=help_text)

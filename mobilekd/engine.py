@@ -1,9 +1,17 @@
-"""The training loop shared by ``mobilekd.train`` (metric learning) and ``mobilekd.distill`` (+ teacher).
+"""The training loop shared by ``mobilekd.train`` (metric learning) and ``mobilekd.distill`` (+ teachers).
 
-Per step: total = metric_weight * metric(student) + absolute_weight * L_abs + relative_weight * L_rel.
+A run trains one student on one or more *domains*. A domain is a data set with its own teacher, teacher
+targets, class-balanced sampler and metric loss: the primary domain is ``--data``/``--teacher``; every
+``--domain DATA=TEACHER`` adds a specialist teacher on its own data (Feng et al.: several specialists, one
+universal student). Each epoch interleaves the domains' batches round-robin, so every step distils one
+domain's batch from that domain's teacher.
+
+Per step: total = sum over active losses of weight x loss (``metric`` on labeled rows; ``absolute``,
+``relative``, ``rkd_distance``, ``rkd_angle``, ``kl`` on (student, teacher) embeddings of all rows, mixed
+rows included; ``hint``/``attention`` on feature maps of a live teacher).
 Per epoch: a checkpoint (``OUT/model.safetensors`` + ``model.json`` for users and exporters,
 ``OUT/train_state.pt`` for ``--resume``), evaluation every ``eval_every`` epochs, ``OUT/history.json``.
-Batches, views and dropout are seeded per (seed, epoch), so a run resumed after a kill reaches the same
+Batches, views, mixup and dropout are seeded per (seed, epoch), so a run resumed after a kill reaches the same
 weights as one that never stopped (same device and thread count).
 """
 
@@ -11,125 +19,188 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from mobilekd.cache import TeacherCache, expected_manifest
 from mobilekd.config import Config
 from mobilekd.data.dataset import ViewDataset
-from mobilekd.data.datasets import load_image_set
+from mobilekd.data.datasets import ImageSet, load_image_set
 from mobilekd.data.sampler import PKBatchSampler
 from mobilekd.data.views import Degradation
 from mobilekd.embed import embed_image_set
 from mobilekd.errors import MobileKDError
-from mobilekd.io import atomic_path, write_json
 from mobilekd.features import parse_layer_pairs
+from mobilekd.io import atomic_path, write_json
 from mobilekd.losses import (AbsoluteTeacherLoss, AttentionTransferLoss, DistanceKLLoss, HintLoss, MetricLoss,
                              RelativeTeacherLoss, RKDAngleLoss, RKDDistanceLoss)
 from mobilekd.metrics import retrieval_metrics
 from mobilekd.models import EmbeddingNet, save_model
-from mobilekd.cache import TeacherCache, expected_manifest
 from mobilekd.teachers import resolve_model, resolve_teacher, teacher_dim
 
 STATE_FILE = "train_state.pt"
 # options that must not change between a run and its --resume
-RESUME_KEYS = ("data", "layout", "train_fraction", "student", "embed_dim", "head_bn", "student_size", "teacher",
-               "teacher_size", "views", "metric_loss", "batch_classes", "images_per_class", "seed")
+RESUME_KEYS = ("data", "layout", "train_fraction", "unlabeled", "student", "embed_dim", "head_bn", "student_size",
+               "teacher", "teacher_size", "views", "teacher_budget", "domain", "metric_loss", "batch_classes",
+               "images_per_class", "seed")
+EMBEDDING_LOSSES = ("absolute", "relative", "rkd_distance", "rkd_angle", "kl")
+MAP_LOSSES = ("hint", "attention")
 
 
 def log(message: str) -> None:
     tqdm.write(message)
 
 
+@dataclass
+class Domain:
+    """One data set with its teacher: what a batch is drawn from and distilled against."""
+
+    name: str
+    data: str
+    train_images: ImageSet
+    test_images: ImageSet
+    teacher: object | None
+    train_set: ViewDataset
+    sampler: PKBatchSampler
+    loader: DataLoader
+    targets: TeacherCache | None = None
+    feature_stages: tuple[list[int], list[int]] | None = None
+    test_teacher: np.ndarray | None = field(default=None, repr=False)
+    teacher_metrics: dict | None = None
+
+
 class Trainer:
     def __init__(self, config: Config):
-        self.config = config.validate()
-        self.out = Path(config.out)
-        self.device = torch.device(config.device)
+        self.config = c = config.validate()
+        self.out = Path(c.out)
+        self.device = torch.device(c.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise MobileKDError("--device cuda requested but torch sees no CUDA GPU")
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        torch.manual_seed(config.seed)
-
-        c = config
-        self.train_images = load_image_set(c.data, "train", c.layout, c.train_fraction)
-        self.test_images = load_image_set(c.data, "test", c.layout, c.train_fraction)
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        torch.manual_seed(c.seed)
         self.student = resolve_model(c.student, c.embed_dim, c.student_size, c.pretrained, c.head_bn).to(self.device)
-        self.teacher = resolve_teacher(c.teacher, c.teacher_size, c.threads or None) if (c.teacher and c.uses_teacher) else None
-
         self.num_views = c.effective_views
-        # hint/attention need the teacher's feature maps, which are not cached: they keep the teacher live
-        live_teacher = self.teacher is not None and (self.num_views == 0 or c.uses_feature_maps)
-        if live_teacher and not isinstance(self.teacher, EmbeddingNet) and c.uses_feature_maps:
-            raise MobileKDError("hint/attention losses need a teacher network with feature maps, not a black box")
-        if self.teacher is not None and self.teacher.preprocess is None and self.num_views != 1:
-            raise MobileKDError("a teacher of precomputed embeddings has one view per image: use --views 1")
-        inputs = {"student": self.student.preprocess}
-        if live_teacher:
-            inputs["teacher"] = self.teacher.preprocess
-        degradation = Degradation(c.lowres, c.jpeg_quality) if (c.lowres or c.jpeg_quality) else None
-        self.views = c.view_sampler()
-        self.train_set = ViewDataset(self.train_images, inputs, self.views, {"student": degradation},
-                                     preload_side=c.preload, progress=c.progress)
-        self.targets = None
-        if self.teacher is not None and not live_teacher:
-            self.targets = open_or_build_cache(c, self.teacher, self.train_set, self.out, str(self.device))
-        self.sampler = PKBatchSampler(self.train_images.labels, c.batch_classes, c.images_per_class, self.num_views,
-                                      c.seed, c.steps_per_epoch or None)
-        self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=c.num_workers,
-                                 persistent_workers=c.num_workers > 0)
 
-        self.losses = torch.nn.ModuleDict()
-        if c.metric_loss != "none" and c.metric_weight > 0:
-            self.losses["metric"] = MetricLoss(c.metric_loss, self.train_images.num_classes, self.student.embed_dim)
-        self.feature_stages = None
-        if self.teacher is not None:
-            for name, make in self._embedding_losses().items():
-                if getattr(c, f"{name}_weight") > 0:
-                    self.losses[name] = make()
-            if c.uses_feature_maps:
-                self.feature_stages = parse_layer_pairs(c.feature_layers, self.student.feature_info,
-                                                        self.teacher.feature_info)
-                if c.hint_weight > 0:
-                    self.losses["hint"] = HintLoss(
-                        [self.student.feature_info[i]["num_chs"] for i in self.feature_stages[0]],
-                        [self.teacher.feature_info[i]["num_chs"] for i in self.feature_stages[1]])
-                if c.attention_weight > 0:
-                    self.losses["attention"] = AttentionTransferLoss()
-        self.weights = {name: getattr(c, f"{name}_weight") for name in self.losses}
+        specs = [(c.data, c.teacher)] + [tuple(spec.split("=")) for spec in (c.domain or [])]
+        self.domains = [self._build_domain(i, data, teacher) for i, (data, teacher) in enumerate(specs)]
+
+        self.losses = torch.nn.ModuleDict({domain.name: self._domain_losses(domain) for domain in self.domains})
         self.losses.to(self.device)
-
         self.optimizer = torch.optim.AdamW([
             {"params": self.student.parameters()},
             {"params": self.losses.parameters(), "weight_decay": 0.0},
         ], lr=c.lr, weight_decay=c.weight_decay)
-        total = c.epochs * len(self.sampler)
-        warmup = int(c.warmup_epochs * len(self.sampler))
+        total = c.epochs * self.steps_per_epoch
+        warmup = int(c.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: _warmup_cosine(step, warmup, total))
         self.start_epoch = 0
         self.history: list[dict] = []
-        self.teacher_metrics: dict | None = None
-        self._test_teacher: np.ndarray | None = None
         if c.resume:
             self._resume()
 
-    def _embedding_losses(self) -> dict:
-        """Losses on (student embeddings, teacher embeddings) of the batch, by config name."""
+    # ------------------------------------------------------------------ set-up
+    @property
+    def primary(self) -> Domain:
+        return self.domains[0]
+
+    # single-domain conveniences (the common case, and what the tests and the demo use)
+    @property
+    def teacher(self):
+        return self.primary.teacher
+
+    @property
+    def targets(self):
+        return self.primary.targets
+
+    @property
+    def train_set(self) -> ViewDataset:
+        return self.primary.train_set
+
+    @property
+    def feature_stages(self):
+        return self.primary.feature_stages
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return sum(len(domain.sampler) for domain in self.domains)
+
+    def _build_domain(self, position: int, data: str, teacher_name: str | None) -> Domain:
         c = self.config
-        return {
-            "absolute": lambda: AbsoluteTeacherLoss(self.student.embed_dim, teacher_dim(self.teacher),
+        name = "main" if position == 0 else f"domain{position}"
+        train_images = load_image_set(data, "train", c.layout if position == 0 else "auto", c.train_fraction)
+        test_images = load_image_set(data, "test", c.layout if position == 0 else "auto", c.train_fraction)
+        if position == 0 and c.unlabeled:
+            unlabeled = load_image_set(c.unlabeled, layout="unlabeled")
+            train_images = train_images.concat(unlabeled.without_labels())
+        if c.teacher_budget and position == 0:
+            if c.teacher_budget > len(train_images):
+                raise MobileKDError(f"--teacher-budget {c.teacher_budget} is larger than the {len(train_images)} "
+                                    "training images")
+            chosen = np.sort(np.random.default_rng([c.seed, 4242]).permutation(len(train_images))[:c.teacher_budget])
+            train_images = train_images.subset(chosen).without_labels()  # label-free: the teacher is the only signal
+        teacher = None
+        if teacher_name and c.uses_teacher:
+            teacher = resolve_teacher(teacher_name, c.teacher_size, c.threads or None)
+        # hint/attention need the teacher's feature maps, which are not cached: they keep the teacher live
+        live_teacher = teacher is not None and (self.num_views == 0 or c.uses_feature_maps)
+        if teacher is not None:
+            if c.uses_feature_maps and not isinstance(teacher, EmbeddingNet):
+                raise MobileKDError("hint/attention losses need a teacher network with feature maps, not a black box "
+                                    "or an ensemble")
+            if teacher.preprocess is None and self.num_views != 1:
+                raise MobileKDError("a teacher of precomputed embeddings has one view per image: use --views 1")
+        inputs = {"student": self.student.preprocess}
+        if live_teacher:
+            inputs["teacher"] = teacher.preprocess
+        degradation = Degradation(c.lowres, c.jpeg_quality) if (c.lowres or c.jpeg_quality) else None
+        train_set = ViewDataset(train_images, inputs, c.view_sampler(), {"student": degradation},
+                                preload_side=c.preload, progress=c.progress)
+        sampler = PKBatchSampler(train_images.labels, c.batch_classes, c.images_per_class, self.num_views,
+                                 c.seed + position, c.steps_per_epoch or None, c.unlabeled_per_batch)
+        loader = DataLoader(train_set, batch_sampler=sampler, num_workers=c.num_workers,
+                            persistent_workers=c.num_workers > 0)
+        domain = Domain(name, data, train_images, test_images, teacher, train_set, sampler, loader)
+        if teacher is not None and not live_teacher:
+            cache_dir = c.teacher_cache if position == 0 else None
+            domain.targets = open_or_build_cache(c, teacher, train_set, self.out / f"teacher_cache_{name}"
+                                                 if position else self.out / "teacher_cache", str(self.device),
+                                                 cache_dir, data)
+        if teacher is not None and c.uses_feature_maps:
+            domain.feature_stages = parse_layer_pairs(c.feature_layers, self.student.feature_info, teacher.feature_info)
+        return domain
+
+    def _domain_losses(self, domain: Domain) -> torch.nn.ModuleDict:
+        c = self.config
+        losses = torch.nn.ModuleDict()
+        if c.metric_loss != "none" and c.metric_weight > 0 and domain.train_images.num_classes > 0:
+            losses["metric"] = MetricLoss(c.metric_loss, domain.train_images.num_classes, self.student.embed_dim)
+        if domain.teacher is None:
+            return losses
+        makers = {
+            "absolute": lambda: AbsoluteTeacherLoss(self.student.embed_dim, teacher_dim(domain.teacher),
                                                     squared=c.absolute_squared),
             "relative": lambda: RelativeTeacherLoss(c.relative_reduction),
             "rkd_distance": RKDDistanceLoss,
             "rkd_angle": RKDAngleLoss,
             "kl": lambda: DistanceKLLoss(c.kl_temperature),
+            "attention": AttentionTransferLoss,
         }
+        for name, make in makers.items():
+            if getattr(c, f"{name}_weight") > 0:
+                losses[name] = make()
+        if c.hint_weight > 0:
+            student_stages, teacher_stages = domain.feature_stages
+            losses["hint"] = HintLoss([self.student.feature_info[i]["num_chs"] for i in student_stages],
+                                      [domain.teacher.feature_info[i]["num_chs"] for i in teacher_stages])
+        return losses
 
     # ------------------------------------------------------------------ checkpoints
     def _resume(self) -> None:
@@ -164,49 +235,67 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict:
+        result = {}
+        for domain in self.domains:
+            metrics = self._evaluate_domain(domain)
+            if domain is self.primary:
+                result.update(metrics)
+            else:
+                result[domain.name] = metrics
+        return result
+
+    def _evaluate_domain(self, domain: Domain) -> dict:
         c = self.config
-        embeddings = embed_image_set(self.student, self.test_images, str(self.device), progress=c.progress,
-                                     desc="eval student")
-        result = {"test": retrieval_metrics(embeddings, self.test_images.labels)}
-        if self.teacher is not None and self.teacher.preprocess is not None:
-            if self._test_teacher is None:
-                self._test_teacher = embed_image_set(self.teacher, self.test_images, str(self.device),
-                                                     progress=c.progress, desc="eval teacher")
-                self.teacher_metrics = retrieval_metrics(self._test_teacher, self.test_images.labels)
-            if self._test_teacher.shape[1] == embeddings.shape[1]:  # directly compatible embeddings
-                result["student_to_teacher"] = retrieval_metrics(embeddings, self.test_images.labels,
-                                                                 self._test_teacher, self.test_images.labels)
+        embeddings = embed_image_set(self.student, domain.test_images, str(self.device), progress=c.progress,
+                                     desc=f"eval student ({domain.name})")
+        result = {"test": retrieval_metrics(embeddings, domain.test_images.labels)}
+        teacher = domain.teacher
+        if teacher is not None and teacher.preprocess is not None:
+            if domain.test_teacher is None:
+                domain.test_teacher = embed_image_set(teacher, domain.test_images, str(self.device),
+                                                      progress=c.progress, desc=f"eval teacher ({domain.name})")
+                domain.teacher_metrics = retrieval_metrics(domain.test_teacher, domain.test_images.labels)
+            if domain.test_teacher.shape[1] == embeddings.shape[1]:  # directly compatible embeddings
+                result["student_to_teacher"] = retrieval_metrics(embeddings, domain.test_images.labels,
+                                                                 domain.test_teacher, domain.test_images.labels)
         return result
 
     # ------------------------------------------------------------------ training
-    def train_step(self, batch: dict) -> dict[str, float]:
+    def train_step(self, domain: Domain, batch: dict) -> dict[str, float]:
+        c = self.config
+        losses = self.losses[domain.name]
         student_in = batch["student"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device)
-        if self.feature_stages is not None:
-            embeddings, student_maps = self.student.forward_with_intermediates(student_in, self.feature_stages[0])
-        else:
-            embeddings = self.student(student_in)
-        teacher_out = teacher_maps = None
-        if self.teacher is not None:
-            if self.targets is not None:
-                teacher_out = self.targets(batch["index"], batch["view"]).to(self.device)
+        teacher_out = teacher_maps = student_maps = None
+        if domain.teacher is not None:
+            if domain.targets is not None:
+                teacher_out = domain.targets(batch["index"], batch["view"]).to(self.device)
             else:
                 with torch.no_grad():
                     teacher_in = batch["teacher"].to(self.device)
-                    if self.feature_stages is not None:
-                        teacher_out, teacher_maps = self.teacher.forward_with_intermediates(teacher_in,
-                                                                                            self.feature_stages[1])
+                    if domain.feature_stages is not None:
+                        teacher_out, teacher_maps = domain.teacher.forward_with_intermediates(
+                            teacher_in, domain.feature_stages[1])
                     else:
-                        teacher_out = self.teacher(teacher_in)
+                        teacher_out = domain.teacher(teacher_in)
+        if c.mixup_alpha > 0 and teacher_out is not None:
+            student_in, teacher_out = mix_inputs_and_targets(student_in, teacher_out, c.mixup_alpha)
+        if domain.feature_stages is not None:
+            embeddings, student_maps = self.student.forward_with_intermediates(student_in, domain.feature_stages[0])
+        else:
+            embeddings = self.student(student_in)
+        originals = embeddings[: len(labels)]
+        labeled = labels >= 0
         parts = {}
-        for name, loss in self.losses.items():
+        for name, loss in losses.items():
             if name == "metric":
-                parts[name] = loss(embeddings, labels)
-            elif name in ("hint", "attention"):
+                if labeled.sum() > 1:
+                    parts[name] = loss(originals[labeled], labels[labeled])
+            elif name in MAP_LOSSES:
                 parts[name] = loss(student_maps, teacher_maps)
             else:
                 parts[name] = loss(embeddings, teacher_out)
-        total = sum(self.weights[name] * value for name, value in parts.items())
+        total = sum(getattr(c, f"{name}_weight") * value for name, value in parts.items())
         bad = [name for name, value in parts.items() if not torch.isfinite(value)]
         if bad:  # stop before the step: the last checkpoint on disk stays the last good one
             raise MobileKDError(f"loss term {', '.join(bad)} became {parts[bad[0]].item()} at step "
@@ -218,6 +307,17 @@ class Trainer:
         self.scheduler.step()
         return {"loss": total.item(), **{k: v.item() for k, v in parts.items()}}
 
+    def _epoch_batches(self):
+        """The domains' batches, interleaved round-robin until every domain's epoch is exhausted."""
+        iterators = [(domain, iter(domain.loader)) for domain in self.domains]
+        while iterators:
+            for entry in list(iterators):
+                domain, iterator = entry
+                try:
+                    yield domain, next(iterator)
+                except StopIteration:
+                    iterators.remove(entry)
+
     def run(self) -> dict:
         c = self.config
         self.out.mkdir(parents=True, exist_ok=True)
@@ -226,28 +326,58 @@ class Trainer:
             log(f"{self.out}: already trained for {c.epochs} epochs")
         for epoch in range(self.start_epoch, c.epochs):
             self.student.train()
-            self.sampler.set_epoch(epoch)
+            for domain in self.domains:
+                domain.sampler.set_epoch(epoch)
             torch.manual_seed(c.seed * 100_003 + epoch)
             sums: dict[str, float] = {}
             started = time.time()
-            bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{c.epochs}", disable=not c.progress, leave=False)
-            for step, batch in enumerate(bar, 1):
-                values = self.train_step(batch)
-                for key, value in values.items():
+            bar = tqdm(self._epoch_batches(), total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{c.epochs}",
+                       disable=not c.progress, leave=False)
+            for step, (domain, batch) in enumerate(bar, 1):
+                for key, value in self.train_step(domain, batch).items():
                     sums[key] = sums.get(key, 0.0) + value
                 bar.set_postfix(loss=f"{sums['loss'] / step:.4f}")
             record = {"epoch": epoch + 1, "seconds": round(time.time() - started, 2),
-                      **{f"loss_{k}" if k != "loss" else k: v / len(self.sampler) for k, v in sums.items()}}
+                      **{f"loss_{k}" if k != "loss" else k: v / self.steps_per_epoch for k, v in sums.items()}}
             if (epoch + 1) % c.eval_every == 0 or epoch + 1 == c.epochs:
                 record.update(self.evaluate())
             self.history.append(record)
             self.save(epoch)
-            log(_epoch_line(record))
+            log(_epoch_line(record, self.domains))
         final = next((h for h in reversed(self.history) if "test" in h), {})
         summary = {"out": str(self.out), "test": final.get("test"), "student_to_teacher": final.get("student_to_teacher"),
-                   "teacher": self.teacher_metrics, "epochs": c.epochs}
+                   "teacher": self.primary.teacher_metrics, "epochs": c.epochs}
+        if len(self.domains) > 1:
+            summary["domains"] = {d.name: {"data": d.data, "teacher": d.teacher_metrics,
+                                           **(final.get(d.name, {}) if d is not self.primary else
+                                              {"test": final.get("test")})} for d in self.domains}
         write_json(self.out / "metrics.json", summary)
         return summary
+
+
+def mix_inputs_and_targets(inputs: torch.Tensor, targets: torch.Tensor, alpha: float):
+    """Output-space mixup (Laskar & Kannala, ACCV 2020): append one mixed image per image,
+    x~ = lam x_i + (1 - lam) x_j, with the teacher target taken in the teacher's output space,
+    t~ = normalise(lam t_i + (1 - lam) t_j) -- no new teacher query. lam ~ Beta(alpha, alpha), j a random
+    partner. Returns the joint original + mixed inputs and targets."""
+    count = len(inputs)
+    lam = torch.distributions.Beta(alpha, alpha).sample((count,)).to(inputs.device)
+    partner = torch.randperm(count, device=inputs.device)
+    mixed_in = lam.view(-1, 1, 1, 1) * inputs + (1 - lam.view(-1, 1, 1, 1)) * inputs[partner]
+    mixed_t = F.normalize(lam.view(-1, 1) * targets + (1 - lam.view(-1, 1)) * targets[partner], dim=1)
+    return torch.cat([inputs, mixed_in]), torch.cat([targets, mixed_t])
+
+
+def open_or_build_cache(config: Config, teacher, train_set: ViewDataset, out_dir: Path, device: str,
+                        given: str | None = None, data: str | None = None) -> TeacherCache:
+    """A domain's teacher targets: ``given`` (``--teacher-cache``, checked against this run) or built in
+    ``out_dir`` (reused on --resume, rebuilt when stale)."""
+    teacher_set = train_set.with_inputs({"teacher": teacher.preprocess} if teacher.preprocess is not None else {})
+    identity = {**config.data_identity("train"), **({"path": str(Path(data).resolve())} if data else {})}
+    if given:
+        return TeacherCache.open(given, expected_manifest(teacher, teacher_set, config.effective_views, identity))
+    return TeacherCache.build(out_dir, teacher, teacher_set, config.effective_views, identity, device,
+                              progress=config.progress)
 
 
 def _warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -257,24 +387,16 @@ def _warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _epoch_line(record: dict) -> str:
+def _epoch_line(record: dict, domains: list[Domain]) -> str:
     line = f"epoch {record['epoch']}: loss {record['loss']:.4f} ({record['seconds']:.0f} s)"
     if "test" in record:
         line += f" | test R@1 {record['test']['R@1']:.2f} MAP@R {record['test']['MAP@R']:.2f}"
+    for domain in domains[1:]:
+        if domain.name in record:
+            line += f" | {domain.name} R@1 {record[domain.name]['test']['R@1']:.2f}"
     if "student_to_teacher" in record:
         line += f" | student->teacher R@1 {record['student_to_teacher']['R@1']:.2f}"
     return line
-
-
-def open_or_build_cache(config: Config, teacher, train_set: ViewDataset, out: Path, device: str) -> TeacherCache:
-    """The run's teacher targets: ``--teacher-cache`` (checked against this run) or OUT/teacher_cache."""
-    teacher_set = train_set.with_inputs({"teacher": teacher.preprocess} if teacher.preprocess is not None else {})
-    data = config.data_identity("train")
-    if config.teacher_cache:
-        return TeacherCache.open(config.teacher_cache,
-                                 expected_manifest(teacher, teacher_set, config.effective_views, data))
-    return TeacherCache.build(out / "teacher_cache", teacher, teacher_set, config.effective_views, data, device,
-                              progress=config.progress)
 
 
 def train(config: Config) -> dict:

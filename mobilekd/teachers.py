@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 
 from mobilekd.blackbox import OnnxEmbedder, PrecomputedEmbeddings
 from mobilekd.errors import ModelError
@@ -27,8 +29,15 @@ def resolve_model(name: str, embed_dim: int = 128, size: int | None = None, pret
 
 
 def resolve_teacher(name: str, size: int | None = None, threads: int | None = None):
-    """A frozen teacher: EmbeddingNet (names: ImageNet weights, pooled features), OnnxEmbedder or
-    PrecomputedEmbeddings."""
+    """A frozen teacher: EmbeddingNet (names: ImageNet weights, pooled features), OnnxEmbedder,
+    PrecomputedEmbeddings, or a MasterEnsemble for a comma-separated list."""
+    if "," in name:
+        branches = [resolve_teacher(part.strip(), size, threads) for part in name.split(",") if part.strip()]
+        if not all(isinstance(b, EmbeddingNet) for b in branches):
+            raise ModelError("a multi-branch master is built from networks (names or checkpoints), not black boxes")
+        master = MasterEnsemble(branches)
+        master.eval()
+        return master
     path = Path(name)
     if path.suffix.lower() == ".onnx":
         if not path.is_file():
@@ -47,3 +56,32 @@ def resolve_teacher(name: str, size: int | None = None, threads: int | None = No
 
 def teacher_dim(teacher) -> int:
     return int(teacher.embed_dim)
+
+
+class MasterEnsemble(torch.nn.Module):
+    """A multi-branch master: the L2-normalised concatenation of several frozen branch embeddings.
+
+    ``--teacher A,B,C`` (e.g. three fine-tuned EfficientNet-Lites). The branches share one preprocessing (the
+    first branch's; ``--teacher-size`` sets the size for all), so every branch sees the same view. Its
+    cosine similarity is the mean of the branches' cosine similarities -- the "reduced hypothesis space"
+    that guides the student (see the README's notes on Guided Deep Metric Learning).
+    """
+
+    def __init__(self, branches: list[EmbeddingNet]):
+        super().__init__()
+        first = branches[0].preprocess
+        for branch in branches[1:]:
+            if (branch.preprocess.mean, branch.preprocess.std) != (first.mean, first.std):
+                raise ModelError(f"master branches must share input normalisation: {branches[0].spec.arch} "
+                                 f"and {branch.spec.arch} differ")
+        self.branches = torch.nn.ModuleList(branches)
+        self.preprocess = first
+        self.embed_dim = sum(b.embed_dim for b in branches)
+
+    @property
+    def spec(self):
+        return [b.spec for b in self.branches]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.nn.functional.normalize(branch(x), dim=1) for branch in self.branches]
+        return torch.nn.functional.normalize(torch.cat(parts, dim=1), dim=1)

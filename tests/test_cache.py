@@ -42,6 +42,7 @@ def test_stale_cache_is_refused_with_the_differing_fields(folder_dataset, tmp_pa
     assert embed_main(_cache_args(folder_dataset, cache_dir)) == 0
     base = dict(data=str(folder_dataset), out=str(tmp_path / "run"), student_size=32, embed_dim=16,
                 teacher="efficientnet_lite0", teacher_size=32, teacher_cache=str(cache_dir), epochs=1, absolute_weight=1.0,
+                batch_classes=4, images_per_class=2,
                 progress=False)
     with pytest.raises(MobileKDError, match="different transform, views"):
         Trainer(Config(**base, views=4, crop_scale=0.5))

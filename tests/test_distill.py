@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 
@@ -115,12 +116,12 @@ def test_every_teacher_loss_combines_in_one_run(folder_dataset, tmp_path):
                          feature_layers="blocks.3=-2,-1=-1", eval_every=5)
     trainer = Trainer(config)
     assert trainer.targets is None  # feature maps keep the teacher live
-    assert set(trainer.losses) == {"metric", "absolute", "relative", "rkd_distance", "rkd_angle", "kl", "hint",
+    assert set(trainer.losses["main"]) == {"metric", "absolute", "relative", "rkd_distance", "rkd_angle", "kl", "hint",
                                    "attention"}
     assert trainer.feature_stages == ([3, 4], [3, 4])
     trainer.run()
     record = json.loads((tmp_path / "all" / "history.json").read_text())[0]
-    assert all(record[f"loss_{name}"] > 0 for name in trainer.losses)
+    assert all(record[f"loss_{name}"] > 0 for name in trainer.losses["main"])
 
 
 def test_unknown_feature_layer_lists_the_valid_ones(folder_dataset, tmp_path):
@@ -130,15 +131,90 @@ def test_unknown_feature_layer_lists_the_valid_ones(folder_dataset, tmp_path):
 
 def test_non_finite_loss_stops_naming_the_term_and_keeps_the_last_checkpoint(folder_dataset, tmp_path, monkeypatch):
     trainer = Trainer(tiny_config(folder_dataset, tmp_path / "r", epochs=2, eval_every=5))
-    real_forward = trainer.losses["relative"].forward
+    real_forward = trainer.losses["main"]["relative"].forward
     calls = {"n": 0}
 
     def poisoned(*args):
         calls["n"] += 1
         return real_forward(*args) * (float("nan") if calls["n"] > 4 else 1.0)  # breaks in epoch 2
 
-    monkeypatch.setattr(trainer.losses["relative"], "forward", poisoned)
+    monkeypatch.setattr(trainer.losses["main"]["relative"], "forward", poisoned)
     with pytest.raises(MobileKDError, match=r"loss term relative became nan at step 5"):
         trainer.run()
     saved = json.loads((tmp_path / "r" / "model.json").read_text())
     assert saved["epoch"] == 1  # the good epoch-1 checkpoint survived
+
+
+def test_semi_supervised_batches_add_unlabeled_images_for_the_teacher_losses(folder_dataset, tmp_path):
+    from conftest import make_image
+
+    for i in range(10):
+        make_image(str(tmp_path / "unlabeled" / f"{i}.jpg"), seed=500 + i)
+    trainer = Trainer(tiny_config(folder_dataset, tmp_path / "r", unlabeled=str(tmp_path / "unlabeled"),
+                                  unlabeled_per_batch=5, epochs=1, eval_every=5))
+    assert len(trainer.primary.train_images) == 24 + 10
+    batch = next(iter(trainer.primary.loader))
+    assert (batch["label"][:12] >= 0).all() and (batch["label"][12:] == -1).all() and len(batch["label"]) == 17
+    assert trainer.targets.embeddings.shape[0] == 34  # the teacher cache covers the unlabeled images too
+    values = trainer.train_step(trainer.primary, batch)
+    assert values["metric"] > 0 and values["absolute"] > 0
+
+
+def test_label_free_budget_queries_the_teacher_on_budget_images_only(folder_dataset, tmp_path):
+    trainer = Trainer(tiny_config(folder_dataset, tmp_path / "r", teacher_budget=10, metric_loss="none",
+                                  absolute_weight=0.0, relative_weight=0.0, kl_weight=1.0, mixup_alpha=1.0,
+                                  epochs=1, eval_every=5))
+    domain = trainer.primary
+    assert len(domain.train_images) == 10 and (domain.train_images.labels == -1).all()
+    assert trainer.targets.embeddings.shape[:2] == (10, 2)  # 10 images x 2 views: all the teacher ever saw
+    assert set(trainer.losses["main"]) == {"kl"}
+    trainer.run()
+    with pytest.raises(MobileKDError, match="--teacher-budget 999 is larger than the 24 training images"):
+        Trainer(tiny_config(folder_dataset, tmp_path / "r2", teacher_budget=999))
+
+
+def test_output_space_mixup_hand_computed(monkeypatch):
+    from mobilekd.engine import mix_inputs_and_targets
+
+    monkeypatch.setattr(torch.distributions.Beta, "sample", lambda self, shape: torch.tensor([0.25, 1.0]))
+    monkeypatch.setattr(torch, "randperm", lambda n, device=None: torch.tensor([1, 0]))
+    inputs = torch.stack([torch.zeros(3, 2, 2), torch.ones(3, 2, 2)])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    mixed_in, mixed_t = mix_inputs_and_targets(inputs, targets, alpha=0.4)
+    assert mixed_in.shape == (4, 3, 2, 2) and torch.equal(mixed_in[:2], inputs)
+    assert torch.allclose(mixed_in[2], torch.full((3, 2, 2), 0.75))  # 0.25*0 + 0.75*1
+    assert torch.equal(mixed_in[3], inputs[1])                       # lam = 1: image 1 itself
+    assert torch.allclose(mixed_t[2], torch.tensor([0.25, 0.75]) / math.sqrt(0.25**2 + 0.75**2))
+    assert torch.allclose(mixed_t[3], targets[1])
+
+
+def test_two_specialist_teachers_one_universal_student(folder_dataset, tmp_path):
+    import zipfile
+
+    from conftest import make_image
+
+    archive = tmp_path / "second.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for c in range(6):
+            for i in range(4):
+                path = tmp_path / "tmp" / f"{c}_{i}.png"
+                make_image(str(path), seed=900 + 10 * c + i, size=(16, 16))
+                out.write(path, f"second/char{c}/{i}.png")
+    trainer = Trainer(tiny_config(folder_dataset, tmp_path / "r", absolute_weight=0.0, relative_weight=0.0,
+                                  kl_weight=1.0, domain=[f"{archive}=efficientnet_lite1"], epochs=1, eval_every=1,
+                                  batch_classes=3, images_per_class=2))
+    assert [d.name for d in trainer.domains] == ["main", "domain1"]
+    assert trainer.domains[1].teacher.spec.arch == "efficientnet_lite1"
+    assert trainer.steps_per_epoch == 8  # 4 batches per domain, interleaved
+    assert [d.name for d, _ in trainer._epoch_batches()] == ["main", "domain1"] * 4
+    summary = trainer.run()
+    assert set(summary["domains"]) == {"main", "domain1"}
+    assert summary["domains"]["domain1"]["test"]["queries"] == 12
+
+
+def test_multi_branch_master_teacher(folder_dataset, tmp_path):
+    trainer = Trainer(tiny_config(folder_dataset, tmp_path / "r", teacher="efficientnet_lite0,efficientnet_lite1",
+                                  absolute_weight=0.0, relative_weight=0.0, kl_weight=1.0, epochs=1, eval_every=1))
+    assert trainer.teacher.embed_dim == 2560
+    summary = trainer.run()
+    assert summary["teacher"]["R@1"] > 0

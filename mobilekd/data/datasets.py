@@ -63,13 +63,37 @@ class ImageSource:
 
 @dataclass
 class ImageSet:
-    """A list of images with integer labels (-1 = unlabeled) and the class names behind the labels."""
+    """A list of images with integer labels (-1 = unlabeled) and the class names behind the labels.
+
+    Images normally come from one ``source``; a set joined with ``concat`` (labeled + unlabeled images) keeps
+    one source per part in ``parts`` and the part of every image in ``part_of``.
+    """
 
     source: ImageSource
     keys: list[str]
     labels: np.ndarray
     class_names: list[str] = field(default_factory=list)
     name: str = ""
+    parts: list[ImageSource] | None = None
+    part_of: np.ndarray | None = None
+
+    def source_of(self, index: int) -> ImageSource:
+        return self.source if self.parts is None else self.parts[int(self.part_of[index])]
+
+    def concat(self, other: "ImageSet", name: str | None = None) -> "ImageSet":
+        """This set followed by ``other`` (whose labels, if any, are offset past this set's classes)."""
+        def pieces(images: ImageSet):
+            if images.parts is None:
+                return [images.source], np.zeros(len(images), dtype=np.int64)
+            return images.parts, images.part_of
+
+        parts_a, part_of_a = pieces(self)
+        parts_b, part_of_b = pieces(other)
+        offset = self.num_classes
+        labels_b = np.where(other.labels >= 0, other.labels + offset, -1)
+        return ImageSet(self.source, self.keys + other.keys, np.concatenate([self.labels, labels_b]),
+                        self.class_names + other.class_names, name or f"{self.name}+{other.name}",
+                        parts_a + parts_b, np.concatenate([part_of_a, part_of_b + len(parts_a)]))
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -84,29 +108,30 @@ class ImageSet:
 
     def load_image(self, index: int) -> Image.Image:
         """Decode one image as RGB; a corrupt or missing file raises DataError naming it."""
-        key = self.keys[index]
+        key, source = self.keys[index], self.source_of(index)
         try:
-            with Image.open(io.BytesIO(self.source.read(key))) as image:
+            with Image.open(io.BytesIO(source.read(key))) as image:
                 return image.convert("RGB")
         except (OSError, KeyError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
-            raise DataError(f"cannot read image {self.source.describe(key)}: {error}") from None
+            raise DataError(f"cannot read image {source.describe(key)}: {error}") from None
 
     def subset(self, indices: Sequence[int], name: str | None = None) -> "ImageSet":
         """The given images, with labels re-numbered 0..C-1 in the order of the original classes."""
         indices = np.asarray(indices, dtype=np.int64)
         labels = self.labels[indices]
+        part_of = None if self.part_of is None else self.part_of[indices]
+        keys = [self.keys[i] for i in indices]
         if (labels < 0).any():
-            return ImageSet(self.source, [self.keys[i] for i in indices], labels, [], name or self.name)
+            return ImageSet(self.source, keys, labels, [], name or self.name, self.parts, part_of)
         used = np.unique(labels)
         remap = np.full(int(self.labels.max()) + 1, -1, dtype=np.int64)
         remap[used] = np.arange(len(used))
-        return ImageSet(
-            self.source,
-            [self.keys[i] for i in indices],
-            remap[labels],
-            [self.class_names[c] for c in used],
-            name or self.name,
-        )
+        return ImageSet(self.source, keys, remap[labels], [self.class_names[c] for c in used], name or self.name,
+                        self.parts, part_of)
+
+    def without_labels(self) -> "ImageSet":
+        return ImageSet(self.source, list(self.keys), np.full(len(self), -1, dtype=np.int64), [],
+                        self.name, self.parts, self.part_of)
 
 
 # --------------------------------------------------------------------------------------------- layouts

@@ -24,27 +24,31 @@ def _draw_views(rng: np.random.Generator, count: int, num_views: int) -> np.ndar
 class PKBatchSampler(Sampler):
     """P classes x K images per class in every batch (class-balanced), ``num_batches`` per epoch.
 
-    A class with fewer than K images is sampled with replacement. Unlabeled data (labels -1) gets plain
-    random batches of P*K images.
+    A class with fewer than K images is sampled with replacement. When all labels are -1 (label-free data),
+    batches are P*K random images. When labeled and unlabeled images are mixed (semi-supervised), every
+    batch is P x K labeled images followed by ``unlabeled_per_batch`` random unlabeled ones.
     """
 
     def __init__(self, labels: np.ndarray, classes_per_batch: int, images_per_class: int, num_views: int = 1,
-                 seed: int = 0, num_batches: int | None = None):
+                 seed: int = 0, num_batches: int | None = None, unlabeled_per_batch: int = 0):
         self.labels = np.asarray(labels)
         self.P, self.K = int(classes_per_batch), int(images_per_class)
         self.num_views = int(num_views)
         self.seed = int(seed)
         self.epoch = 0
-        self.labeled = bool((self.labels >= 0).all())
+        self.unlabeled = np.flatnonzero(self.labels < 0)
+        self.labeled = len(self.unlabeled) < len(self.labels)
+        self.unlabeled_per_batch = int(unlabeled_per_batch) if len(self.unlabeled) and self.labeled else 0
         if self.P < 1 or self.K < 1:
             raise DataError(f"batch must have >= 1 class and >= 1 image per class, got {self.P}x{self.K}")
         if self.labeled:
-            classes, counts = np.unique(self.labels, return_counts=True)
+            classes = np.unique(self.labels[self.labels >= 0])
             self.class_members = [np.flatnonzero(self.labels == c) for c in classes]
             if self.P > len(classes):
                 raise DataError(f"{self.P} classes per batch requested but the data has only {len(classes)}")
         batch = self.P * self.K
-        self.num_batches = int(num_batches) if num_batches else max(1, len(self.labels) // batch)
+        counted = len(self.labels) - len(self.unlabeled) if self.labeled else len(self.labels)
+        self.num_batches = int(num_batches) if num_batches else max(1, counted // batch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -60,6 +64,10 @@ class PKBatchSampler(Sampler):
                 indices = np.concatenate([
                     rng.choice(self.class_members[c], size=self.K, replace=len(self.class_members[c]) < self.K)
                     for c in chosen])
+                if self.unlabeled_per_batch:
+                    extra = rng.choice(self.unlabeled, size=self.unlabeled_per_batch,
+                                       replace=len(self.unlabeled) < self.unlabeled_per_batch)
+                    indices = np.concatenate([indices, extra])
             else:
                 indices = rng.choice(len(self.labels), size=self.P * self.K, replace=len(self.labels) < self.P * self.K)
             views = _draw_views(rng, len(indices), self.num_views)
