@@ -10,8 +10,8 @@ A cache folder holds
 
 View v of image i is the view ``ViewSampler(seed, ...)(W, H, i, v)`` -- the student renders the identical
 view at its own resolution, so its targets are consistent with what it sees. Building is resumable: images
-are embedded in chunks and ``done`` is advanced atomically after each chunk, so a killed build continues
-where it stopped. ``TeacherCache.open(path, expected)`` refuses a cache whose teacher, transform, views or data
+are embedded in chunks, each leaving a marker file once its rows are on disk, so a killed build continues
+where it stopped (and under torchrun the ranks share the chunks). ``TeacherCache.open(path, expected)`` refuses a cache whose teacher, transform, views or data
 differ from the run's, naming the fields.
 
 Hint and attention losses need the teacher's feature maps, which are not cached: they keep the live teacher.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from mobilekd.blackbox import PrecomputedEmbeddings
 from mobilekd.data.dataset import ViewDataset
 from mobilekd.data.datasets import ImageSet
 from mobilekd.embed import embed_views
+from mobilekd.distributed import Context
 from mobilekd.errors import MobileKDError
 from mobilekd.io import write_json
 
@@ -127,66 +129,72 @@ class TeacherCache:
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("format") != FORMAT:
             raise MobileKDError(f"{manifest_path}: unknown cache format {manifest.get('format')!r}")
-        if manifest.get("done", 0) < manifest.get("images", 0):
-            raise MobileKDError(f"teacher cache {path} is incomplete ({manifest.get('done')}/{manifest['images']} "
-                                "images): run the same `python -m mobilekd.embed` command again to finish it")
+        if not manifest.get("complete"):
+            chunks = len(list((path / "chunks").glob("*"))) if (path / "chunks").is_dir() else 0
+            raise MobileKDError(f"teacher cache {path} is incomplete ({chunks} chunks of {manifest.get('chunk')} "
+                                f"images done of {manifest['images']}): run the same `python -m mobilekd.embed` "
+                                "command again to finish it")
         if expected is not None:
             different = _mismatch(manifest, expected)
             if different:
                 raise MobileKDError(f"teacher cache {path} does not match this run: different "
-                                    f"{', '.join(different)} (built for teacher {manifest.get('teacher')!r}, "
-                                    f"{manifest.get('views')} views); rebuild it or drop --teacher-cache")
+                                    f"{', '.join(different)} (it was built with {manifest.get('views')} views of "
+                                    f"{manifest.get('images')} images); rebuild it or drop --teacher-cache")
         return cls(path, np.load(path / EMBEDDINGS, mmap_mode="r"), manifest)
 
     @classmethod
     def build(cls, path: str | os.PathLike, teacher, dataset: ViewDataset, views: int, data: dict,
-              device: str = "cpu", chunk: int = 256, progress: bool = True) -> "TeacherCache":
-        """Embed views 0..V-1 of every image (resuming a partial build) and return the opened cache."""
+              device: str = "cpu", chunk: int = 256, progress: bool = True, context: Context = Context()) -> "TeacherCache":
+        """Embed views 0..V-1 of every image (resuming a partial build) and return the opened cache.
+
+        Under torchrun every rank embeds its share of the chunks (chunk i goes to rank i mod world); a
+        finished chunk leaves a marker file, so a killed build -- single or multi-process -- continues."""
         path = Path(path)
         expected = expected_manifest(teacher, dataset, views, data)
-        manifest_path = path / MANIFEST
-        if manifest_path.is_file():
-            manifest = json.loads(manifest_path.read_text())
-            if not _mismatch(manifest, expected) and manifest.get("done", 0) >= len(dataset):
-                return cls.open(path, expected)
-            if _mismatch(manifest, expected):
+        manifest_path, chunks_dir = path / MANIFEST, path / "chunks"
+        if context.is_main:
+            manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+            if manifest is not None and _mismatch(manifest, expected):
                 manifest = None  # another teacher/transform/data: start over
-        else:
-            manifest = None
-        path.mkdir(parents=True, exist_ok=True)
-        if isinstance(teacher, PrecomputedEmbeddings):
-            if views != 1:
-                raise MobileKDError("precomputed teacher embeddings exist for one view per image: use --views 1")
-            embeddings = teacher.lookup(dataset.images.keys)[:, None, :].numpy()
-            np.save(path / EMBEDDINGS, embeddings)
-            write_json(manifest_path, {**expected, "shape": list(embeddings.shape), "dtype": "float32",
-                                       "done": len(dataset)})
-            return cls.open(path, expected)
-
-        if isinstance(teacher, torch.nn.Module):
-            teacher.to(device)
-        dim = int(teacher.embed_dim)
-        shape = (len(dataset), int(views), dim)
-        if manifest is None:
-            store = np.lib.format.open_memmap(path / EMBEDDINGS, mode="w+", dtype=np.float32, shape=shape)
-            manifest = {**expected, "shape": list(shape), "dtype": "float32", "done": 0, "chunks_done": []}
-            write_json(manifest_path, manifest)
-        else:
+                shutil.rmtree(chunks_dir, ignore_errors=True)
+            if manifest is None or not (path / EMBEDDINGS).is_file():
+                path.mkdir(parents=True, exist_ok=True)
+                chunks_dir.mkdir(exist_ok=True)
+                if isinstance(teacher, PrecomputedEmbeddings):
+                    if views != 1:
+                        raise MobileKDError("precomputed teacher embeddings exist for one view per image: use --views 1")
+                    embeddings = teacher.lookup(dataset.images.keys)[:, None, :].numpy()
+                    np.save(path / EMBEDDINGS, embeddings)
+                    write_json(manifest_path, {**expected, "shape": list(embeddings.shape), "dtype": "float32",
+                                               "complete": True})
+                else:
+                    shape = (len(dataset), int(views), int(teacher.embed_dim))
+                    np.lib.format.open_memmap(path / EMBEDDINGS, mode="w+", dtype=np.float32, shape=shape).flush()
+                    write_json(manifest_path, {**expected, "shape": list(shape), "dtype": "float32",
+                                               "chunk": chunk, "complete": False})
+        context.barrier()
+        manifest = json.loads(manifest_path.read_text())
+        if not manifest.get("complete"):
+            chunk = int(manifest["chunk"])
+            if isinstance(teacher, torch.nn.Module):
+                teacher.to(device)
             store = np.load(path / EMBEDDINGS, mmap_mode="r+")
-        done = set(manifest.get("chunks_done", []))
-        mine = [s for s in range(0, len(dataset), chunk) if s not in done]
-        bar = tqdm(total=len(mine) * chunk * views, desc=f"teacher cache ({views} views x {len(dataset)} images)",
-                   disable=not progress, leave=False)
-        for start in mine:
-            stop = min(start + chunk, len(dataset))
-            keys = [(i, v) for i in range(start, stop) for v in range(views)]
-            flat = embed_views(teacher, dataset, keys, "teacher", device, progress=False)
-            store[start:stop] = flat.reshape(stop - start, views, dim).numpy()
-            store.flush()
-            manifest["chunks_done"] = sorted(set(manifest.get("chunks_done", [])) | {start})
-            manifest["done"] = sum(min(chunk, len(dataset) - s) for s in manifest["chunks_done"])
-            write_json(manifest_path, manifest)
-            bar.update(len(keys))
-        bar.close()
-        del store
+            starts = [s for i, s in enumerate(range(0, len(dataset), chunk)) if i % context.world == context.rank]
+            todo = [s for s in starts if not (chunks_dir / str(s)).exists()]
+            bar = tqdm(total=len(todo), desc=f"teacher cache ({views} views x {len(dataset)} images, chunks)",
+                       disable=not progress or not context.is_main, leave=False)
+            for start in todo:
+                stop = min(start + chunk, len(dataset))
+                keys = [(i, v) for i in range(start, stop) for v in range(views)]
+                flat = embed_views(teacher, dataset, keys, "teacher", device, progress=False)
+                store[start:stop] = flat.reshape(stop - start, views, -1).numpy()
+                store.flush()
+                (chunks_dir / str(start)).touch()  # only after the rows are on disk
+                bar.update(1)
+            bar.close()
+            del store
+            context.barrier()
+            if context.is_main:
+                write_json(manifest_path, {**manifest, "complete": True})
+            context.barrier()
         return cls.open(path, expected)

@@ -35,6 +35,7 @@ from mobilekd.data.dataset import ViewDataset
 from mobilekd.data.datasets import ImageSet, load_image_set
 from mobilekd.data.sampler import PKBatchSampler
 from mobilekd.data.views import Degradation
+from mobilekd.distributed import Context, ShardedBatchSampler, init_from_env
 from mobilekd.embed import embed_image_set
 from mobilekd.errors import MobileKDError
 from mobilekd.features import parse_layer_pairs
@@ -80,7 +81,11 @@ class Trainer:
     def __init__(self, config: Config):
         self.config = c = config.validate()
         self.out = Path(c.out)
-        self.device = torch.device(c.device)
+        self.context = init_from_env(c.device)
+        device = c.device
+        if self.context.enabled and device.startswith("cuda"):
+            device = f"cuda:{self.context.local_rank}"
+        self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise MobileKDError("--device cuda requested but torch sees no CUDA GPU")
         if c.threads:
@@ -94,6 +99,12 @@ class Trainer:
 
         self.losses = torch.nn.ModuleDict({domain.name: self._domain_losses(domain) for domain in self.domains})
         self.losses.to(self.device)
+        self.step_module = StepModule(self.student, self.losses)
+        if self.context.enabled:  # gradients of the student and of the losses' parameters are averaged
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.step_module = DistributedDataParallel(self.step_module, find_unused_parameters=True,
+                                                       device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.AdamW([
             {"params": self.student.parameters()},
             {"params": self.losses.parameters(), "weight_decay": 0.0},
@@ -165,6 +176,8 @@ class Trainer:
                                 preload_side=c.preload, progress=c.progress)
         sampler = PKBatchSampler(train_images.labels, c.batch_classes, c.images_per_class, self.num_views,
                                  c.seed + position, c.steps_per_epoch or None, c.unlabeled_per_batch)
+        if self.context.enabled:
+            sampler = ShardedBatchSampler(sampler, self.context)
         loader = DataLoader(train_set, batch_sampler=sampler, num_workers=c.num_workers,
                             persistent_workers=c.num_workers > 0)
         domain = Domain(name, data, train_images, test_images, teacher, train_set, sampler, loader)
@@ -172,7 +185,7 @@ class Trainer:
             cache_dir = c.teacher_cache if position == 0 else None
             domain.targets = open_or_build_cache(c, teacher, train_set, self.out / f"teacher_cache_{name}"
                                                  if position else self.out / "teacher_cache", str(self.device),
-                                                 cache_dir, data)
+                                                 cache_dir, data, self.context)
         if teacher is not None and c.uses_feature_maps:
             domain.feature_stages = parse_layer_pairs(c.feature_layers, self.student.feature_info, teacher.feature_info)
         return domain
@@ -263,10 +276,9 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def train_step(self, domain: Domain, batch: dict) -> dict[str, float]:
         c = self.config
-        losses = self.losses[domain.name]
         student_in = batch["student"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device)
-        teacher_out = teacher_maps = student_maps = None
+        teacher_out = teacher_maps = None
         if domain.teacher is not None:
             if domain.targets is not None:
                 teacher_out = domain.targets(batch["index"], batch["view"]).to(self.device)
@@ -280,21 +292,8 @@ class Trainer:
                         teacher_out = domain.teacher(teacher_in)
         if c.mixup_alpha > 0 and teacher_out is not None:
             student_in, teacher_out = mix_inputs_and_targets(student_in, teacher_out, c.mixup_alpha)
-        if domain.feature_stages is not None:
-            embeddings, student_maps = self.student.forward_with_intermediates(student_in, domain.feature_stages[0])
-        else:
-            embeddings = self.student(student_in)
-        originals = embeddings[: len(labels)]
-        labeled = labels >= 0
-        parts = {}
-        for name, loss in losses.items():
-            if name == "metric":
-                if labeled.sum() > 1:
-                    parts[name] = loss(originals[labeled], labels[labeled])
-            elif name in MAP_LOSSES:
-                parts[name] = loss(student_maps, teacher_maps)
-            else:
-                parts[name] = loss(embeddings, teacher_out)
+        stages = domain.feature_stages[0] if domain.feature_stages is not None else None
+        parts = self.step_module(domain.name, student_in, labels, teacher_out, teacher_maps, stages)
         total = sum(getattr(c, f"{name}_weight") * value for name, value in parts.items())
         bad = [name for name, value in parts.items() if not torch.isfinite(value)]
         if bad:  # stop before the step: the last checkpoint on disk stays the last good one
@@ -321,7 +320,8 @@ class Trainer:
     def run(self) -> dict:
         c = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        write_json(self.out / "config.json", c.to_dict())
+        if self.context.is_main:
+            write_json(self.out / "config.json", c.to_dict())
         if self.start_epoch >= c.epochs:
             log(f"{self.out}: already trained for {c.epochs} epochs")
         for epoch in range(self.start_epoch, c.epochs):
@@ -332,18 +332,22 @@ class Trainer:
             sums: dict[str, float] = {}
             started = time.time()
             bar = tqdm(self._epoch_batches(), total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{c.epochs}",
-                       disable=not c.progress, leave=False)
+                       disable=not c.progress or not self.context.is_main, leave=False)
             for step, (domain, batch) in enumerate(bar, 1):
                 for key, value in self.train_step(domain, batch).items():
                     sums[key] = sums.get(key, 0.0) + value
                 bar.set_postfix(loss=f"{sums['loss'] / step:.4f}")
             record = {"epoch": epoch + 1, "seconds": round(time.time() - started, 2),
                       **{f"loss_{k}" if k != "loss" else k: v / self.steps_per_epoch for k, v in sums.items()}}
-            if (epoch + 1) % c.eval_every == 0 or epoch + 1 == c.epochs:
-                record.update(self.evaluate())
-            self.history.append(record)
-            self.save(epoch)
-            log(_epoch_line(record, self.domains))
+            if self.context.is_main:
+                if (epoch + 1) % c.eval_every == 0 or epoch + 1 == c.epochs:
+                    record.update(self.evaluate())
+                self.history.append(record)
+                self.save(epoch)
+                log(_epoch_line(record, self.domains))
+            self.context.barrier()
+        if not self.context.is_main:
+            return {"out": str(self.out), "rank": self.context.rank}
         final = next((h for h in reversed(self.history) if "test" in h), {})
         summary = {"out": str(self.out), "test": final.get("test"), "student_to_teacher": final.get("student_to_teacher"),
                    "teacher": self.primary.teacher_metrics, "epochs": c.epochs}
@@ -353,6 +357,33 @@ class Trainer:
                                               {"test": final.get("test")})} for d in self.domains}
         write_json(self.out / "metrics.json", summary)
         return summary
+
+
+class StepModule(torch.nn.Module):
+    """Student + every domain's losses in one module, so one DistributedDataParallel wrapper averages the
+    gradients of the student and of the losses' own parameters (projections, proxies, hint adapters)."""
+
+    def __init__(self, student: EmbeddingNet, losses: torch.nn.ModuleDict):
+        super().__init__()
+        self.student, self.losses = student, losses
+
+    def forward(self, domain: str, student_in, labels, teacher_out, teacher_maps, stages) -> dict:
+        if stages is not None:
+            embeddings, student_maps = self.student(student_in, stages)
+        else:
+            embeddings, student_maps = self.student(student_in), None
+        originals = embeddings[: len(labels)]  # rows past len(labels) are mixed images
+        labeled = labels >= 0
+        parts = {}
+        for name, loss in self.losses[domain].items():
+            if name == "metric":
+                if labeled.sum() > 1:
+                    parts[name] = loss(originals[labeled], labels[labeled])
+            elif name in MAP_LOSSES:
+                parts[name] = loss(student_maps, teacher_maps)
+            else:
+                parts[name] = loss(embeddings, teacher_out)
+        return parts
 
 
 def mix_inputs_and_targets(inputs: torch.Tensor, targets: torch.Tensor, alpha: float):
@@ -369,7 +400,8 @@ def mix_inputs_and_targets(inputs: torch.Tensor, targets: torch.Tensor, alpha: f
 
 
 def open_or_build_cache(config: Config, teacher, train_set: ViewDataset, out_dir: Path, device: str,
-                        given: str | None = None, data: str | None = None) -> TeacherCache:
+                        given: str | None = None, data: str | None = None,
+                        context: Context = Context()) -> TeacherCache:
     """A domain's teacher targets: ``given`` (``--teacher-cache``, checked against this run) or built in
     ``out_dir`` (reused on --resume, rebuilt when stale)."""
     teacher_set = train_set.with_inputs({"teacher": teacher.preprocess} if teacher.preprocess is not None else {})
@@ -377,7 +409,7 @@ def open_or_build_cache(config: Config, teacher, train_set: ViewDataset, out_dir
     if given:
         return TeacherCache.open(given, expected_manifest(teacher, teacher_set, config.effective_views, identity))
     return TeacherCache.build(out_dir, teacher, teacher_set, config.effective_views, identity, device,
-                              progress=config.progress)
+                              progress=config.progress, context=context)
 
 
 def _warmup_cosine(step: int, warmup: int, total: int) -> float:

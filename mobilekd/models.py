@@ -160,14 +160,18 @@ class EmbeddingNet(nn.Module):
         out = self.head(pooled)
         return F.normalize(out, dim=1) if self.spec.normalize else out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed_pooled(self.backbone(x))
+    def forward(self, x: torch.Tensor, stages: list[int] | None = None):
+        """L2-normalised embeddings; with ``stages``, also those stages' feature maps (one forward pass,
+        through ``forward`` so DistributedDataParallel sees it)."""
+        if stages is None:
+            return self.embed_pooled(self.backbone(x))
+        final, maps = self.backbone.forward_intermediates(x, indices=list(stages))
+        pooled = self.backbone.forward_head(final, pre_logits=True)
+        return self.embed_pooled(pooled), maps
 
     def forward_with_intermediates(self, x: torch.Tensor, indices: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The embedding plus the feature maps of the given stages (``feature_info`` order, negatives ok)."""
-        final, maps = self.backbone.forward_intermediates(x, indices=indices)
-        pooled = self.backbone.forward_head(final, pre_logits=True)
-        return self.embed_pooled(pooled), maps
+        return self.forward(x, indices)
 
     def spec_dict(self) -> dict:
         return self.spec.to_dict()
