@@ -20,6 +20,17 @@ from torch import nn
 REDUCTIONS = ("frobenius", "mean_sq", "mean_abs")
 
 
+def check_embedding_pair(student: torch.Tensor, teacher: torch.Tensor, loss_name: str) -> None:
+    """The shape checks every (student, teacher) batch loss needs, with one clear message each."""
+    if student.dim() != 2 or teacher.dim() != 2:
+        raise ValueError(f"expected student [N, Ds] and teacher [N, Dt], got {tuple(student.shape)} "
+                         f"and {tuple(teacher.shape)}")
+    if len(student) != len(teacher):
+        raise ValueError(f"student and teacher batch sizes differ: {len(student)} vs {len(teacher)}")
+    if len(student) < 2:
+        raise ValueError(f"{loss_name} needs at least 2 embeddings in the batch, got {len(student)}")
+
+
 def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
     squared = x.pow(2).sum(dim=1)
     d2 = squared[:, None] + squared[None, :] - 2.0 * (x @ x.t())

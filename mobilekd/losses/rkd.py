@@ -35,17 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilekd.losses.relative import pairwise_distances
+from mobilekd.losses.relative import check_embedding_pair, pairwise_distances
 
 
 def _check(student: torch.Tensor, teacher: torch.Tensor) -> None:
-    if student.dim() != 2 or teacher.dim() != 2:
-        raise ValueError(f"expected student [N, Ds] and teacher [N, Dt], got {tuple(student.shape)} "
-                         f"and {tuple(teacher.shape)}")
-    if len(student) != len(teacher):
-        raise ValueError(f"student and teacher batch sizes differ: {len(student)} vs {len(teacher)}")
-    if len(student) < 2:
-        raise ValueError(f"relational losses need at least 2 embeddings in the batch, got {len(student)}")
+    check_embedding_pair(student, teacher, "relational losses")
 
 
 def normalized_distances(x: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilekd.losses.relative import pairwise_distances
+from mobilekd.losses.relative import check_embedding_pair, pairwise_distances
 
 DISTANCES = ("euclidean", "cosine")
 
@@ -58,13 +58,7 @@ class DistanceKLLoss(nn.Module):
         return F.log_softmax(logits, dim=1)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        if student.dim() != 2 or teacher.dim() != 2:
-            raise ValueError(f"expected student [N, Ds] and teacher [N, Dt], got {tuple(student.shape)} "
-                             f"and {tuple(teacher.shape)}")
-        if len(student) != len(teacher):
-            raise ValueError(f"student and teacher batch sizes differ: {len(student)} vs {len(teacher)}")
-        if len(student) < 2:
-            raise ValueError(f"DistanceKLLoss needs at least 2 embeddings in the batch, got {len(student)}")
+        check_embedding_pair(student, teacher, "DistanceKLLoss")
         with torch.no_grad():
             log_p = self.log_probabilities(teacher.detach())
         log_q = self.log_probabilities(student)
