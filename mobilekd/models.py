@@ -223,7 +223,11 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu") -> EmbeddingN
         state = load_file(str(weights_path), device=map_location)
     except Exception as error:  # safetensors raises its own error types for damaged files
         raise ModelError(f"cannot read weights {weights_path}: {error}") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensor shapes that do not fit the architecture in model.json
+        raise ModelError(f"{weights_path} does not fit {spec.arch} (embed_dim {spec.embed_dim}): "
+                         f"{str(error).splitlines()[-1].strip()}") from None
     if missing or unexpected:
-        raise ModelError(f"{weights_path} does not match {spec.arch}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ModelError(f"{weights_path} does not fit {spec.arch}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model

@@ -235,7 +235,7 @@ def test_bad_input(workspace, tmp_path, capsys):
     meta["spec"]["arch"] = "lcnet_035"
     (other_arch / "model.json").write_text(json.dumps(meta))
     assert run("onnx", other_arch) == 2
-    assert "does not match lcnet_035" in one_error_line(capsys)
+    assert "does not fit lcnet_035" in one_error_line(capsys)
 
     no_data = tmp_path / "no_data"
     save_model(create_model("mobilenetv1_025", embed_dim=DIM, size=SIZE), no_data)

@@ -99,3 +99,14 @@ def test_precomputed_embeddings_teacher(tmp_path):
     assert torch.allclose(teacher.lookup(["b/2.png", "a/1.png"]), torch.tensor([[0.0, 1.0], [0.6, 0.8]]))
     with pytest.raises(ModelError, match="no embedding for image 'c.png'"):
         teacher.lookup(["c.png"])
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path):
+    import json
+
+    save_model(create_model("mobilenetv1_025", embed_dim=8, size=32), tmp_path / "ckpt")
+    meta = json.loads((tmp_path / "ckpt" / "model.json").read_text())
+    meta["spec"]["embed_dim"] = 16
+    (tmp_path / "ckpt" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="does not fit mobilenetv1_025 \\(embed_dim 16\\)"):
+        load_model(tmp_path / "ckpt")
