@@ -218,3 +218,19 @@ def test_multi_branch_master_teacher(folder_dataset, tmp_path):
     assert trainer.teacher.embed_dim == 2560
     summary = trainer.run()
     assert summary["teacher"]["R@1"] > 0
+
+
+def test_train_cli_fine_tunes_a_pretrained_teacher(folder_dataset, tmp_path, capsys):
+    from mobilekd.train import main as train_main
+
+    out = tmp_path / "teacher"
+    assert train_main(["--data", str(folder_dataset), "--model", "efficientnet_lite0", "--pretrained",
+                       "--embed-dim", "32", "--student-size", "32", "--metric-loss", "multi_similarity",
+                       "--epochs", "2", "--steps-per-epoch", "2", "--batch-classes", "4", "--images-per-class", "3",
+                       "--lr", "1e-4", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["spec"]["arch"] == "efficientnet_lite0" and meta["spec"]["embed_dim"] == 32
+    assert "efficientnet_lite0" in capsys.readouterr().out
+    # the fine-tuned teacher is a checkpoint folder distillation accepts as --teacher
+    trainer = Trainer(tiny_config(folder_dataset, tmp_path / "kd", teacher=str(out), epochs=1))
+    assert trainer.teacher.embed_dim == 32 and not any(p.requires_grad for p in trainer.teacher.parameters())
