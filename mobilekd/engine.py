@@ -268,6 +268,7 @@ class Trainer:
                 domain.test_teacher = embed_image_set(teacher, domain.test_images, str(self.device),
                                                       progress=c.progress, desc=f"eval teacher ({domain.name})")
                 domain.teacher_metrics = retrieval_metrics(domain.test_teacher, domain.test_images.labels)
+            result["teacher"] = domain.teacher_metrics  # kept in the history, so a resumed run still reports it
             if domain.test_teacher.shape[1] == embeddings.shape[1]:  # directly compatible embeddings
                 result["student_to_teacher"] = retrieval_metrics(embeddings, domain.test_images.labels,
                                                                  domain.test_teacher, domain.test_images.labels)
@@ -350,11 +351,12 @@ class Trainer:
             return {"out": str(self.out), "rank": self.context.rank}
         final = next((h for h in reversed(self.history) if "test" in h), {})
         summary = {"out": str(self.out), "test": final.get("test"), "student_to_teacher": final.get("student_to_teacher"),
-                   "teacher": self.primary.teacher_metrics, "epochs": c.epochs}
+                   "teacher": final.get("teacher"), "epochs": c.epochs}
         if len(self.domains) > 1:
-            summary["domains"] = {d.name: {"data": d.data, "teacher": d.teacher_metrics,
+            summary["domains"] = {d.name: {"data": d.data,
                                            **(final.get(d.name, {}) if d is not self.primary else
-                                              {"test": final.get("test")})} for d in self.domains}
+                                              {"test": final.get("test"), "teacher": final.get("teacher")})}
+                                  for d in self.domains}
         write_json(self.out / "metrics.json", summary)
         return summary
 
