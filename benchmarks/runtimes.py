@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from export.common import path_size
+from export.contract import dequantize, quantize
 from mobilekd.errors import MobileKDError, ModelError
 from mobilekd.preprocess import Preprocess
 
@@ -87,12 +89,6 @@ def default_label(spec: str) -> str:
     return spec
 
 
-def path_bytes(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
-
-
 def find_contract(path: Path):
     """The ``model.json`` (export contract) describing an exported file: ``<file>.json`` or ``model.json``
     beside it whose ``model_file`` names it. None when there is none."""
@@ -123,7 +119,7 @@ def load_target(spec: str, size: int | None = None, label: str | None = None) ->
             raise ModelError(f"model file not found: {path}")
         kind = EXPORTED[suffix]
         contract = find_contract(path)
-        target = Target(spec, label, kind, path, Preprocess(), contract=contract, file_bytes=path_bytes(path))
+        target = Target(spec, label, kind, path, Preprocess(), contract=contract, file_bytes=path_size(path))
         if contract is not None:
             target.preprocess = contract.preprocess
             target.precision = contract.precision
@@ -144,7 +140,7 @@ def load_target(spec: str, size: int | None = None, label: str | None = None) ->
         model = load_model(path).eval()
         preprocess = model.preprocess.with_size(size) if size else model.preprocess
         weights = path / "model.safetensors" if path.is_dir() else path
-        return Target(spec, label, "checkpoint", path, preprocess, model=model, file_bytes=path_bytes(weights))
+        return Target(spec, label, "checkpoint", path, preprocess, model=model, file_bytes=path_size(weights))
     if any(sep in spec for sep in ("/", "\\")):
         raise ModelError(f"model not found: {spec} (no such file or folder)")
     from mobilekd.teachers import resolve_teacher
@@ -168,15 +164,6 @@ def _try_load_checkpoint(checkpoint: str, base: Path):
 
 
 # -------------------------------------------------------------------------------------------- runners
-
-
-def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
-
-
-def _dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    return (q.astype(np.float32) - zero_point) * scale
 
 
 def _qparams(quantization) -> tuple[float, int] | None:
@@ -280,10 +267,10 @@ class OrtRunner(Runner):
         if self.input_dtype != np.float32:
             if self.in_q is None:
                 raise ModelError(f"{self.input.name} is {self.input_dtype.__name__} but no quantization is known")
-            x = _quantize(x, *self.in_q, self.input_dtype)
+            x = quantize(x, *self.in_q, self.input_dtype)
         out = self.session.run(None, {self.input.name: np.ascontiguousarray(x)})[0]
         if out.dtype != np.float32:
-            out = _dequantize(out, *self.out_q) if self.out_q else out.astype(np.float32)
+            out = dequantize(out, *self.out_q) if self.out_q else out.astype(np.float32)
         return out.reshape(len(out), -1)
 
 
@@ -320,12 +307,12 @@ class LiteRtRunner(Runner):
         if self.in_dtype != np.float32:
             if self.in_q is None:
                 raise ModelError(f"input is {self.in_dtype} but has no quantization parameters")
-            x = _quantize(x, *self.in_q, self.in_dtype)
+            x = quantize(x, *self.in_q, self.in_dtype)
         self.interpreter.set_tensor(self.inp["index"], np.ascontiguousarray(x))
         self.interpreter.invoke()
         out = self.interpreter.get_tensor(self.out["index"])
         if out.dtype != np.float32:
-            out = _dequantize(out, *self.out_q) if self.out_q else out.astype(np.float32)
+            out = dequantize(out, *self.out_q) if self.out_q else out.astype(np.float32)
         return out.reshape(len(out), -1)
 
 

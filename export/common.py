@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from export.contract import ModelContract, TensorSpec
+from export.contract import ModelContract, TensorSpec, dequantize, quantize
 from mobilekd.errors import MobileKDError, ModelError
 from mobilekd.io import write_json
 
@@ -141,9 +141,7 @@ def quantize_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """Float model input -> the file's input dtype (int8/uint8 via its scale and zero point)."""
     if spec.dtype in ("int8", "uint8"):
         q = spec.quantization or {}
-        info = np.iinfo(np.int8 if spec.dtype == "int8" else np.uint8)
-        x = np.clip(np.round(x / q["scale"] + q["zero_point"]), info.min, info.max)
-        return x.astype(spec.dtype)
+        return quantize(x, q["scale"], q["zero_point"], spec.dtype)
     return x.astype(np.float32 if spec.dtype == "float32" else spec.dtype)
 
 
@@ -151,7 +149,7 @@ def dequantize_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
     y = np.asarray(y)
     if spec.dtype in ("int8", "uint8"):
         q = spec.quantization or {}
-        y = (y.astype(np.float32) - q["zero_point"]) * q["scale"]
+        y = dequantize(y, q["scale"], q["zero_point"])
     y = y.astype(np.float32).reshape(len(y), -1)
     if spec.l2_normalized is False:
         y = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)

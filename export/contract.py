@@ -45,6 +45,21 @@ DTYPES = ("float32", "float16", "uint8", "int8")
 OPTIONAL = ("parity", "model_sha256", "quantization", "build")
 
 
+def quantize(x, scale: float, zero_point: int, dtype: str):
+    """real -> integer as the contract defines it: q = clip(round(real / scale + zero_point))."""
+    import numpy as np
+
+    info = np.iinfo(np.dtype(dtype))
+    return np.clip(np.round(np.asarray(x) / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def dequantize(q, scale: float, zero_point: int):
+    """integer -> real: real = scale * (q - zero_point), float32."""
+    import numpy as np
+
+    return ((np.asarray(q).astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
 @dataclass
 class TensorSpec:
     name: str

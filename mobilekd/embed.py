@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mobilekd.blackbox import OnnxEmbedder, PrecomputedEmbeddings
+from mobilekd.blackbox import PrecomputedEmbeddings
 from mobilekd.data.dataset import ViewDataset
 from mobilekd.data.datasets import ImageSet
 from mobilekd.data.views import ViewSampler
@@ -32,21 +32,22 @@ def embed_views(model, dataset: ViewDataset, keys: list, input_name: str, device
 
 
 def embed_image_set(model, images: ImageSet, device: str = "cpu", batch_size: int = 64, progress: bool = True,
-                    preload_side: int = 0, desc: str | None = None) -> np.ndarray:
-    """View-0 (evaluation view) embeddings of every image, float32 [N, D]."""
+                    preload_side: int = 0, desc: str | None = None,
+                    decoded: ViewDataset | None = None) -> np.ndarray:
+    """View-0 (evaluation view) embeddings of every image, float32 [N, D]. ``decoded``: a ViewDataset of
+    ``images`` whose decoded-image cache is reused (repeated evaluations decode the images once)."""
     if isinstance(model, PrecomputedEmbeddings):
         return model.lookup(images.keys).numpy()
-    dataset = ViewDataset(images, {"x": model.preprocess}, ViewSampler(), preload_side=preload_side,
-                          progress=progress)
+    if decoded is not None:
+        dataset = decoded.with_inputs({"x": model.preprocess})
+    else:
+        dataset = ViewDataset(images, {"x": model.preprocess}, ViewSampler(), preload_side=preload_side,
+                              progress=progress)
     keys = [(i, 0) for i in range(len(images))]
     if isinstance(model, torch.nn.Module):
         model.to(device)
     return embed_views(model, dataset, keys, "x", device, batch_size, desc or f"embed {images.name}",
                        progress).numpy()
-
-
-def is_blackbox(model) -> bool:
-    return isinstance(model, (OnnxEmbedder, PrecomputedEmbeddings))
 
 
 def main(argv=None) -> int:

@@ -51,7 +51,6 @@ STATE_FILE = "train_state.pt"
 RESUME_KEYS = ("data", "layout", "train_fraction", "unlabeled", "student", "embed_dim", "head_bn", "student_size",
                "teacher", "teacher_size", "views", "teacher_budget", "domain", "metric_loss", "batch_classes",
                "images_per_class", "seed")
-EMBEDDING_LOSSES = ("absolute", "relative", "rkd_distance", "rkd_angle", "kl")
 MAP_LOSSES = ("hint", "attention")
 
 
@@ -73,6 +72,7 @@ class Domain:
     loader: DataLoader
     targets: TeacherCache | None = None
     feature_stages: tuple[list[int], list[int]] | None = None
+    test_set: ViewDataset | None = field(default=None, repr=False)  # test images, decoded once
     test_teacher: np.ndarray | None = field(default=None, repr=False)
     teacher_metrics: dict | None = None
 
@@ -259,14 +259,17 @@ class Trainer:
 
     def _evaluate_domain(self, domain: Domain) -> dict:
         c = self.config
+        if domain.test_set is None:
+            domain.test_set = ViewDataset(domain.test_images, {}, preload_side=c.preload, progress=c.progress)
         embeddings = embed_image_set(self.student, domain.test_images, str(self.device), progress=c.progress,
-                                     desc=f"eval student ({domain.name})")
+                                     desc=f"eval student ({domain.name})", decoded=domain.test_set)
         result = {"test": retrieval_metrics(embeddings, domain.test_images.labels)}
         teacher = domain.teacher
         if teacher is not None and teacher.preprocess is not None:
             if domain.test_teacher is None:
                 domain.test_teacher = embed_image_set(teacher, domain.test_images, str(self.device),
-                                                      progress=c.progress, desc=f"eval teacher ({domain.name})")
+                                                      progress=c.progress, desc=f"eval teacher ({domain.name})",
+                                                      decoded=domain.test_set)
                 domain.teacher_metrics = retrieval_metrics(domain.test_teacher, domain.test_images.labels)
             result["teacher"] = domain.teacher_metrics  # kept in the history, so a resumed run still reports it
             if domain.test_teacher.shape[1] == embeddings.shape[1]:  # directly compatible embeddings

@@ -173,9 +173,6 @@ class EmbeddingNet(nn.Module):
         """The embedding plus the feature maps of the given stages (``feature_info`` order, negatives ok)."""
         return self.forward(x, indices)
 
-    def spec_dict(self) -> dict:
-        return self.spec.to_dict()
-
 
 def create_model(arch: str, embed_dim: int = 128, pretrained: bool = False, size: int | None = None,
                  head_bn: bool = False) -> EmbeddingNet:

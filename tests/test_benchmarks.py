@@ -140,7 +140,8 @@ def test_exported_runners_agree_with_checkpoint(tiny_models):
 
 
 def test_int8_quantize_roundtrip():
-    from benchmarks.runtimes import _dequantize, _qparams, _quantize
+    from benchmarks.runtimes import _qparams
+    from export.contract import dequantize as _dequantize, quantize as _quantize
 
     scale, zero = _qparams((0.05, -3))
     q = _quantize(np.array([-1.0, 0.0, 1.0, 100.0], np.float32), scale, zero, np.int8)

@@ -1,9 +1,9 @@
 """Data: image sets in real layouts, class-disjoint splits, reproducible views, P x K sampling."""
 
-from mobilekd.data.dataset import ViewDataset, eval_loader
+from mobilekd.data.dataset import ViewDataset
 from mobilekd.data.datasets import ImageSet, load_image_set, split_classes
 from mobilekd.data.sampler import PKBatchSampler
 from mobilekd.data.views import Degradation, View, ViewSampler, center_view, render
 
-__all__ = ["ImageSet", "load_image_set", "split_classes", "ViewDataset", "eval_loader", "PKBatchSampler",
+__all__ = ["ImageSet", "load_image_set", "split_classes", "ViewDataset", "PKBatchSampler",
            "Degradation", "View", "ViewSampler", "center_view", "render"]

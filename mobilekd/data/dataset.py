@@ -6,7 +6,7 @@ from typing import Mapping
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mobilekd.data.datasets import ImageSet
@@ -62,10 +62,3 @@ class ViewDataset(Dataset):
         item = {name: render(image, view, pp, self.degradation.get(name)) for name, pp in self.preprocess.items()}
         item.update(index=index, view=view_id, label=int(self.images.labels[index]))
         return item
-
-
-def eval_loader(dataset: ViewDataset, batch_size: int = 64, num_workers: int = 0) -> DataLoader:
-    """View 0 of every image, in order."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-
-
