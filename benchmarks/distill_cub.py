@@ -61,6 +61,22 @@ def arm_config(args, arm: str) -> Config:
                   else None, **extra)
 
 
+def finished_summary(config: Config) -> dict | None:
+    """The metrics of an arm that already finished with these options (so adding an arm does not re-run or
+    re-evaluate the others), else None."""
+    from mobilekd.engine import RESUME_KEYS
+
+    out = Path(config.out)
+    try:
+        summary = json.loads((out / "metrics.json").read_text())
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    weights = [k for k in saved if k.endswith("_weight")]
+    same = all(saved.get(k) == getattr(config, k) for k in (*RESUME_KEYS, *weights, "epochs", "lr", "crop_scale"))
+    return summary if same and summary.get("epochs") == config.epochs else None
+
+
 @cli_entry
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.distill_cub", description=__doc__.split("\n\n")[0])
@@ -103,8 +119,10 @@ def main(argv=None) -> int:
 
     results, teacher_metrics = {}, None
     for arm in arms:
-        print(f"== {arm}", flush=True)
-        summary = train(arm_config(args, arm))
+        config = arm_config(args, arm)
+        summary = finished_summary(config)
+        print(f"== {arm}" + (" (finished earlier: reusing its metrics.json)" if summary else ""), flush=True)
+        summary = summary or train(config)
         results[arm] = summary["test"]
         teacher_metrics = teacher_metrics or summary.get("teacher")
     rows = {}

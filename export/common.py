@@ -121,6 +121,7 @@ class BuildResult:
     quantization: dict
     exporter: str
     notes: list[str] = field(default_factory=list)
+    build: dict = field(default_factory=dict)  # extra model.json build fields (tflite: mediapipe_metadata)
 
 
 @dataclass
@@ -346,7 +347,7 @@ def run_export(fmt: Format, args, default_layout: str) -> int:
             model_sha256=sha256_path(model_path),
             quantization={**result.quantization, "calibration": job.calib_info},
             build={"tools": tool_versions(fmt.tools), "exporter": result.exporter,
-                   "notes": job.notes + result.notes})
+                   "notes": job.notes + result.notes, **result.build})
         runner = fmt.make_runner(model_path, contract, args.threads)
         if runner is None:
             report = fmt.structural_check(model_path, contract)

@@ -122,8 +122,12 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
     if job.precision == "int8":
         notes.append("int8 I/O: MediaPipe's Image Embedder accepts only float32/uint8 tensors, so this file is "
                      "for LiteRT/Interpreter callers that quantize the normalised input with input.quantization")
+    from export.embedder_metadata import embed_tflite_metadata
+
+    metadata = embed_tflite_metadata(final, job, inputs[0], notes)  # float32 NHWC input only, else says why
     return BuildResult("model.tflite", _tensor_spec(inputs[0], job.layout),
-                       _tensor_spec(outputs[0], l2=bool(job.model.spec.normalize)), info, exporter, notes)
+                       _tensor_spec(outputs[0], l2=bool(job.model.spec.normalize)), info, exporter, notes,
+                       {"mediapipe_metadata": metadata})
 
 
 def make_runner(path: Path, contract: ModelContract, threads: int = 1):

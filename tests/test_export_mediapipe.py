@@ -1,0 +1,228 @@
+"""TFLite exports carry MediaPipe image-embedder metadata, and MediaPipe's own ImageEmbedder runs them.
+
+Two random-weight MobileNetV1-0.25 students (32 px, 32-d): one normalised with a single mean/std (127/128,
+what MediaPipe's image preprocessing supports), one with ImageNet's per-channel mean/std (every mobilekd
+student's default, which MediaPipe refuses). Data: 6 classes x 4 coloured-noise PNGs of 48x40 (central crop
+40x40, resized to 32). Every export runs in-process through the real converters; the MediaPipe tests run
+``mediapipe.tasks.python.vision.ImageEmbedder`` on the exported files and compare with the LiteRT
+interpreter path that export parity uses.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mobilekd.models import create_model, save_model
+from mobilekd.preprocess import IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN, TF_LITE_STD, Preprocess
+
+pytest.importorskip("ai_edge_litert", reason="LiteRT is not installed: pip install 'mobilekd[litert]'")
+pytest.importorskip("litert_torch", reason="litert-torch is not installed: pip install 'mobilekd[litert]'")
+pytest.importorskip("mediapipe", reason="mediapipe is not installed: pip install 'mobilekd[litert]' (MediaPipe "
+                                        "metadata and ImageEmbedder interoperability are not tested)")
+
+SIZE, DIM = 32, 32
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export-mediapipe")
+    data = root / "images"
+    rng = np.random.default_rng(0)
+    for c in range(6):
+        base = rng.integers(0, 256, 3)
+        (data / f"class{c}").mkdir(parents=True)
+        for i in range(4):
+            pixels = np.clip(base + rng.normal(0, 40, (40, 48, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(data / f"class{c}" / f"{i}.png")
+    students = {}
+    for name, mean, std in (("scalar", TF_LITE_MEAN, TF_LITE_STD), ("imagenet", IMAGENET_MEAN, IMAGENET_STD)):
+        torch.manual_seed(0)
+        model = create_model("mobilenetv1_025", embed_dim=DIM, size=SIZE)
+        model.spec.preprocess = Preprocess(SIZE, mean, std)
+        students[name] = save_model(model, root / f"student-{name}",
+                                    {"config": {"data": str(data), "train_fraction": 0.5}})
+    return {"root": root, "data": data, **students}
+
+
+def export(workspace, student: str, out: str, *argv) -> Path:
+    from export.tflite import main
+
+    folder = workspace["root"] / out
+    assert main([str(workspace[student]), "--out", str(folder), *map(str, argv)]) == 0
+    return folder
+
+
+def manifest(folder: Path) -> dict:
+    return json.loads((folder / "model.json").read_text())
+
+
+def images(workspace) -> list:
+    from mobilekd.data.datasets import load_image_set
+
+    subset = load_image_set(str(workspace["data"]), "all")
+    return [subset.load_image(i) for i in range(len(subset))]
+
+
+def metadata_of(folder: Path) -> dict | None:
+    from export.embedder_metadata import read_embedder_metadata
+
+    return read_embedder_metadata((folder / "model.tflite").read_bytes())
+
+
+# ------------------------------------------------------------------------------------------ metadata
+
+
+def test_metadata_holds_the_checkpoints_mean_std(workspace, capsys):
+    from export.common import sha256_path
+
+    folder = export(workspace, "imagenet", "imagenet-fp32")
+    info = manifest(folder)
+    meta = metadata_of(folder)
+    # per-channel values, straight from the checkpoint's Preprocess (0..255 units), in RGB order
+    assert meta["input"]["mean"] == pytest.approx(list(IMAGENET_MEAN)) == info["preprocess"]["mean"]
+    assert meta["input"]["std"] == pytest.approx(list(IMAGENET_STD)) == info["preprocess"]["std"]
+    assert meta["input"]["color_space"] == "RGB" and meta["output"]["name"] == "embedding"
+    record = info["build"]["mediapipe_metadata"]
+    assert record["embedded"] is True and record["norm_mean"] == list(IMAGENET_MEAN)
+    # the contract's sha256 is of the final file, metadata included, and parity ran on that file
+    assert info["model_sha256"] == sha256_path(folder / "model.tflite") and info["parity"]["passed"]
+    # MediaPipe cannot use per-channel normalisation: model.json says so ...
+    assert record["image_embedder"] is False and "Per-channel" in record["image_embedder_reason"]
+    assert "refuses per-channel" in capsys.readouterr().out
+    # ... and MediaPipe indeed refuses the file
+    from export.embedder_metadata import mediapipe_embeddings
+
+    with pytest.raises(Exception, match="Per-channel image normalization is not available"):
+        mediapipe_embeddings(folder / "model.tflite", [np.zeros((SIZE, SIZE, 3), np.uint8)])
+
+
+def test_metadata_parser_version_and_refusals(tmp_path):
+    import flatbuffers
+    import litert_torch
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as fb
+
+    from export.embedder_metadata import add_embedder_metadata, minimum_parser_version
+    from mobilekd.errors import MobileKDError
+
+    def version(**subgraph_fields) -> str:
+        subgraph = fb.SubGraphMetadataT()
+        for key, value in subgraph_fields.items():
+            setattr(subgraph, key, value)
+        model = fb.ModelMetadataT()
+        model.subgraphMetadata = [subgraph]
+        builder = flatbuffers.Builder(0)
+        builder.Finish(model.Pack(builder), b"M001")
+        return minimum_parser_version(bytes(builder.Output()))
+
+    # the rules of MediaPipe's metadata_version.cc, which the 1.2.3 wheel does not ship
+    assert version() == "1.0.0"
+    assert version(inputProcessUnits=[fb.ProcessUnitT()]) == "1.1.0"
+    assert version(outputTensorGroups=[fb.TensorGroupT()]) == "1.2.0"
+    assert version(customMetadata=[fb.CustomMetadataT()]) == "1.5.0"
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
+    litert_torch.convert(litert_torch.to_channel_last_io(net, args=[0]).eval(),
+                         (torch.randn(1, SIZE, SIZE, 3),)).export(str(tmp_path / "tiny.tflite"))
+    tiny = (tmp_path / "tiny.tflite").read_bytes()
+    with pytest.raises(MobileKDError, match="needs an NHWC"):
+        add_embedder_metadata(tiny, SIZE + 1, [0] * 3, [1] * 3, "x")
+    with pytest.raises(MobileKDError, match="std > 0"):
+        add_embedder_metadata(tiny, SIZE, [0] * 3, [1, 0, 1], "x")
+    from export.embedder_metadata import read_embedder_metadata
+
+    assert read_embedder_metadata(tiny) is None
+    written = read_embedder_metadata(add_embedder_metadata(tiny, SIZE, [1, 2, 3], [4, 5, 6], "x"))
+    assert written["input"]["mean"] == [1, 2, 3] and written["input"]["std"] == [4, 5, 6]
+
+
+def test_int8_and_nchw_get_no_metadata(workspace):
+    int8 = export(workspace, "scalar", "scalar-int8", "--quantize", "int8", "--calib-images", 8,
+                  "--max-r1-drop", 100)
+    record = manifest(int8)["build"]["mediapipe_metadata"]
+    assert record["embedded"] is False and "int8" in record["reason"] and metadata_of(int8) is None
+    nchw = export(workspace, "scalar", "scalar-nchw", "--layout", "NCHW")
+    record = manifest(nchw)["build"]["mediapipe_metadata"]
+    assert record["embedded"] is False and "NCHW" in record["reason"] and metadata_of(nchw) is None
+
+
+def test_export_without_mediapipe_says_what_to_install(workspace, monkeypatch, capsys):
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "mediapipe", None)  # import mediapipe -> ImportError, find_spec -> None
+        folder = export(workspace, "scalar", "scalar-no-mediapipe")
+    info = manifest(folder)
+    record = info["build"]["mediapipe_metadata"]
+    assert record == {"embedded": False, "reason": record["reason"]}
+    assert "mediapipe is not installed" in record["reason"] and "mobilekd[litert]" in record["reason"]
+    assert any("no MediaPipe metadata" in note for note in info["build"]["notes"])
+    assert "MediaPipe metadata not written" in capsys.readouterr().out
+    assert metadata_of(folder) is None and info["parity"]["passed"]
+    # and without metadata MediaPipe cannot run the file: the metadata is what makes it work
+    from export.embedder_metadata import mediapipe_embeddings
+
+    with pytest.raises(Exception, match="(?i)normalization"):
+        mediapipe_embeddings(folder / "model.tflite", [np.zeros((SIZE, SIZE, 3), np.uint8)])
+
+
+# ------------------------------------------------------------------------------------------ ImageEmbedder
+
+
+@pytest.mark.parametrize("quantize", ["none", "fp16", "dynamic"])
+def test_mediapipe_image_embedder_matches_litert(workspace, quantize):
+    from export.embedder_metadata import compare_with_mediapipe
+
+    folder = export(workspace, "scalar", f"scalar-{quantize}", "--quantize", quantize, "--max-r1-drop", 100)
+    info = manifest(folder)
+    assert info["build"]["mediapipe_metadata"]["image_embedder"] is True
+    meta = metadata_of(folder)
+    assert meta["input"]["mean"] == pytest.approx([127.0] * 3) and meta["input"]["std"] == pytest.approx([128.0] * 3)
+
+    report = compare_with_mediapipe(folder, images(workspace))
+    assert report["images"] == 24
+    # same pixels (already at the input size, so MediaPipe's resize is the identity): the same numbers
+    assert report["same_pixels"]["min_cos"] > 0.9999, report
+    # MediaPipe resizing the original itself (OpenCV bilinear vs Pillow's antialiased bilinear): close
+    assert report["mediapipe_resize"]["mean_cos"] > 0.99, report
+
+
+def test_mediapipe_head_name_and_a_wrong_model_is_caught(workspace):
+    """The comparison can fail: another student's file through MediaPipe is far from this one's."""
+    from export.embedder_metadata import mediapipe_embeddings, model_pixels
+    from export.tflite import make_runner
+    from export.contract import ModelContract
+    from mobilekd.data.views import normalize
+
+    folder = workspace["root"] / "scalar-none"
+    if not folder.exists():
+        folder = export(workspace, "scalar", "scalar-none")
+    contract = ModelContract.from_dict(manifest(folder))
+    pixels = [model_pixels(image, contract.preprocess) for image in images(workspace)]
+    ours = make_runner(folder / "model.tflite", contract)(
+        np.stack([normalize(p.astype(np.float32), contract.preprocess).numpy() for p in pixels]))
+
+    torch.manual_seed(7)
+    other = create_model("mobilenetv1_025", embed_dim=DIM, size=SIZE)
+    other.spec.preprocess = Preprocess(SIZE, TF_LITE_MEAN, TF_LITE_STD)
+    save_model(other, workspace["root"] / "student-other",
+               {"config": {"data": str(workspace["data"]), "train_fraction": 0.5}})
+    workspace["other"] = workspace["root"] / "student-other"
+    wrong = export(workspace, "other", "other-fp32")
+    theirs = mediapipe_embeddings(wrong / "model.tflite", pixels)
+    cos = np.sum(theirs / np.linalg.norm(theirs, axis=1, keepdims=True) * ours, axis=1)
+    assert cos.mean() < 0.99
+
+    import mediapipe as mp
+    from mediapipe.tasks.python.core.base_options import BaseOptions
+    from mediapipe.tasks.python.vision.image_embedder import ImageEmbedder, ImageEmbedderOptions
+
+    options = ImageEmbedderOptions(base_options=BaseOptions(model_asset_path=str(folder / "model.tflite")),
+                                   l2_normalize=False, quantize=False)
+    with ImageEmbedder.create_from_options(options) as embedder:
+        result = embedder.embed(mp.Image(image_format=mp.ImageFormat.SRGB, data=pixels[0]))
+    assert result.embeddings[0].head_name == "embedding" and result.embeddings[0].embedding.shape == (DIM,)
