@@ -15,10 +15,11 @@ import json
 from pathlib import Path
 
 from export.common import (GATE_FAILED, ExportArgumentParser, add_parity_options, gates_from_args, load_parity,
-                           load_student, path_size, sha256_path)
+                           load_student, path_size, runner_from, sha256_path)
 from export.contract import ModelContract
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import write_json
+from mobilekd.preprocess import Preprocess
 
 
 def locate(file: str) -> tuple[Path, Path]:
@@ -58,13 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     if int(model.embed_dim) != contract.embed_dim:
         raise MobileKDError(f"{args.against} embeds to {model.embed_dim} dims but {model_file.name} to "
                             f"{contract.embed_dim}: not the checkpoint it was exported from")
-    if contract.preprocess != model.preprocess:
+    # A file may fold another input normalisation into its graph (tflite: per-channel mean/std -> one scalar
+    # for MediaPipe); the float model keeps its own, the runner converts. Other differences: the file's wins.
+    own = model.preprocess
+    file_pre = Preprocess(contract.preprocess.size, own.mean, own.std, contract.preprocess.crop,
+                          contract.preprocess.interpolation, contract.preprocess.channels)
+    if file_pre != own:
         print(f"warning: the file's preprocess {contract.preprocess} differs from the checkpoint's "
-              f"{model.preprocess}; using the file's")
-        model.spec.preprocess = contract.preprocess
+              f"{own}; using the file's")
+        model.spec.preprocess = file_pre
     gates = gates_from_args(args, contract.precision)
 
-    runner = fmt.make_runner(model_file, contract, args.threads)
+    runner = runner_from(fmt, model_file, contract, args.threads, model.preprocess)
     if runner is None:
         report = fmt.structural_check(model_file, contract)
     else:

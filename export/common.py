@@ -95,6 +95,7 @@ class ExportJob:
     calib: np.ndarray | None = None  # NCHW float32 calibration images
     calib_info: dict | None = None
     threads: int = 1
+    keep_normalization: bool = False  # tflite: never fold per-channel mean/std into the graph
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -122,6 +123,7 @@ class BuildResult:
     exporter: str
     notes: list[str] = field(default_factory=list)
     build: dict = field(default_factory=dict)  # extra model.json build fields (tflite: mediapipe_metadata)
+    preprocess: object | None = None  # the file's own input normalisation when it differs from the model's
 
 
 @dataclass
@@ -155,6 +157,27 @@ def dequantize_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
     if spec.l2_normalized is False:
         y = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
     return y
+
+
+def renormalize(pixels: np.ndarray, src, dst) -> np.ndarray:
+    """NCHW inputs normalised with ``src`` (a Preprocess) -> the same pixels normalised with ``dst``:
+    ``((x * std_src + mean_src) - mean_dst) / std_dst`` per channel."""
+    if tuple(src.mean) == tuple(dst.mean) and tuple(src.std) == tuple(dst.std):
+        return pixels
+    shape = (1, 3, 1, 1)
+    src_mean, src_std, dst_mean, dst_std = (np.asarray(v, np.float32).reshape(shape)
+                                            for v in (src.mean, src.std, dst.mean, dst.std))
+    return ((pixels * src_std + src_mean - dst_mean) / dst_std).astype(np.float32)
+
+
+def runner_from(fmt: "Format", path: Path, contract: ModelContract, threads: int, model_preprocess):
+    """``fmt``'s runner for ``path``, taking inputs normalised as the float model's (``model_preprocess``) even
+    when the file folds another normalisation into its graph (``contract.preprocess``); None if not runnable."""
+    runner = fmt.make_runner(path, contract, threads)
+    if runner is None or (tuple(contract.preprocess.mean) == tuple(model_preprocess.mean)
+                          and tuple(contract.preprocess.std) == tuple(model_preprocess.std)):
+        return runner
+    return lambda pixels: runner(renormalize(pixels, model_preprocess, contract.preprocess))
 
 
 def batch_one_runner(run_one: Callable[[np.ndarray], np.ndarray], contract: ModelContract
@@ -321,7 +344,8 @@ def run_export(fmt: Format, args, default_layout: str) -> int:
     out = Path(args.out) if args.out else default_out(checkpoint, fmt.runtime, precision, args.layout,
                                                      default_layout)
     check_out_folder(out)
-    job = ExportJob(checkpoint, model, meta, precision, args.layout, out, threads=args.threads)
+    job = ExportJob(checkpoint, model, meta, precision, args.layout, out, threads=args.threads,
+                    keep_normalization=bool(getattr(args, "keep_normalization", False)))
 
     parity_data = load_parity(args, model, checkpoint, meta) if fmt.structural_check is None or \
         _runtime_available(fmt) else None
@@ -341,14 +365,14 @@ def run_export(fmt: Format, args, default_layout: str) -> int:
         model_path = work / result.model_file
         contract = ModelContract(
             model_file=result.model_file, runtime=fmt.runtime, precision=precision, input=result.input,
-            output=result.output, preprocess=model.preprocess, embed_dim=int(model.embed_dim),
+            output=result.output, preprocess=result.preprocess or model.preprocess, embed_dim=int(model.embed_dim),
             source={"checkpoint": str(checkpoint.resolve()), "arch": model.spec.arch,
                     "sha256": sha256_path(checkpoint / "model.safetensors")},
             model_sha256=sha256_path(model_path),
             quantization={**result.quantization, "calibration": job.calib_info},
             build={"tools": tool_versions(fmt.tools), "exporter": result.exporter,
                    "notes": job.notes + result.notes, **result.build})
-        runner = fmt.make_runner(model_path, contract, args.threads)
+        runner = runner_from(fmt, model_path, contract, args.threads, model.preprocess)
         if runner is None:
             report = fmt.structural_check(model_path, contract)
         else:

@@ -12,9 +12,11 @@ CPU): the whole image (no region of interest given) is stretched to the model's 
 not kept, with ``cv::warpPerspective(INTER_LINEAR, BORDER_REPLICATE)`` -- plain bilinear, no antialiasing,
 corner-aligned -- then scaled to ``[(0 - mean) / std, (255 - mean) / std]`` with ONE scalar mean/std.
 **Per-channel normalisation is refused** ("Per-channel image normalization is not available.",
-kUnimplemented): a student with ImageNet mean/std (every mobilekd student's default) gets correct
-per-channel metadata, which the TFLite metadata schema and other readers support, but MediaPipe's Image
-Embedder will not load it; model.json says so (``build.mediapipe_metadata.image_embedder``).
+kUnimplemented). So ``export.tflite`` folds a per-channel student's mean/std (ImageNet's, every mobilekd
+student's default) into the graph of float NHWC files: the file takes ``(pixel - 127.5) / 127.5`` and its
+metadata says so (model.json's ``preprocess`` too). With ``--keep-normalization`` the file keeps the
+per-channel mean/std and gets exact per-channel metadata, which the TFLite metadata schema and other readers
+support but MediaPipe's Image Embedder refuses; model.json says so (``build.mediapipe_metadata.image_embedder``).
 
 Only files whose input is float32 NHWC get metadata: int8 I/O files (``--quantize int8``) are not accepted by
 MediaPipe at all, and an NCHW input cannot be described as an image to it.
@@ -220,10 +222,11 @@ def read_embedder_metadata(model: bytes) -> dict | None:
             "output": {"name": tensor_out.get("name")}}
 
 
-def embed_tflite_metadata(path: Path, job, input_detail: dict, notes: list[str]) -> dict:
+def embed_tflite_metadata(path: Path, job, input_detail: dict, notes: list[str], preprocess=None) -> dict:
     """The export hook (``export.tflite.convert``): rewrite ``path`` with metadata when its input is float32
     NHWC, and return what model.json records under ``build.mediapipe_metadata``. Appends to ``notes`` why
-    metadata was not written, or why MediaPipe's ImageEmbedder will refuse the file."""
+    metadata was not written, or why MediaPipe's ImageEmbedder will refuse the file. ``preprocess``: the file's
+    input normalisation (default: the model's)."""
     import numpy as np
 
     dtype = np.dtype(input_detail["dtype"]).name
@@ -243,7 +246,7 @@ def embed_tflite_metadata(path: Path, job, input_detail: dict, notes: list[str])
         notes.append(f"no MediaPipe metadata: {reason}")
         print(f"note: MediaPipe metadata not written ({reason})", flush=True)
         return {"embedded": False, "reason": reason}
-    pre = job.model.preprocess
+    pre = preprocess or job.model.preprocess
     spec = job.model.spec
     path = Path(path)
     content = add_embedder_metadata(

@@ -24,6 +24,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from export.common import BuildResult, ExportJob, Format, batch_one_runner, build_parser, run_export
 from export.contract import ModelContract, TensorSpec
@@ -41,12 +42,47 @@ def _quiet_litert():
         pass
 
 
-def export_fp32(job: ExportJob, path: Path) -> str:
+# MediaPipe's Image Embedder normalises with one scalar mean/std for all channels (see export.embedder_metadata),
+# so a per-channel student gets its normalisation folded into the graph and takes (pixel - 127.5) / 127.5.
+SCALAR_MEAN, SCALAR_STD = (127.5,) * 3, (127.5,) * 3
+
+
+def file_preprocess(job: ExportJob):
+    """The input normalisation of the file: the model's own, or -- for a float NHWC file of a per-channel
+    student, unless ``--keep-normalization`` -- the scalar (127.5, 127.5) with the model's folded in."""
+    from export.embedder_metadata import is_per_channel
+    from mobilekd.preprocess import Preprocess
+
+    pre = job.model.preprocess
+    if job.keep_normalization or job.layout != "NHWC" or job.precision == "int8" or \
+            not is_per_channel(pre.mean, pre.std):
+        return pre
+    return Preprocess(pre.size, SCALAR_MEAN, SCALAR_STD, pre.crop, pre.interpolation, pre.channels)
+
+
+class FoldedNormalization(torch.nn.Module):
+    """``model(x * scale + shift)``: inputs normalised with ``src`` mean/std become the model's ``dst`` ones
+    (per channel, NCHW) inside the graph -- one multiply-add that stays in float."""
+
+    def __init__(self, model, src, dst):
+        super().__init__()
+        src_std, dst_std = torch.tensor(src.std), torch.tensor(dst.std)
+        self.model = model
+        self.register_buffer("scale", (src_std / dst_std).view(1, 3, 1, 1))
+        self.register_buffer("shift", ((torch.tensor(src.mean) - torch.tensor(dst.mean)) / dst_std).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        return self.model(x * self.scale + self.shift)
+
+
+def export_fp32(job: ExportJob, path: Path, preprocess=None) -> str:
     import litert_torch
-    import torch
 
     _quiet_litert()
-    module = litert_torch.to_channel_last_io(job.model, args=[0]).eval() if job.layout == "NHWC" else job.model
+    module = job.model
+    if preprocess is not None and preprocess != job.model.preprocess:
+        module = FoldedNormalization(job.model, preprocess, job.model.preprocess).eval()
+    module = litert_torch.to_channel_last_io(module, args=[0]).eval() if job.layout == "NHWC" else module
     try:
         edge = litert_torch.convert(module, (torch.randn(*job.input_shape()),))
         edge.export(str(path))
@@ -106,7 +142,15 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
     from ai_edge_litert.interpreter import Interpreter
 
     fp32 = work / "fp32.tflite"
-    exporter = export_fp32(job, fp32)
+    preprocess = file_preprocess(job)
+    exporter = export_fp32(job, fp32, preprocess)
+    notes = []
+    if preprocess != job.model.preprocess:
+        exporter += " + folded per-channel normalisation"
+        notes.append(f"input normalisation: the student's per-channel mean/std {list(job.model.preprocess.mean)} / "
+                     f"{list(job.model.preprocess.std)} is folded into the graph, so the file takes "
+                     f"(pixel - 127.5) / 127.5 (one scalar, as MediaPipe's Image Embedder requires); "
+                     "--keep-normalization keeps the student's")
     final = work / "model.tflite"
     if job.precision == "fp32":
         fp32.rename(final)
@@ -118,16 +162,15 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1:
         raise MobileKDError(f"converted TFLite model has {len(inputs)} inputs / {len(outputs)} outputs, expected 1/1")
-    notes = []
     if job.precision == "int8":
         notes.append("int8 I/O: MediaPipe's Image Embedder accepts only float32/uint8 tensors, so this file is "
                      "for LiteRT/Interpreter callers that quantize the normalised input with input.quantization")
     from export.embedder_metadata import embed_tflite_metadata
 
-    metadata = embed_tflite_metadata(final, job, inputs[0], notes)  # float32 NHWC input only, else says why
+    metadata = embed_tflite_metadata(final, job, inputs[0], notes, preprocess)  # float32 NHWC only, else says why
     return BuildResult("model.tflite", _tensor_spec(inputs[0], job.layout),
                        _tensor_spec(outputs[0], l2=bool(job.model.spec.normalize)), info, exporter, notes,
-                       {"mediapipe_metadata": metadata})
+                       {"mediapipe_metadata": metadata}, preprocess)
 
 
 def make_runner(path: Path, contract: ModelContract, threads: int = 1):
@@ -165,6 +208,10 @@ FORMAT = Format("tflite", ".tflite", convert, make_runner, ("litert-torch", "ai-
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("tflite", ("none", "fp16", "dynamic", "int8"), "none", "NHWC", __doc__.splitlines()[0])
+    parser.add_argument("--keep-normalization", action="store_true",
+                        help="keep the student's per-channel mean/std as the file's input normalisation (default: "
+                             "fold it into the graph of float NHWC files so the input is (pixel - 127.5) / 127.5, "
+                             "which MediaPipe's Image Embedder requires)")
     return run_export(FORMAT, parser.parse_args(argv), "NHWC")
 
 

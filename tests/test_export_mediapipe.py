@@ -82,7 +82,7 @@ def metadata_of(folder: Path) -> dict | None:
 def test_metadata_holds_the_checkpoints_mean_std(workspace, capsys):
     from export.common import sha256_path
 
-    folder = export(workspace, "imagenet", "imagenet-fp32")
+    folder = export(workspace, "imagenet", "imagenet-fp32-kept", "--keep-normalization")
     info = manifest(folder)
     meta = metadata_of(folder)
     # per-channel values, straight from the checkpoint's Preprocess (0..255 units), in RGB order
@@ -101,6 +101,35 @@ def test_metadata_holds_the_checkpoints_mean_std(workspace, capsys):
 
     with pytest.raises(Exception, match="Per-channel image normalization is not available"):
         mediapipe_embeddings(folder / "model.tflite", [np.zeros((SIZE, SIZE, 3), np.uint8)])
+
+
+def test_per_channel_student_is_folded_and_runs_in_mediapipe(workspace):
+    """Default export of an ImageNet-normalised student: mean/std folded into the graph, the file takes
+    (pixel - 127.5) / 127.5, MediaPipe's ImageEmbedder loads it and matches the float PyTorch student."""
+    from export.check import main as check
+    from export.embedder_metadata import mediapipe_embeddings, model_pixels
+    from mobilekd.data.views import normalize
+    from mobilekd.models import load_model
+
+    folder = export(workspace, "imagenet", "imagenet-fp32")
+    info = manifest(folder)
+    assert info["preprocess"]["mean"] == [127.5] * 3 and info["preprocess"]["std"] == [127.5] * 3
+    assert "folded" in info["build"]["exporter"] and info["parity"]["passed"]
+    assert info["parity"]["vs_float"]["mean_cos"] > 0.9999
+    record = info["build"]["mediapipe_metadata"]
+    assert record["image_embedder"] is True and record["norm_mean"] == [127.5] * 3
+    assert metadata_of(folder)["input"]["mean"] == pytest.approx([127.5] * 3)
+
+    student = load_model(workspace["imagenet"]).eval()
+    pixels = [model_pixels(image, student.preprocess) for image in images(workspace)]
+    with torch.no_grad():
+        reference = student(torch.stack([normalize(p.astype(np.float32), student.preprocess)
+                                         for p in pixels])).numpy()
+    theirs = mediapipe_embeddings(folder / "model.tflite", pixels)
+    theirs /= np.linalg.norm(theirs, axis=1, keepdims=True)
+    assert np.sum(theirs * reference, axis=1).min() > 0.9999
+    # export.check compares the file with its checkpoint through the same renormalisation
+    assert check([str(folder), "--against", str(workspace["imagenet"])]) == 0
 
 
 def test_metadata_parser_version_and_refusals(tmp_path):
