@@ -342,3 +342,29 @@ def test_cli_entry_point_bad_model(tmp_path):
     assert done.returncode == 2
     lines = [line for line in done.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "not found" in lines[0]
+
+
+def test_export_matrix_tabulates_parity_reports():
+    """benchmarks.export_matrix only re-tabulates what model.json measured: runtime rows, structural rows
+    (no numbers), failing gates listed, teacher columns only where the report has them."""
+    from benchmarks.export_matrix import markdown, row_of
+
+    runtime = {"quantization": {"scheme": "int8-static"},
+               "parity": {"scope": "runtime", "passed": False, "failures": ["mean cosine 0.97 < 0.99"],
+                          "file_bytes": 420000, "images": 100,
+                          "vs_float": {"mean_cos": 0.97, "min_cos": 0.8, "top10_overlap": 0.2, "r1_float": 24.9,
+                                       "r1_exported": 15.4, "r1_drop": 9.5},
+                          "vs_teacher": {"applicable": True, "cross_r1_float": 30.0, "cross_r1_exported": 20.0,
+                                         "mean_cos_exported": 0.8, "r1_teacher": 80.0}}}
+    structural = {"quantization": {"scheme": "none"},
+                  "parity": {"scope": "structural", "passed": True, "failures": [], "file_bytes": 1000000,
+                             "runtime_parity": "not measured: macOS only", "vs_float": None, "vs_teacher": None}}
+    rows = [row_of("tflite", "int8", runtime, 12.0, 1), row_of("coreml", "fp32", structural, 3.0, 0)]
+    assert rows[0]["r1_drop"] == 9.5 and rows[0]["cross_r1_exported"] == 20.0 and not rows[0]["passed"]
+    assert rows[1]["mean_cos"] is None and rows[1]["passed"]
+    text = markdown(rows)
+    lines = [line for line in text.splitlines() if line.startswith("| tflite") or line.startswith("| coreml")]
+    assert all(line.count("|") == text.splitlines()[0].count("|") for line in lines)  # no ragged rows
+    assert "0.970000" in lines[0] and "24.90 -> 15.40" in lines[0] and "30.00 -> 20.00" in lines[0]
+    assert "**FAIL**" in lines[0] and "not measured" in lines[1] and "PASS (structural)" in lines[1]
+    assert "tflite int8: mean cosine 0.97 < 0.99" in text
