@@ -1,0 +1,209 @@
+"""Where does int8 lose a student's embedding fidelity? ai-edge-quantizer recipes side by side, and the
+per-layer sensitivity of int8 weights measured in PyTorch.
+
+    python -m benchmarks.int8_sensitivity CKPT [--data DATA] [--parity-images 300] [--calib-images 128] \\
+        [--results benchmarks/results/int8_sensitivity]
+
+1. TFLite recipes on the same float file (``export.tflite.export_fp32``) and the same calibration images:
+   ``weight_only_wi8_afp32`` (int8 weights, float compute), ``dynamic_wi8_afp32``, ``static_wi8_ai8`` with the
+   min-max and the MSE algorithm, and ``static_wi8_ai8`` with the stem (first conv) and the first blocks kept
+   float. Each: mean / min cosine to the float student and Recall@1, through the LiteRT interpreter.
+2. PyTorch simulation: BatchNorm folded into the convolutions, then symmetric int8 weights (per output
+   channel, and per tensor) for the whole network, and for one layer at a time -- the layers whose int8
+   weights alone cost the most cosine.
+
+If (1)'s weight-only row is already far from 1 and (2) reproduces it, the loss is the network's own
+sensitivity to int8 weights (no calibration or tool choice can remove it; quantization-aware training can).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mobilekd.errors import MobileKDError, cli_entry
+from mobilekd.io import write_json
+
+RECIPES = ("weight_only_wi8_afp32", "dynamic_wi8_afp32", "static_wi8_ai8", "static_wi8_ai8:MSE",
+           "static_wi8_ai8:float_stem", "static_wi8_ai8:float_stem_block0")
+# litert-torch names each tensor after the module path, so the stem and block 0 can be matched by scope.
+FLOAT_SCOPES = {"float_stem": r"(.*Conv2d_conv_stem.*|.*EfficientNet_backbone/timm.layers.norm_act.BatchNormAct2d_bn1.*)",
+                "float_stem_block0": r"(.*Conv2d_conv_stem.*|.*EfficientNet_backbone/timm.layers.norm_act.BatchNormAct2d_bn1.*"
+                                     r"|.*Sequential_blocks/torch.nn.modules.container.Sequential_0/.*)"}
+
+
+def recall_at_1(embeddings: np.ndarray, labels: np.ndarray) -> float:
+    from mobilekd.metrics import retrieval_metrics
+
+    return float(retrieval_metrics(embeddings, labels)["R@1"])
+
+
+def quantized_tflite(fp32: Path, dst: Path, name: str, calib: list[np.ndarray]) -> Path:
+    from ai_edge_quantizer import quantizer, recipe
+    from ai_edge_quantizer.recipe_manager import AlgorithmName
+
+    from export.tflite import _signature_input
+
+    base, _, variant = name.partition(":")
+    qt = quantizer.Quantizer(str(fp32))
+    if variant in ("", "MSE") and not base.startswith("static"):
+        qt.load_quantization_recipe(getattr(recipe, base)())
+    else:
+        qt.load_quantization_recipe(recipe.static_wi8_ai8(AlgorithmName.MSE) if variant == "MSE"
+                                    else recipe.static_wi8_ai8())
+        if variant in FLOAT_SCOPES:
+            qt.update_quantization_recipe(regex=FLOAT_SCOPES[variant], operation_name="*",
+                                          algorithm_key=AlgorithmName.NO_QUANTIZE)
+    calibration = None
+    if base.startswith("static"):
+        key, input_name = _signature_input(fp32)
+        calibration = qt.calibrate({key: [{input_name: x} for x in calib]})
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = qt.quantize(calibration)
+    result.export_model(str(dst), overwrite=True)
+    return dst
+
+
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy with each conv's following BatchNorm folded into its weights (timm's conv/bn naming)."""
+    model = copy.deepcopy(model)
+    pairs = []
+    for module in model.modules():
+        for conv, bn in (("conv_stem", "bn1"), ("conv_dw", "bn1"), ("conv_pw", "bn2"), ("conv_head", "bn2")):
+            if isinstance(getattr(module, conv, None), torch.nn.Conv2d) and hasattr(module, bn):
+                pairs.append((module, conv, bn))
+    for parent, conv_name, bn_name in pairs:
+        conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        folded = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                                 conv.dilation, conv.groups, bias=True)
+        folded.weight.data = conv.weight.data * scale.view(-1, 1, 1, 1)
+        folded.bias.data = (bn.bias - bn.running_mean * scale).data
+        setattr(parent, conv_name, folded)
+        bn.weight.data.fill_(1.0), bn.bias.data.zero_(), bn.running_mean.zero_(), bn.running_var.fill_(1.0 - bn.eps)
+    return model.eval()
+
+
+def int8_weights(module: torch.nn.Module, per_channel: bool = True) -> None:
+    weight = module.weight.data
+    if per_channel:
+        scale = (weight.abs().flatten(1).max(1).values.clamp_min(1e-12) / 127).view(-1, *[1] * (weight.dim() - 1))
+    else:
+        scale = weight.abs().max().clamp_min(1e-12) / 127
+    module.weight.data = torch.round(weight / scale).clamp(-127, 127) * scale
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.int8_sensitivity", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--data", help="parity data (default: the checkpoint's config.data)")
+    parser.add_argument("--parity-images", type=int, default=300)
+    parser.add_argument("--calib-images", type=int, default=128)
+    parser.add_argument("--top", type=int, default=6, help="most sensitive layers to list")
+    parser.add_argument("--results", default="benchmarks/results/int8_sensitivity")
+    args = parser.parse_args(argv)
+    from ai_edge_litert.interpreter import Interpreter
+
+    from benchmarks.machine import describe
+    from export.common import ExportJob, load_student, to_layout
+    from export.parity import calibration_images, embed_torch, load_parity_data, resolve_data_path
+    from export.tflite import export_fp32
+
+    model, meta = load_student(args.checkpoint, None, 1)
+    config = meta.get("config") or {}
+    train_data = resolve_data_path(config.get("data"), Path(args.checkpoint))
+    data = args.data or train_data
+    if not data:
+        raise MobileKDError("no data: pass --data")
+    parity = load_parity_data(data, model.preprocess, args.parity_images)
+    if parity.labels is None:
+        raise MobileKDError(f"{data} has no labels: Recall@1 needs a labelled test split")
+    reference = embed_torch(model, parity.pixels)
+    calib, _ = calibration_images(model.preprocess, args.calib_images, None, train_data or data,
+                                  float(config.get("train_fraction", 0.5)), 0)
+    calib = [to_layout(calib[i:i + 1], "NHWC") for i in range(len(calib))]
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="mobilekd-int8-"))
+    fp32 = work / "fp32.tflite"
+    export_fp32(ExportJob(Path(args.checkpoint), model, meta, "fp32", "NHWC", work), fp32)
+
+    def run_tflite(path: Path) -> np.ndarray:
+        interpreter = Interpreter(model_path=str(path))
+        interpreter.allocate_tensors()
+        inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        rows = []
+        for i in range(len(parity.pixels)):
+            x = to_layout(parity.pixels[i:i + 1], "NHWC")
+            if inp["dtype"] == np.int8:
+                scale, zero = inp["quantization"]
+                x = np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
+            interpreter.set_tensor(inp["index"], x)
+            interpreter.invoke()
+            y = interpreter.get_tensor(out["index"]).astype(np.float32).reshape(-1)
+            if out["dtype"] == np.int8:
+                scale, zero = out["quantization"]
+                y = (y - zero) * scale
+            rows.append(y / max(np.linalg.norm(y), 1e-12))
+        return np.stack(rows)
+
+    def row(embeddings: np.ndarray) -> dict:
+        cos = np.sum(embeddings * reference, axis=1)
+        return {"mean_cos": round(float(cos.mean()), 6), "min_cos": round(float(cos.min()), 4),
+                "r1": round(recall_at_1(embeddings, parity.labels), 2)}
+
+    results = {"float": {"r1": round(recall_at_1(reference, parity.labels), 2)}, "tflite": {}, "torch": {}}
+    for name in RECIPES:
+        print(f"== tflite {name}", flush=True)
+        results["tflite"][name] = row(run_tflite(quantized_tflite(fp32, work / "q.tflite", name, calib)))
+    folded = fold_batchnorm(model)
+    for per_channel in (True, False):
+        sim = copy.deepcopy(folded)
+        for module in sim.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                int8_weights(module, per_channel)
+        results["torch"][f"int8 weights {'per channel' if per_channel else 'per tensor'}"] = \
+            row(embed_torch(sim, parity.pixels))
+    layers = []
+    for name, module in folded.named_modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            sim = copy.deepcopy(folded)
+            int8_weights(sim.get_submodule(name))
+            cos = float(np.sum(embed_torch(sim, parity.pixels) * reference, axis=1).mean())
+            layers.append({"layer": name, "shape": list(module.weight.shape), "cos_loss": round(1 - cos, 6)})
+    layers.sort(key=lambda r: -r["cos_loss"])
+    results["layers"] = layers
+
+    lines = [f"# int8 sensitivity: {Path(args.checkpoint).name}\n",
+             f"Command: `python -m benchmarks.int8_sensitivity {' '.join(argv if argv is not None else sys.argv[1:])}`\n",
+             f"{len(parity.pixels)} held-out images of `{data}`; float student R@1 {results['float']['r1']:.2f}; "
+             f"{len(calib)} calibration images.\n", "| route | mean cos | min cos | R@1 |", "|---|---|---|---|"]
+    for group in ("tflite", "torch"):
+        for name, r in results[group].items():
+            lines.append(f"| {group} {name} | {r['mean_cos']:.5f} | {r['min_cos']:.4f} | {r['r1']:.2f} |")
+    total = sum(r["cos_loss"] for r in layers)
+    lines += ["", f"int8 weights (per channel) in ONE layer at a time, PyTorch, BN folded -- the {args.top} costliest "
+              f"of {len(layers)} (sum of all single-layer losses: {total:.5f}):", "",
+              "| layer | weight shape | 1 - mean cos |", "|---|---|---|"]
+    lines += [f"| {r['layer']} | {r['shape']} | {r['cos_loss']:.5f} |" for r in layers[:args.top]]
+    text = "\n".join(lines) + "\n"
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results + ".md").write_text(text)
+    write_json(args.results + ".json", {"machine": describe(), "checkpoint": args.checkpoint, **results})
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
