@@ -96,6 +96,7 @@ class ExportJob:
     calib_info: dict | None = None
     threads: int = 1
     keep_normalization: bool = False  # tflite: never fold per-channel mean/std into the graph
+    image_input: bool = False  # coreml: ImageType input
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -345,7 +346,8 @@ def run_export(fmt: Format, args, default_layout: str) -> int:
                                                      default_layout)
     check_out_folder(out)
     job = ExportJob(checkpoint, model, meta, precision, args.layout, out, threads=args.threads,
-                    keep_normalization=bool(getattr(args, "keep_normalization", False)))
+                    keep_normalization=bool(getattr(args, "keep_normalization", False)),
+                    image_input=bool(getattr(args, "image_input", False)))
 
     parity_data = load_parity(args, model, checkpoint, meta) if fmt.structural_check is None or \
         _runtime_available(fmt) else None

@@ -9,7 +9,14 @@ minimum_deployment_target=iOS16)`` to an ``.mlpackage`` with a float32 ``input``
   ops around them stay float32: the sum of squares can overflow fp16); I/O stays float32.
 * int8: the fp16 program with every conv/linear weight linearly quantized to int8, symmetric per output
   channel (``coremltools.optimize.coreml.linear_quantize_weights``, ``weight_threshold=0``): W8 weights,
-  fp16 activations. W8A8 (``coremltools.optimize.torch`` activation quantization, iOS17) is not built.
+  fp16 activations. W8A8 (``coremltools.optimize.torch`` activation quantization, iOS17) is not built: its
+  activation ranges could not be verified here (no Core ML runtime on Linux), and an unmeasured int8
+  activation path is exactly the drift this exporter exists to refuse.
+
+``--image-input``: the input is a Core ML ``ImageType`` (RGB, ``1x3xHxW``; an app hands it a ``CVPixelBuffer``
+of 0..255 pixels) with ``scale = 1/127.5`` and ``bias = -1`` per channel; a per-channel student (ImageNet
+mean/std) gets its own normalisation folded into the graph (``export.normalization``), so the result is exact.
+model.json's ``input.dtype`` is then ``"image"`` and its ``preprocess`` mean 0 / std 1 (raw pixels).
 
 Parity: Core ML runs only on macOS. On Linux the check is structural -- input/output names, shapes and dtypes,
 and the precision of every stored weight -- and model.json says that runtime parity was not measured (no
@@ -25,7 +32,9 @@ import numpy as np
 
 from export.common import BuildResult, ExportJob, Format, batch_one_runner, build_parser, run_export
 from export.contract import ModelContract, TensorSpec
+from export.normalization import SCALAR_MEAN, SCALAR_STD, FoldedNormalization
 from export.onnx import layout_module
+from mobilekd.preprocess import Preprocess
 from mobilekd.errors import MobileKDError, cli_entry
 
 INPUT, OUTPUT = "input", "embedding"
@@ -37,7 +46,16 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
     import coremltools as ct
     import torch
 
-    module = layout_module(job)
+    pre = job.model.preprocess
+    if job.image_input:
+        if job.layout != "NCHW":
+            raise MobileKDError("--image-input makes a Core ML ImageType, which is NCHW: drop --layout NHWC")
+        module = FoldedNormalization(job.model, Preprocess(pre.size, SCALAR_MEAN, SCALAR_STD), pre).eval()
+        input_type = ct.ImageType(name=INPUT, shape=tuple(job.input_shape()), scale=1 / 127.5, bias=[-1.0] * 3,
+                                  color_layout=ct.colorlayout.RGB)
+    else:
+        module = layout_module(job)
+        input_type = ct.TensorType(name=INPUT, shape=tuple(job.input_shape()), dtype=np.float32)
     sample = torch.randn(*job.input_shape())
     with torch.no_grad():
         traced = torch.jit.trace(module, sample)
@@ -46,9 +64,7 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
     else:
         precision = ct.transform.FP16ComputePrecision(op_selector=lambda op: op.op_type not in NORM_OPS)
     try:
-        mlmodel = ct.convert(traced, inputs=[ct.TensorType(name=INPUT, shape=tuple(job.input_shape()),
-                                                           dtype=np.float32)],
-                             outputs=[ct.TensorType(name=OUTPUT, dtype=np.float32)], convert_to="mlprogram",
+        mlmodel = ct.convert(traced, inputs=[input_type], outputs=[ct.TensorType(name=OUTPUT, dtype=np.float32)], convert_to="mlprogram",
                              minimum_deployment_target=ct.target.iOS16, compute_precision=precision)
     except Exception as error:  # coremltools raises NotImplementedError/ValueError naming the op
         raise MobileKDError(f"coremltools cannot convert {job.model.spec.arch}: {type(error).__name__}: "
@@ -68,9 +84,15 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
     mlmodel.short_description = f"mobilekd {job.model.spec.arch} embedding ({job.precision})"
     mlmodel.save(str(work / "model.mlpackage"))
     dim = int(job.model.embed_dim)
-    return BuildResult("model.mlpackage", TensorSpec(INPUT, job.input_shape(), "float32", job.layout),
+    raw_pixels = Preprocess(pre.size, (0.0,) * 3, (1.0,) * 3, pre.crop, pre.interpolation, pre.channels)
+    notes = ["ImageType input: RGB 0..255 pixels; Core ML applies scale 1/127.5, bias -1, and the student's "
+             "normalisation is folded into the graph"] if job.image_input else []
+    return BuildResult("model.mlpackage", TensorSpec(INPUT, job.input_shape(), "image" if job.image_input
+                                                     else "float32", job.layout),
                        TensorSpec(OUTPUT, [1, dim], "float32", l2_normalized=bool(job.model.spec.normalize)),
-                       info, f"coremltools.convert(torch.jit.trace) mlprogram iOS16", [])
+                       info, "coremltools.convert(torch.jit.trace) mlprogram iOS16"
+                       + (" + ImageType input" if job.image_input else ""), notes,
+                       preprocess=raw_pixels if job.image_input else None)
 
 
 def structure(path: Path) -> dict:
@@ -81,6 +103,10 @@ def structure(path: Path) -> dict:
     spec = ct.utils.load_spec(str(path))
 
     def feature(f) -> dict:
+        if f.type.WhichOneof("Type") == "imageType":
+            image = f.type.imageType
+            space = ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(image.colorSpace)
+            return {"name": f.name, "shape": [1, 3, int(image.height), int(image.width)], "dtype": f"IMAGE_{space}"}
         array = f.type.multiArrayType
         dtype = ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(array.dataType)
         return {"name": f.name, "shape": [int(s) for s in array.shape], "dtype": dtype}
@@ -113,8 +139,10 @@ def structural_check(path: Path, contract: ModelContract) -> dict:
     share = weights.get(expected, 0) / total
     inp = s["inputs"][0] if len(s["inputs"]) == 1 else {}
     out = s["outputs"][0] if len(s["outputs"]) == 1 else {}
+    image = contract.input.dtype == "image"
     checks = {
-        "one input named 'input', float32": inp.get("name") == contract.input.name and inp.get("dtype") == "FLOAT32",
+        f"one input named 'input', {'RGB image' if image else 'float32'}": inp.get("name") == contract.input.name
+        and inp.get("dtype") == ("IMAGE_RGB" if image else "FLOAT32"),
         f"input shape {contract.input.shape}": inp.get("shape") == contract.input.shape,
         "one output named 'embedding', float32": out.get("name") == contract.output.name
                                                 and out.get("dtype") == "FLOAT32",
@@ -132,6 +160,14 @@ def make_runner(path: Path, contract: ModelContract, threads: int = 1):
     import coremltools as ct
 
     model = ct.models.MLModel(str(path))
+    if contract.input.dtype == "image":  # inputs arrive as raw 0..255 pixels (preprocess mean 0, std 1)
+        from PIL import Image
+
+        def run_image(x):
+            pixels = np.clip(np.round(x[0].transpose(1, 2, 0)), 0, 255).astype(np.uint8)
+            return model.predict({contract.input.name: Image.fromarray(pixels)})[contract.output.name]
+
+        return batch_one_runner(run_image, contract)
     return batch_one_runner(lambda x: model.predict({contract.input.name: x})[contract.output.name], contract)
 
 
@@ -141,6 +177,9 @@ FORMAT = Format("coreml", ".mlpackage", convert, make_runner, ("coremltools",), 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("coreml", ("fp32", "fp16", "int8"), "fp32", "NCHW", __doc__.splitlines()[0])
+    parser.add_argument("--image-input", action="store_true",
+                        help="Core ML ImageType input (RGB pixels, scale 1/127.5, bias -1; the student's own "
+                             "normalisation folded into the graph) instead of a float32 tensor")
     return run_export(FORMAT, parser.parse_args(argv), "NCHW")
 
 

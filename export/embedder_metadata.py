@@ -29,6 +29,7 @@ import json
 import os
 from pathlib import Path
 
+from export.normalization import is_per_channel
 from mobilekd.errors import MobileKDError
 
 INSTALL_HINT = "pip install 'mobilekd[litert]'  (adds mediapipe)"
@@ -129,10 +130,6 @@ def mediapipe_version() -> str | None:
         return importlib.metadata.version("mediapipe")
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def is_per_channel(mean, std) -> bool:
-    return len(set(float(m) for m in mean)) > 1 or len(set(float(s) for s in std)) > 1
 
 
 def inline_buffers(model: bytes) -> bytes:

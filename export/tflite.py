@@ -24,10 +24,10 @@ import io
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from export.common import BuildResult, ExportJob, Format, batch_one_runner, build_parser, run_export
 from export.contract import ModelContract, TensorSpec
+from export.normalization import FoldedNormalization, is_per_channel, scalar_preprocess
 from mobilekd.errors import MobileKDError, cli_entry
 
 SIGNATURE = "serving_default"
@@ -42,37 +42,15 @@ def _quiet_litert():
         pass
 
 
-# MediaPipe's Image Embedder normalises with one scalar mean/std for all channels (see export.embedder_metadata),
-# so a per-channel student gets its normalisation folded into the graph and takes (pixel - 127.5) / 127.5.
-SCALAR_MEAN, SCALAR_STD = (127.5,) * 3, (127.5,) * 3
-
-
 def file_preprocess(job: ExportJob):
     """The input normalisation of the file: the model's own, or -- for a float NHWC file of a per-channel
-    student, unless ``--keep-normalization`` -- the scalar (127.5, 127.5) with the model's folded in."""
-    from export.embedder_metadata import is_per_channel
-    from mobilekd.preprocess import Preprocess
-
+    student, unless ``--keep-normalization`` -- the scalar (127.5, 127.5) with the model's folded in
+    (``export.normalization``; MediaPipe's Image Embedder accepts only one mean/std)."""
     pre = job.model.preprocess
     if job.keep_normalization or job.layout != "NHWC" or job.precision == "int8" or \
             not is_per_channel(pre.mean, pre.std):
         return pre
-    return Preprocess(pre.size, SCALAR_MEAN, SCALAR_STD, pre.crop, pre.interpolation, pre.channels)
-
-
-class FoldedNormalization(torch.nn.Module):
-    """``model(x * scale + shift)``: inputs normalised with ``src`` mean/std become the model's ``dst`` ones
-    (per channel, NCHW) inside the graph -- one multiply-add that stays in float."""
-
-    def __init__(self, model, src, dst):
-        super().__init__()
-        src_std, dst_std = torch.tensor(src.std), torch.tensor(dst.std)
-        self.model = model
-        self.register_buffer("scale", (src_std / dst_std).view(1, 3, 1, 1))
-        self.register_buffer("shift", ((torch.tensor(src.mean) - torch.tensor(dst.mean)) / dst_std).view(1, 3, 1, 1))
-
-    def forward(self, x):
-        return self.model(x * self.scale + self.shift)
+    return scalar_preprocess(pre)
 
 
 def export_fp32(job: ExportJob, path: Path, preprocess=None) -> str:

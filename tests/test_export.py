@@ -211,6 +211,36 @@ def test_coreml_int8_structural(workspace):
     assert parity["structure"]["inputs"][0] == {"name": "input", "shape": [1, 3, SIZE, SIZE], "dtype": "FLOAT32"}
 
 
+def test_coreml_image_input_structural(workspace):
+    out = workspace["root"] / "coreml-image"
+    assert run("coreml", workspace["ckpt"], "--image-input", "--out", out) == 0
+    info = manifest(out)
+    assert info["input"]["dtype"] == "image" and "ImageType" in info["build"]["exporter"]
+    assert info["preprocess"]["mean"] == [0.0] * 3 and info["preprocess"]["std"] == [1.0] * 3  # raw pixels
+    structure = info["parity"]["structure"]
+    assert structure["inputs"][0] == {"name": "input", "shape": [1, 3, SIZE, SIZE], "dtype": "IMAGE_RGB"}
+    assert info["parity"]["passed"] and info["parity"]["vs_float"] is None
+    assert run("coreml", workspace["ckpt"], "--image-input", "--layout", "NHWC", "--out",
+               workspace["root"] / "coreml-image-nhwc") == 2
+
+
+def test_folded_normalization_is_exact():
+    """The graph the image-input / MediaPipe exports contain: scalar-normalised pixels in, the student's
+    per-channel normalisation applied inside -- the same embedding as the student on its own inputs."""
+    from export.normalization import FoldedNormalization, scalar_preprocess
+    from mobilekd.preprocess import Preprocess
+
+    torch.manual_seed(0)
+    student = create_model("mobilenetv1_025", embed_dim=16, size=SIZE).eval()
+    pre = Preprocess(SIZE)  # ImageNet mean/std
+    pixels = torch.randint(0, 256, (2, 3, SIZE, SIZE)).float()
+    mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
+    folded = FoldedNormalization(student, scalar_preprocess(pre), pre).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(folded((pixels - 127.5) / 127.5), student((pixels - mean) / std),
+                                   atol=1e-5, rtol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 
