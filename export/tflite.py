@@ -55,6 +55,7 @@ def file_preprocess(job: ExportJob):
 
 def export_fp32(job: ExportJob, path: Path, preprocess=None) -> str:
     import litert_torch
+    import torch
 
     _quiet_litert()
     module = job.model
