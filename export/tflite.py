@@ -11,8 +11,12 @@ Route (see ../shared/notes/export.md section 3):
   dynamic: ``dynamic_wi8_afp32`` (int8 weights, activations quantized on the fly, float I/O);
   int8: ``static_wi8_ai8`` full-integer (int8 per-channel weights, int8 per-tensor activations, **int8
   input and output tensors**, their scale/zero point in model.json), calibrated on real images.
-  (litert-torch's PT2E quantizer is the alternative int8 route; it was not measured here -- see
-  benchmarks/results/export_parity.md.)
+  (litert-torch's PT2E quantizer is the alternative int8 route; measured worse on embedding fidelity and not
+  kept -- see benchmarks/results/export_parity.md.)
+* Float NHWC files of a per-channel student take ``(pixel - 127.5) / 127.5`` with the student's own
+  normalisation folded into the graph (``export.normalization``), so MediaPipe's Image Embedder, which allows
+  one scalar mean/std only, can load them; ``--keep-normalization`` keeps the student's input. Their
+  MediaPipe metadata is written by ``export.embedder_metadata``.
 
 Everything is run through ``ai_edge_litert.interpreter.Interpreter`` for parity.
 """
