@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import write_json
@@ -53,14 +54,12 @@ def quantized_tflite(fp32: Path, dst: Path, name: str, calib: list[np.ndarray]) 
 
     base, _, variant = name.partition(":")
     qt = quantizer.Quantizer(str(fp32))
-    if variant in ("", "MSE") and not base.startswith("static"):
-        qt.load_quantization_recipe(getattr(recipe, base)())
-    else:
-        qt.load_quantization_recipe(recipe.static_wi8_ai8(AlgorithmName.MSE) if variant == "MSE"
-                                    else recipe.static_wi8_ai8())
-        if variant in FLOAT_SCOPES:
-            qt.update_quantization_recipe(regex=FLOAT_SCOPES[variant], operation_name="*",
-                                          algorithm_key=AlgorithmName.NO_QUANTIZE)
+    algorithm = AlgorithmName.MSE if variant == "MSE" else AlgorithmName.MIN_MAX_UNIFORM_QUANT
+    qt.load_quantization_recipe(recipe.static_wi8_ai8(algorithm) if base == "static_wi8_ai8"
+                                else getattr(recipe, base)())
+    if variant in FLOAT_SCOPES:
+        qt.update_quantization_recipe(regex=FLOAT_SCOPES[variant], operation_name="*",
+                                      algorithm_key=AlgorithmName.NO_QUANTIZE)
     calibration = None
     if base.startswith("static"):
         key, input_name = _signature_input(fp32)
@@ -81,12 +80,8 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
                 pairs.append((module, conv, bn))
     for parent, conv_name, bn_name in pairs:
         conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        folded = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                                 conv.dilation, conv.groups, bias=True)
-        folded.weight.data = conv.weight.data * scale.view(-1, 1, 1, 1)
-        folded.bias.data = (bn.bias - bn.running_mean * scale).data
-        setattr(parent, conv_name, folded)
+        setattr(parent, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+        # the BatchNormAct module stays for its activation, with an identity normalisation
         bn.weight.data.fill_(1.0), bn.bias.data.zero_(), bn.running_mean.zero_(), bn.running_var.fill_(1.0 - bn.eps)
     return model.eval()
 
@@ -114,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.machine import describe
     from export.common import ExportJob, load_student, to_layout
+    from export.contract import dequantize, quantize
     from export.parity import calibration_images, embed_torch, load_parity_data, resolve_data_path
     from export.tflite import export_fp32
 
@@ -144,14 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(len(parity.pixels)):
             x = to_layout(parity.pixels[i:i + 1], "NHWC")
             if inp["dtype"] == np.int8:
-                scale, zero = inp["quantization"]
-                x = np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
+                x = quantize(x, *inp["quantization"], "int8")
             interpreter.set_tensor(inp["index"], x)
             interpreter.invoke()
             y = interpreter.get_tensor(out["index"]).astype(np.float32).reshape(-1)
             if out["dtype"] == np.int8:
-                scale, zero = out["quantization"]
-                y = (y - zero) * scale
+                y = dequantize(y, *out["quantization"])
             rows.append(y / max(np.linalg.norm(y), 1e-12))
         return np.stack(rows)
 

@@ -160,11 +160,13 @@ def dequantize_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return y
 
 
+def same_normalization(a, b) -> bool:
+    return tuple(a.mean) == tuple(b.mean) and tuple(a.std) == tuple(b.std)
+
+
 def renormalize(pixels: np.ndarray, src, dst) -> np.ndarray:
     """NCHW inputs normalised with ``src`` (a Preprocess) -> the same pixels normalised with ``dst``:
     ``((x * std_src + mean_src) - mean_dst) / std_dst`` per channel."""
-    if tuple(src.mean) == tuple(dst.mean) and tuple(src.std) == tuple(dst.std):
-        return pixels
     shape = (1, 3, 1, 1)
     src_mean, src_std, dst_mean, dst_std = (np.asarray(v, np.float32).reshape(shape)
                                             for v in (src.mean, src.std, dst.mean, dst.std))
@@ -175,8 +177,7 @@ def runner_from(fmt: "Format", path: Path, contract: ModelContract, threads: int
     """``fmt``'s runner for ``path``, taking inputs normalised as the float model's (``model_preprocess``) even
     when the file folds another normalisation into its graph (``contract.preprocess``); None if not runnable."""
     runner = fmt.make_runner(path, contract, threads)
-    if runner is None or (tuple(contract.preprocess.mean) == tuple(model_preprocess.mean)
-                          and tuple(contract.preprocess.std) == tuple(model_preprocess.std)):
+    if runner is None or same_normalization(contract.preprocess, model_preprocess):
         return runner
     return lambda pixels: runner(renormalize(pixels, model_preprocess, contract.preprocess))
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from export.common import BuildResult, ExportJob, Format, batch_one_runner, build_parser, run_export
 from export.contract import ModelContract, TensorSpec
-from export.normalization import SCALAR_MEAN, SCALAR_STD, FoldedNormalization
+from export.normalization import FoldedNormalization, scalar_preprocess
 from export.onnx import layout_module
 from mobilekd.preprocess import Preprocess
 from mobilekd.errors import MobileKDError, cli_entry
@@ -50,7 +50,7 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
     if job.image_input:
         if job.layout != "NCHW":
             raise MobileKDError("--image-input makes a Core ML ImageType, which is NCHW: drop --layout NHWC")
-        module = FoldedNormalization(job.model, Preprocess(pre.size, SCALAR_MEAN, SCALAR_STD), pre).eval()
+        module = FoldedNormalization(job.model, scalar_preprocess(pre), pre).eval()
         input_type = ct.ImageType(name=INPUT, shape=tuple(job.input_shape()), scale=1 / 127.5, bias=[-1.0] * 3,
                                   color_layout=ct.colorlayout.RGB)
     else:

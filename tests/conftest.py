@@ -19,6 +19,19 @@ def make_image(path, seed: int, size=(24, 20), label_color=None):
     Image.fromarray(pixels).save(path)
 
 
+def write_noise_classes(root, classes: int = 6, per_class: int = 4, size=(48, 40)):
+    """ROOT/class<c>/<i>.png: a random colour per class plus strong noise (the export tests' parity data);
+    the same pixels for the same arguments."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        base = rng.integers(0, 256, 3)
+        os.makedirs(os.path.join(root, f"class{c}"), exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(base + rng.normal(0, 40, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(os.path.join(root, f"class{c}", f"{i}.png"))
+    return root
+
+
 CLASS_COLORS = [(220, 30, 30), (30, 220, 30), (30, 30, 220), (220, 220, 30), (30, 220, 220), (220, 30, 220),
                 (128, 128, 128), (250, 150, 50)]
 

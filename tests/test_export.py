@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_noise_classes
 from mobilekd.models import create_model, save_model
 
 SIZE, DIM = 32, 32
@@ -24,14 +25,7 @@ SIZE, DIM = 32, 32
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    data = root / "images"
-    rng = np.random.default_rng(0)
-    for c in range(6):
-        base = rng.integers(0, 256, 3)
-        (data / f"class{c}").mkdir(parents=True)
-        for i in range(4):
-            pixels = np.clip(base + rng.normal(0, 40, (40, 48, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(data / f"class{c}" / f"{i}.png")
+    data = write_noise_classes(root / "images")
     torch.manual_seed(0)
     ckpt = save_model(create_model("mobilenetv1_025", embed_dim=DIM, size=SIZE), root / "student",
                       {"config": {"data": str(data), "train_fraction": 0.5}})

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from conftest import write_noise_classes
 from mobilekd.models import create_model, save_model
 from mobilekd.preprocess import IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN, TF_LITE_STD, Preprocess
 
@@ -33,14 +33,7 @@ SIZE, DIM = 32, 32
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("export-mediapipe")
-    data = root / "images"
-    rng = np.random.default_rng(0)
-    for c in range(6):
-        base = rng.integers(0, 256, 3)
-        (data / f"class{c}").mkdir(parents=True)
-        for i in range(4):
-            pixels = np.clip(base + rng.normal(0, 40, (40, 48, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(data / f"class{c}" / f"{i}.png")
+    data = write_noise_classes(root / "images")
     students = {}
     for name, mean, std in (("scalar", TF_LITE_MEAN, TF_LITE_STD), ("imagenet", IMAGENET_MEAN, IMAGENET_STD)):
         torch.manual_seed(0)
