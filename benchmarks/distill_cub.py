@@ -4,7 +4,7 @@
         [--epochs 90] [--teacher efficientnet_lite2] [--teacher-size 224] [--arms alone,absolute,...]
 
 Classes 0-49 train, 50-99 test (leave-one-out retrieval). Teacher: EfficientNet-Lite2 with ImageNet weights
-(pooled 1408-d features). Every arm trains the same MobileNetV1-0.25 student (same seed, views, schedule):
+(pooled 1280-d features). Every arm trains the same MobileNetV1-0.25 student (same seed, views, schedule):
 
   alone        metric loss only (normalised softmax)            absolute   + absolute teacher loss
   relative     + relative teacher loss                          rkd        + RKD distance and angle
