@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from export.qat import fold_batchnorm, quantize_weight
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import write_json
 
@@ -70,29 +70,13 @@ def quantized_tflite(fp32: Path, dst: Path, name: str, calib: list[np.ndarray]) 
     return dst
 
 
-def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy with each conv's following BatchNorm folded into its weights (timm's conv/bn naming)."""
-    model = copy.deepcopy(model)
-    pairs = []
-    for module in model.modules():
-        for conv, bn in (("conv_stem", "bn1"), ("conv_dw", "bn1"), ("conv_pw", "bn2"), ("conv_head", "bn2")):
-            if isinstance(getattr(module, conv, None), torch.nn.Conv2d) and hasattr(module, bn):
-                pairs.append((module, conv, bn))
-    for parent, conv_name, bn_name in pairs:
-        conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
-        setattr(parent, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
-        # the BatchNormAct module stays for its activation, with an identity normalisation
-        bn.weight.data.fill_(1.0), bn.bias.data.zero_(), bn.running_mean.zero_(), bn.running_var.fill_(1.0 - bn.eps)
-    return model.eval()
-
-
 def int8_weights(module: torch.nn.Module, per_channel: bool = True) -> None:
     weight = module.weight.data
     if per_channel:
-        scale = (weight.abs().flatten(1).max(1).values.clamp_min(1e-12) / 127).view(-1, *[1] * (weight.dim() - 1))
+        module.weight.data = quantize_weight(weight)
     else:
         scale = weight.abs().max().clamp_min(1e-12) / 127
-    module.weight.data = torch.round(weight / scale).clamp(-127, 127) * scale
+        module.weight.data = torch.round(weight / scale).clamp(-127, 127) * scale
 
 
 @cli_entry
