@@ -150,12 +150,17 @@ def quantize_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 def dequantize_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Raw model output -> float32 [N, D] unit vectors. A quantized output is L2-normalised only up to its
+    int8 grid, so it is renormalised after dequantizing, like a model that does not normalise at all (the
+    Android core's ``needsL2Normalize`` does the same): inner-product search on the raw dequantized vectors
+    would rank by their norm errors."""
     y = np.asarray(y)
-    if spec.dtype in ("int8", "uint8"):
+    quantized = spec.dtype in ("int8", "uint8")
+    if quantized:
         q = spec.quantization or {}
         y = dequantize(y, q["scale"], q["zero_point"])
     y = y.astype(np.float32).reshape(len(y), -1)
-    if spec.l2_normalized is False:
+    if spec.l2_normalized is not True or quantized:
         y = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
     return y
 
