@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import make_image
 
@@ -368,3 +369,27 @@ def test_export_matrix_tabulates_parity_reports():
     assert "0.970000" in lines[0] and "24.90 -> 15.40" in lines[0] and "30.00 -> 20.00" in lines[0]
     assert "**FAIL**" in lines[0] and "not measured" in lines[1] and "PASS (structural)" in lines[1]
     assert "tflite int8: mean cosine 0.97 < 0.99" in text
+
+
+def test_int8_sensitivity_folds_batchnorm_exactly_and_rounds_to_the_int8_grid():
+    from benchmarks.int8_sensitivity import fold_batchnorm, int8_weights
+    from mobilekd.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("mobilenetv1_025", embed_dim=16, size=32).eval()
+    with torch.no_grad():  # non-trivial statistics, so folding has something to fold
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5), module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-0.2, 0.2)
+    folded = fold_batchnorm(model)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-4)
+    assert set(folded.state_dict()) == set(model.state_dict())
+    assert all(torch.all(m.weight == 1) for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    conv = folded.backbone.conv_stem
+    int8_weights(conv)
+    steps = conv.weight / (conv.weight.abs().flatten(1).amax(1).view(-1, 1, 1, 1) / 127)
+    torch.testing.assert_close(steps, steps.round(), atol=1e-4, rtol=0)  # every weight on its channel's grid
+    assert steps.abs().max() <= 127 + 1e-4
