@@ -97,6 +97,7 @@ class ExportJob:
     threads: int = 1
     keep_normalization: bool = False  # tflite: never fold per-channel mean/std into the graph
     image_input: bool = False  # coreml: ImageType input
+    integer_io: bool = False  # tflite int8: int8 input/output tensors instead of float32
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -353,7 +354,8 @@ def run_export(fmt: Format, args, default_layout: str) -> int:
     check_out_folder(out)
     job = ExportJob(checkpoint, model, meta, precision, args.layout, out, threads=args.threads,
                     keep_normalization=bool(getattr(args, "keep_normalization", False)),
-                    image_input=bool(getattr(args, "image_input", False)))
+                    image_input=bool(getattr(args, "image_input", False)),
+                    integer_io=bool(getattr(args, "integer_io", False)))
 
     parity_data = load_parity(args, model, checkpoint, meta) if fmt.structural_check is None or \
         _runtime_available(fmt) else None

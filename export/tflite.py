@@ -9,8 +9,10 @@ Route (see ../shared/notes/export.md section 3):
 * fp16 / dynamic / int8: ai-edge-quantizer on that float file --
   fp16: weight-only float16 (``FLOAT_CASTING``, float32 compute and I/O);
   dynamic: ``dynamic_wi8_afp32`` (int8 weights, activations quantized on the fly, float I/O);
-  int8: ``static_wi8_ai8`` full-integer (int8 per-channel weights, int8 per-tensor activations, **int8
-  input and output tensors**, their scale/zero point in model.json), calibrated on real images.
+  int8: ``static_wi8_ai8`` full-integer (int8 per-channel weights, int8 per-tensor activations), calibrated
+  on real images with the global min/max of every tensor (``calibrate_min_max``). The file keeps float32 input
+  and output tensors by default (one QUANTIZE / DEQUANTIZE op at the ends, what MediaPipe and plain Android code
+  feed); ``--integer-io`` makes them int8, their scale/zero point in model.json, for integer-only runtimes.
   (litert-torch's PT2E quantizer is the alternative int8 route; measured worse on embedding fidelity and not
   kept -- see benchmarks/results/export_parity.md.)
 * Float NHWC files of a per-channel student take ``(pixel - 127.5) / 127.5`` with the student's own
@@ -29,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.common import BuildResult, ExportJob, Format, batch_one_runner, build_parser, run_export
+from export.common import (BuildResult, ExportJob, Format, batch_one_runner, build_parser, renormalize, run_export,
+                           same_normalization, to_layout)
 from export.contract import ModelContract, TensorSpec
 from export.normalization import FoldedNormalization, is_per_channel, scalar_preprocess
 from mobilekd.errors import MobileKDError, cli_entry
@@ -51,8 +54,7 @@ def file_preprocess(job: ExportJob):
     student, unless ``--keep-normalization`` -- the scalar (127.5, 127.5) with the model's folded in
     (``export.normalization``; MediaPipe's Image Embedder accepts only one mean/std)."""
     pre = job.model.preprocess
-    if job.keep_normalization or job.layout != "NHWC" or job.precision == "int8" or \
-            not is_per_channel(pre.mean, pre.std):
+    if job.keep_normalization or job.layout != "NHWC" or job.integer_io or not is_per_channel(pre.mean, pre.std):
         return pre
     return scalar_preprocess(pre)
 
@@ -83,7 +85,48 @@ def _signature_input(path: Path) -> tuple[str, str]:
     return key, signatures[key]["inputs"][0]
 
 
-def quantize(job: ExportJob, fp32: Path, dst: Path) -> dict:
+def calibrate_min_max(qt, fp32: Path, samples: list[np.ndarray], threads: int = 1) -> dict:
+    """Calibration ranges: the global min/max of every tensor over ``samples`` (batch-1 inputs).
+
+    Why not ``Quantizer.calibrate`` over the whole list: it merges per-sample ranges with a moving average
+    (``qsv_utils.moving_average_update``, smoothing 0.95), so with batch-1 images each range follows the last ~20
+    images and clips activations of the rest -- a loss that more bits do not cure. Measured on the CUB students
+    (benchmarks/results/README.md): mean cosine 0.9897 -> 0.9963 (1280-d) and 0.9766 -> 0.9800 (128-d) with
+    global min/max, the statistic ONNX Runtime's MinMax calibrator uses. Each sample is calibrated on its own
+    and the ranges merged with the quantizer's own ``qsv_utils.min_max_update``."""
+    from ai_edge_quantizer.utils import qsv_utils
+
+    key, name = _signature_input(fp32)
+    ranges: dict = {}
+    for sample in samples:
+        with contextlib.redirect_stderr(io.StringIO()):  # a progress bar per sample
+            one = qt.calibrate({key: [{name: sample}]}, num_threads=max(1, threads))
+        ranges = {tensor: qsv_utils.min_max_update(ranges.get(tensor, {}), qsv) for tensor, qsv in one.items()}
+    return ranges
+
+
+def keep_float(qt, fp32: Path, pattern: str) -> int:
+    """Leave the ops whose output tensor name matches ``pattern`` in float (``NO_QUANTIZE``); returns how many."""
+    import re
+
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer.recipe_manager import AlgorithmName
+
+    interpreter = Interpreter(model_path=str(fp32))
+    tensors = interpreter.get_tensor_details()
+    count = 0
+    for op in interpreter._get_ops_details():  # no public op listing in ai_edge_litert
+        name = tensors[op["outputs"][0]]["name"]
+        if re.search(pattern, name):
+            qt.update_quantization_recipe(regex=re.escape(name), operation_name=op["op_name"],
+                                          algorithm_key=AlgorithmName.NO_QUANTIZE)
+            count += 1
+    return count
+
+
+def quantize(job: ExportJob, fp32: Path, dst: Path, preprocess=None) -> dict:
+    """Quantize the float file ``fp32`` into ``dst``; ``preprocess``: the file's input normalisation, in which
+    the calibration images are fed (it differs from the model's when the normalisation is folded)."""
     from ai_edge_quantizer import quantizer, recipe
     from ai_edge_quantizer.recipe_manager import AlgorithmName
 
@@ -100,11 +143,22 @@ def quantize(job: ExportJob, fp32: Path, dst: Path) -> dict:
                 "dynamically quantized", "tool": "ai_edge_quantizer recipe dynamic_wi8_afp32"}
     elif job.precision == "int8":
         qt.load_quantization_recipe(recipe.static_wi8_ai8())
-        key, name = _signature_input(fp32)
-        calibration = qt.calibrate({key: [{name: batch} for batch in job.calib_batches()]},
-                                   num_threads=max(1, job.threads))
+        io_kind = "int8 input and output"
+        if not job.integer_io:
+            for boundary in ("INPUT", "OUTPUT"):
+                qt.update_quantization_recipe(regex=".*", operation_name=boundary,
+                                              algorithm_key=AlgorithmName.NO_QUANTIZE)
+            # the folded normalisation (export.normalization) runs before the QUANTIZE op, in float, so the int8
+            # graph sees exactly what the unfolded int8 file would
+            folded = keep_float(qt, fp32, rf"{FoldedNormalization.__name__}_wrapped;")  # its own ops, not the model's
+            io_kind = "float32 input and output" + (f" ({folded} normalisation ops in float)" if folded else "")
+        samples = job.calib_batches()
+        if preprocess is not None and not same_normalization(preprocess, job.model.preprocess):
+            samples = [to_layout(renormalize(job.calib[i:i + 1], job.model.preprocess, preprocess), job.layout)
+                       for i in range(len(job.calib))]
+        calibration = calibrate_min_max(qt, fp32, samples, job.threads)
         info = {"scheme": "int8-static", "weights": "int8 symmetric per-channel",
-                "activations": "int8 asymmetric per-tensor (min-max calibration); int8 input and output",
+                "activations": f"int8 asymmetric per-tensor (global min-max calibration); {io_kind}",
                 "tool": "ai_edge_quantizer recipe static_wi8_ai8"}
     else:
         raise MobileKDError(f"TFLite export does not support --quantize {job.precision}")
@@ -139,20 +193,24 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
         fp32.rename(final)
         info = {"scheme": "none"}
     else:
-        info = quantize(job, fp32, final)
+        info = quantize(job, fp32, final, preprocess)
         fp32.unlink(missing_ok=True)
     interpreter = Interpreter(model_path=str(final))
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1:
         raise MobileKDError(f"converted TFLite model has {len(inputs)} inputs / {len(outputs)} outputs, expected 1/1")
-    if job.precision == "int8":
-        notes.append("int8 I/O: MediaPipe's Image Embedder accepts only float32/uint8 tensors, so this file is "
-                     "for LiteRT/Interpreter callers that quantize the normalised input with input.quantization")
+    if job.precision == "int8" and job.integer_io:
+        notes.append("int8 I/O (--integer-io): MediaPipe's Image Embedder accepts only float32/uint8 tensors, so "
+                     "this file is for LiteRT/Interpreter callers that quantize the normalised input with "
+                     "input.quantization")
     from export.embedder_metadata import embed_tflite_metadata
 
     metadata = embed_tflite_metadata(final, job, inputs[0], notes, preprocess)  # float32 NHWC only, else says why
+    # an int8 graph normalises in int8, so its output is unit-norm only up to the int8 grid: say so, and callers
+    # (the parity core, the Android core) renormalise before inner-product search
+    unit_norm = bool(job.model.spec.normalize) and job.precision != "int8"
     return BuildResult("model.tflite", _tensor_spec(inputs[0], job.layout),
-                       _tensor_spec(outputs[0], l2=bool(job.model.spec.normalize)), info, exporter, notes,
+                       _tensor_spec(outputs[0], l2=unit_norm), info, exporter, notes,
                        {"mediapipe_metadata": metadata}, preprocess)
 
 
@@ -195,7 +253,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the student's per-channel mean/std as the file's input normalisation (default: "
                              "fold it into the graph of float NHWC files so the input is (pixel - 127.5) / 127.5, "
                              "which MediaPipe's Image Embedder requires)")
-    return run_export(FORMAT, parser.parse_args(argv), "NHWC")
+    parser.add_argument("--integer-io", action="store_true",
+                        help="int8: int8 input and output tensors (scale/zero point in model.json) for integer-only "
+                             "runtimes; default float32 I/O with int8 inside, which MediaPipe can load")
+    args = parser.parse_args(argv)
+    if args.integer_io and args.quantize != "int8":
+        raise MobileKDError("--integer-io applies to --quantize int8 only")
+    return run_export(FORMAT, args, "NHWC")
 
 
 if __name__ == "__main__":

@@ -189,11 +189,49 @@ def test_tflite_fp32_and_int8(workspace):
     info8 = manifest(out8)
     dtypes = tensor_dtypes(out8 / "model.tflite")
     assert dtypes.get("int8", 0) > 20
-    assert info8["input"]["dtype"] == "int8" and info8["input"]["quantization"]["scale"] > 0
-    assert info8["output"]["dtype"] == "int8" and info8["output"]["quantization"]["scale"] > 0
+    # default: int8 inside, float32 I/O (what MediaPipe and plain Android code feed); the output is unit-norm
+    # only up to the int8 grid, and model.json says so
+    assert info8["input"]["dtype"] == "float32" and info8["output"]["dtype"] == "float32"
+    assert info8["output"]["l2_normalized"] is False and "float32 input and output" in \
+        info8["quantization"]["activations"]
     vf = info8["parity"]["vs_float"]
     assert vf["mean_cos"] > 0.99 and {"min_cos", "max_abs_diff", "top10_overlap", "r1_float", "r1_exported"} <= set(vf)
     assert (out8 / "model.tflite").stat().st_size < 0.5 * (out / "model.tflite").stat().st_size
+
+    out8i = workspace["root"] / "tfl8-int-io"
+    assert run("tflite", ckpt, "--quantize", "int8", "--integer-io", "--calib-images", 8, "--out", out8i,
+               "--max-r1-drop", 100) == 0
+    info8i = manifest(out8i)
+    assert info8i["input"]["dtype"] == "int8" and info8i["input"]["quantization"]["scale"] > 0
+    assert info8i["output"]["dtype"] == "int8" and info8i["output"]["quantization"]["scale"] > 0
+    assert info8i["parity"]["vs_float"]["mean_cos"] > 0.99
+    assert run("tflite", ckpt, "--integer-io", "--out", workspace["root"] / "never") == 2
+
+
+def test_int8_calibration_uses_global_min_max(workspace):
+    """ai-edge-quantizer's own calibrate() averages per-sample ranges (moving average); ours must give
+    every tensor the min/max over ALL samples, so no calibration image is clipped."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import quantizer, recipe
+
+    from export.tflite import _signature_input, calibrate_min_max
+
+    fp32 = workspace["root"] / "tfl32" / "model.tflite"
+    if not fp32.exists():
+        assert run("tflite", workspace["ckpt"], "--out", fp32.parent) == 0
+    qt = quantizer.Quantizer(str(fp32))
+    qt.load_quantization_recipe(recipe.static_wi8_ai8())
+    rng = np.random.default_rng(0)
+    samples = [rng.normal(0, 1, (1, SIZE, SIZE, 3)).astype(np.float32) for _ in range(3)]
+    samples.append(np.full((1, SIZE, SIZE, 3), 9.0, np.float32))  # the widest input comes first or last:
+    key, signature_name = _signature_input(fp32)
+    name = Interpreter(model_path=str(fp32)).get_input_details()[0]["name"]  # the input tensor's name
+    for order in (samples, samples[::-1]):  # either way the input range must reach it
+        ranges = calibrate_min_max(qt, fp32, order)
+        assert float(np.max(ranges[name]["max"])) == pytest.approx(9.0)
+        assert float(np.min(ranges[name]["min"])) == pytest.approx(min(float(s.min()) for s in samples))
+    averaged = qt.calibrate({key: [{signature_name: s} for s in samples[::-1]]})
+    assert float(np.max(averaged[name]["max"])) < 9.0  # what the moving average would have done
 
 
 @pytest.mark.slow

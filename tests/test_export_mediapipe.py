@@ -125,6 +125,49 @@ def test_per_channel_student_is_folded_and_runs_in_mediapipe(workspace):
     assert check([str(folder), "--against", str(workspace["imagenet"])]) == 0
 
 
+def quantize_op_scale(path: Path) -> tuple[list[str], float]:
+    """The op names up to the first QUANTIZE, and that QUANTIZE's output scale."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    tensors, names = interpreter.get_tensor_details(), []
+    for op in interpreter._get_ops_details():
+        names.append(op["op_name"])
+        if op["op_name"] == "QUANTIZE":
+            return names, float(tensors[op["outputs"][0]]["quantization"][0])
+    raise AssertionError(f"no QUANTIZE op in {path}")
+
+
+def test_int8_of_a_per_channel_student_folds_in_float_and_runs_in_mediapipe(workspace):
+    """int8 with float I/O: the folded normalisation stays float before the QUANTIZE op, calibrated on the
+    file's own (scalar) input, so the int8 graph quantizes the same tensor as the unfolded --keep-normalization
+    file; MediaPipe's ImageEmbedder loads it and matches the float student."""
+    from export.embedder_metadata import mediapipe_embeddings, model_pixels
+    from mobilekd.data.views import normalize
+    from mobilekd.models import load_model
+
+    args = ("--quantize", "int8", "--calib-images", 8, "--max-r1-drop", 100)
+    folded = export(workspace, "imagenet", "imagenet-int8", *args)
+    kept = export(workspace, "imagenet", "imagenet-int8-kept", *args, "--keep-normalization")
+    ops, scale = quantize_op_scale(folded / "model.tflite")
+    kept_ops, kept_scale = quantize_op_scale(kept / "model.tflite")
+    assert ops == ["MUL", "ADD", "QUANTIZE"] and kept_ops == ["QUANTIZE"]
+    assert scale == pytest.approx(kept_scale, rel=1e-4)
+    info = manifest(folded)
+    assert info["preprocess"]["mean"] == [127.5] * 3 and info["build"]["mediapipe_metadata"]["image_embedder"]
+
+    student = load_model(workspace["imagenet"]).eval()
+    pixels = [model_pixels(image, student.preprocess) for image in images(workspace)]
+    with torch.no_grad():
+        reference = student(torch.stack([normalize(p.astype(np.float32), student.preprocess)
+                                         for p in pixels])).numpy()
+    theirs = mediapipe_embeddings(folded / "model.tflite", pixels)
+    theirs /= np.linalg.norm(theirs, axis=1, keepdims=True)
+    assert np.sum(theirs * reference, axis=1).mean() > 0.99
+    assert np.sum(theirs * reference, axis=1).mean() == pytest.approx(info["parity"]["vs_float"]["mean_cos"],
+                                                                      abs=2e-3)
+
+
 def test_metadata_parser_version_and_refusals(tmp_path):
     import flatbuffers
     import litert_torch
@@ -164,8 +207,8 @@ def test_metadata_parser_version_and_refusals(tmp_path):
     assert written["input"]["mean"] == [1, 2, 3] and written["input"]["std"] == [4, 5, 6]
 
 
-def test_int8_and_nchw_get_no_metadata(workspace):
-    int8 = export(workspace, "scalar", "scalar-int8", "--quantize", "int8", "--calib-images", 8,
+def test_integer_io_and_nchw_get_no_metadata(workspace):
+    int8 = export(workspace, "scalar", "scalar-int8-io", "--quantize", "int8", "--integer-io", "--calib-images", 8,
                   "--max-r1-drop", 100)
     record = manifest(int8)["build"]["mediapipe_metadata"]
     assert record["embedded"] is False and "int8" in record["reason"] and metadata_of(int8) is None
@@ -195,11 +238,12 @@ def test_export_without_mediapipe_says_what_to_install(workspace, monkeypatch, c
 # ------------------------------------------------------------------------------------------ ImageEmbedder
 
 
-@pytest.mark.parametrize("quantize", ["none", "fp16", "dynamic"])
+@pytest.mark.parametrize("quantize", ["none", "fp16", "dynamic", "int8"])
 def test_mediapipe_image_embedder_matches_litert(workspace, quantize):
     from export.embedder_metadata import compare_with_mediapipe
 
-    folder = export(workspace, "scalar", f"scalar-{quantize}", "--quantize", quantize, "--max-r1-drop", 100)
+    folder = export(workspace, "scalar", f"scalar-{quantize}", "--quantize", quantize, "--calib-images", 8,
+                    "--max-r1-drop", 100)
     info = manifest(folder)
     assert info["build"]["mediapipe_metadata"]["image_embedder"] is True
     meta = metadata_of(folder)
