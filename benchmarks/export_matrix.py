@@ -3,7 +3,8 @@
     python -m benchmarks.export_matrix CKPT [--teacher T] [--parity-images 1000] [--exports DIR] \\
         [--results benchmarks/results/export_matrix]
 
-Runs ``export.onnx`` (fp32, fp16, int8), ``export.tflite`` (fp32, fp16, dynamic, int8) and ``export.coreml``
+Runs ``export.onnx`` (fp32, fp16, int8), ``export.tflite`` (fp32, fp16, dynamic, int8 with float I/O and with
+``--integer-io``) and ``export.coreml``
 (fp32, fp16, int8) on CKPT with ``--force`` (so a file that fails its gate is kept, marked failing, and still
 measured) and the same parity images, then tabulates what each ``model.json`` recorded: file size, mean/min
 cosine and top-10 neighbour overlap vs the float student, Recall@1 exported vs float, cross-model Recall@1
@@ -27,9 +28,11 @@ from pathlib import Path
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import write_json
 
-MATRIX = {"onnx": ("none", "fp16", "int8"), "tflite": ("none", "fp16", "dynamic", "int8"),
+# a variant is a --quantize value, optionally "+flag" for one more exporter flag
+MATRIX = {"onnx": ("none", "fp16", "int8"), "tflite": ("none", "fp16", "dynamic", "int8", "int8+integer-io"),
           "coreml": ("fp32", "fp16", "int8")}
-PRECISION = {"none": "fp32", "fp32": "fp32", "fp16": "fp16", "dynamic": "dynamic int8", "int8": "int8"}
+PRECISION = {"none": "fp32", "fp32": "fp32", "fp16": "fp16", "dynamic": "dynamic int8", "int8": "int8",
+             "int8+integer-io": "int8, int8 I/O"}
 
 
 def _fmt(value, spec: str, missing: str = "n/a") -> str:
@@ -101,20 +104,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for runtime in formats:
         module = importlib.import_module(f"export.{runtime}")
-        for quantize in MATRIX[runtime]:
-            out = exports / f"{runtime}-{quantize}"
-            cli = [str(checkpoint), "--quantize", quantize, "--out", str(out), "--force", "--threads",
+        for variant in MATRIX[runtime]:
+            quantize, _, flag = variant.partition("+")
+            out = exports / f"{runtime}-{variant.replace('+', '-')}"
+            cli = [str(checkpoint), "--quantize", quantize, *([f"--{flag}"] if flag else []), "--out", str(out),
+                   "--force", "--threads",
                    str(args.threads), "--parity-images", str(args.parity_images), "--calib-images",
                    str(args.calib_images)] + (["--teacher", args.teacher] if args.teacher else [])
-            print(f"== {runtime} {quantize}", flush=True)
+            print(f"== {runtime} {variant}", flush=True)
             start = time.perf_counter()
             code = module.main(cli)
             seconds = time.perf_counter() - start
             if code not in (0, 1) or not (out / "model.json").is_file():
-                rows.append({"format": runtime, "precision": PRECISION[quantize], "exit_code": code,
+                rows.append({"format": runtime, "precision": PRECISION[variant], "exit_code": code,
                              "error": f"export exited {code} (see its error line above)"})
                 continue
-            rows.append(row_of(runtime, quantize, json.loads((out / "model.json").read_text()), seconds, code))
+            rows.append(row_of(runtime, variant, json.loads((out / "model.json").read_text()), seconds, code))
     command = "python -m benchmarks.export_matrix " + " ".join(argv if argv is not None else sys.argv[1:])
     spec = json.loads((checkpoint / "model.json").read_text()).get("spec", {})
     teacher_note = next((r["teacher_note"] for r in rows if r.get("teacher_note")), None)

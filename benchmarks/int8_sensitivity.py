@@ -6,11 +6,18 @@ per-layer sensitivity of int8 weights measured in PyTorch.
 
 1. TFLite recipes on the same float file (``export.tflite.export_fp32``) and the same calibration images:
    ``weight_only_wi8_afp32`` (int8 weights, float compute), ``dynamic_wi8_afp32``, ``static_wi8_ai8`` with the
-   min-max and the MSE algorithm, and ``static_wi8_ai8`` with the stem (first conv) and the first blocks kept
-   float. Each: mean / min cosine to the float student and Recall@1, through the LiteRT interpreter.
+   min-max and the MSE algorithm, ``static_wi8_ai8`` with the stem (first conv) and the first blocks kept
+   float, and ``static_wi8_ai16`` (int16 activations). Static recipes are calibrated like ``export.tflite``
+   (global min/max, ``calibrate_min_max``); ``:moving_average`` uses ai-edge-quantizer's own ``calibrate()``
+   for comparison. Each: mean / min cosine to the float student and Recall@1, through the LiteRT interpreter.
 2. PyTorch simulation: BatchNorm folded into the convolutions, then symmetric int8 weights (per output
    channel, and per tensor) for the whole network, and for one layer at a time -- the layers whose int8
    weights alone cost the most cosine.
+
+3. The float student's own sensitivity: its mean cosine to itself when every input value is moved by the
+   rounding error of an int8 input tensor (uniform noise of one int8 step over the calibration range), and by
+   the rounding of 8-bit pixels (one grey level). A checkpoint that already loses the 0.99 gate here cannot
+   pass it as a full-integer file whatever the converter does.
 
 If (1)'s weight-only row is already far from 1 and (2) reproduces it, the loss is the network's own
 sensitivity to int8 weights (no calibration or tool choice can remove it; quantization-aware training can).
@@ -32,8 +39,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import write_json
 
-RECIPES = ("weight_only_wi8_afp32", "dynamic_wi8_afp32", "static_wi8_ai8", "static_wi8_ai8:MSE",
-           "static_wi8_ai8:float_stem", "static_wi8_ai8:float_stem_block0")
+RECIPES = ("weight_only_wi8_afp32", "dynamic_wi8_afp32", "static_wi8_ai8", "static_wi8_ai8:moving_average",
+           "static_wi8_ai8:MSE", "static_wi8_ai8:float_stem", "static_wi8_ai8:float_stem_block0", "static_wi8_ai16")
 # litert-torch names each tensor after the module path, so the stem and block 0 can be matched by scope.
 FLOAT_SCOPES = {"float_stem": r"(.*Conv2d_conv_stem.*|.*EfficientNet_backbone/timm.layers.norm_act.BatchNormAct2d_bn1.*)",
                 "float_stem_block0": r"(.*Conv2d_conv_stem.*|.*EfficientNet_backbone/timm.layers.norm_act.BatchNormAct2d_bn1.*"
@@ -50,20 +57,25 @@ def quantized_tflite(fp32: Path, dst: Path, name: str, calib: list[np.ndarray]) 
     from ai_edge_quantizer import quantizer, recipe
     from ai_edge_quantizer.recipe_manager import AlgorithmName
 
-    from export.tflite import _signature_input
+    from export.tflite import _signature_input, calibrate_min_max
 
     base, _, variant = name.partition(":")
     qt = quantizer.Quantizer(str(fp32))
     algorithm = AlgorithmName.MSE if variant == "MSE" else AlgorithmName.MIN_MAX_UNIFORM_QUANT
     qt.load_quantization_recipe(recipe.static_wi8_ai8(algorithm) if base == "static_wi8_ai8"
                                 else getattr(recipe, base)())
+    if base.startswith("static"):  # float32 I/O, as export.tflite writes int8 files by default
+        for boundary in ("INPUT", "OUTPUT"):
+            qt.update_quantization_recipe(regex=".*", operation_name=boundary, algorithm_key=AlgorithmName.NO_QUANTIZE)
     if variant in FLOAT_SCOPES:
         qt.update_quantization_recipe(regex=FLOAT_SCOPES[variant], operation_name="*",
                                       algorithm_key=AlgorithmName.NO_QUANTIZE)
     calibration = None
-    if base.startswith("static"):
+    if base.startswith("static") and variant == "moving_average":
         key, input_name = _signature_input(fp32)
         calibration = qt.calibrate({key: [{input_name: x} for x in calib]})
+    elif base.startswith("static"):
+        calibration = calibrate_min_max(qt, fp32, calib)
     with contextlib.redirect_stdout(io.StringIO()):
         result = qt.quantize(calibration)
     result.export_model(str(dst), overwrite=True)
@@ -87,6 +99,37 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
                 bn.bias.data.copy_(fused.bias.data)
                 bn.weight.data.fill_(1.0), bn.running_mean.zero_(), bn.running_var.fill_(1.0 - bn.eps)
     return model
+
+
+@contextlib.contextmanager
+def int8_activations(folded: torch.nn.Module, calib: torch.Tensor):
+    """Within the block, every BatchNorm(+activation) output of ``folded`` is rounded to asymmetric per-tensor
+    int8 over its global min/max on ``calib`` (what ``export.tflite`` calibrates): a PyTorch model of the static
+    int8 activations, without any converter."""
+    norms = [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    ranges: dict = {}
+
+    def record(module, _, out):
+        low, high = ranges.get(module, (0.0, 0.0))
+        ranges[module] = (min(low, float(out.min())), max(high, float(out.max())))
+
+    def fake_quant(module, _, out):
+        low, high = ranges[module]
+        scale = max(high - low, 1e-12) / 255
+        zero = round(-low / scale)
+        return (torch.clamp(torch.round(out / scale) + zero, 0, 255) - zero) * scale
+
+    hooks = [m.register_forward_hook(record) for m in norms]
+    with torch.no_grad():
+        folded(calib)
+    for hook in hooks:
+        hook.remove()
+    hooks = [m.register_forward_hook(fake_quant) for m in norms]
+    try:
+        yield folded
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def int8_weights(module: torch.nn.Module, per_channel: bool = True) -> None:
@@ -128,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = embed_torch(model, parity.pixels)
     calib, _ = calibration_images(model.preprocess, args.calib_images, None, train_data or data,
                                   float(config.get("train_fraction", 0.5)), 0)
+    calib_nchw = torch.from_numpy(calib)
     calib = [to_layout(calib[i:i + 1], "NHWC") for i in range(len(calib))]
     import tempfile
 
@@ -161,6 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in RECIPES:
         print(f"== tflite {name}", flush=True)
         results["tflite"][name] = row(run_tflite(quantized_tflite(fp32, work / "q.tflite", name, calib)))
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.from_numpy(parity.pixels)
+    std = torch.tensor(model.preprocess.std).view(1, 3, 1, 1)
+    steps = {"int8 input rounding": float(calib_nchw.max() - calib_nchw.min()) / 255, "one grey level": 1.0 / std}
+    for label, step in steps.items():
+        noise = (torch.rand(pixels.shape, generator=generator) - 0.5) * step
+        results["torch"][f"float student, input noise = {label}"] = row(embed_torch(model, (pixels + noise).numpy()))
     folded = fold_batchnorm(model)
     for per_channel in (True, False):
         sim = copy.deepcopy(folded)
@@ -169,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
                 int8_weights(module, per_channel)
         results["torch"][f"int8 weights {'per channel' if per_channel else 'per tensor'}"] = \
             row(embed_torch(sim, parity.pixels))
+        if per_channel:
+            with int8_activations(sim, calib_nchw):
+                results["torch"]["int8 weights per channel + int8 activations"] = row(embed_torch(sim, parity.pixels))
+            with int8_activations(copy.deepcopy(folded), calib_nchw) as acts_only:
+                results["torch"]["int8 activations only"] = row(embed_torch(acts_only, parity.pixels))
     layers = []
     for name, module in folded.named_modules():
         if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):

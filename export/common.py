@@ -396,8 +396,10 @@ def run_export(fmt: Format, args, default_layout: str) -> int:
         print(format_report(report, f"{fmt.runtime} {precision}: {model_path.name} "
                                     f"{report['file_bytes'] / 1e6:.3f} MB"), flush=True)
         if not passed and not args.force:
+            hint = (f"; `python -m benchmarks.int8_sensitivity {checkpoint}` shows where int8 loses fidelity"
+                    if precision in ("int8", "dynamic") else "")
             print(f"error: {fmt.runtime} {precision} export failed its parity gate "
-                  f"({'; '.join(report['failures'])}); nothing written to {out} (use --force to keep it)",
+                  f"({'; '.join(report['failures'])}); nothing written to {out} (use --force to keep it){hint}",
                   file=sys.stderr)
             return GATE_FAILED
         write_json(work / "model.json", contract.to_dict())

@@ -393,3 +393,30 @@ def test_int8_sensitivity_folds_batchnorm_exactly_and_rounds_to_the_int8_grid():
     steps = conv.weight / (conv.weight.abs().flatten(1).amax(1).view(-1, 1, 1, 1) / 127)
     torch.testing.assert_close(steps, steps.round(), atol=1e-4, rtol=0)  # every weight on its channel's grid
     assert steps.abs().max() <= 127 + 1e-4
+
+
+def test_int8_sensitivity_activation_model_rounds_to_256_levels_and_cleans_up():
+    from benchmarks.int8_sensitivity import fold_batchnorm, int8_activations
+    from mobilekd.models import create_model
+
+    torch.manual_seed(0)
+    model = fold_batchnorm(create_model("mobilenetv1_025", embed_dim=16, size=32).eval())
+    calib, x = torch.randn(4, 3, 32, 32), torch.randn(2, 3, 32, 32) * 3  # x exceeds the calibrated range
+    stem = model.backbone.bn1
+    with torch.no_grad():
+        calibrated = []
+        probe = stem.register_forward_hook(lambda m, i, o: calibrated.append(o.detach()))
+        model(calib)
+        probe.remove()
+        reference = model(x)
+        with int8_activations(model, calib):
+            seen = []  # registered after the rounding hook, so it sees the rounded output
+            probe = stem.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+            quantized = model(x)
+            probe.remove()
+        torch.testing.assert_close(model(x), reference)  # hooks removed afterwards
+    assert not torch.allclose(quantized, reference)
+    low, high = min(0.0, float(calibrated[0].min())), float(calibrated[0].max())
+    steps = (seen[0] - low) / ((high - low) / 255)
+    torch.testing.assert_close(steps, steps.round(), atol=1e-3, rtol=0)  # on the int8 grid
+    assert steps.min() >= -1e-3 and steps.max() <= 255 + 1e-3  # clipped to the calibrated range
