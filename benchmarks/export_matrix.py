@@ -3,8 +3,8 @@
     python -m benchmarks.export_matrix CKPT [--teacher T] [--parity-images 1000] [--exports DIR] \\
         [--results benchmarks/results/export_matrix]
 
-Runs ``export.onnx`` (fp32, fp16, int8), ``export.tflite`` (fp32, fp16, dynamic, int8 with float I/O and with
-``--integer-io``) and ``export.coreml``
+Runs ``export.onnx`` (fp32, fp16, int8, int8 ``--float-convs 2``), ``export.tflite`` (fp32, fp16, dynamic, int8
+with float I/O, with ``--integer-io`` and with ``--float-convs 2``) and ``export.coreml``
 (fp32, fp16, int8) on CKPT with ``--force`` (so a file that fails its gate is kept, marked failing, and still
 measured) and the same parity images, then tabulates what each ``model.json`` recorded: file size, mean/min
 cosine and top-10 neighbour overlap vs the float student, Recall@1 exported vs float, cross-model Recall@1
@@ -28,11 +28,19 @@ from pathlib import Path
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import write_json
 
-# a variant is a --quantize value, optionally "+flag" for one more exporter flag
-MATRIX = {"onnx": ("none", "fp16", "int8"), "tflite": ("none", "fp16", "dynamic", "int8", "int8+integer-io"),
+# a variant is a --quantize value, optionally "+flag" or "+flag=value" for one more exporter option
+MATRIX = {"onnx": ("none", "fp16", "int8", "int8+float-convs=2"),
+          "tflite": ("none", "fp16", "dynamic", "int8", "int8+integer-io", "int8+float-convs=2"),
           "coreml": ("fp32", "fp16", "int8")}
 PRECISION = {"none": "fp32", "fp32": "fp32", "fp16": "fp16", "dynamic": "dynamic int8", "int8": "int8",
-             "int8+integer-io": "int8, int8 I/O"}
+             "int8+integer-io": "int8, int8 I/O", "int8+float-convs=2": "int8, first 2 convs float"}
+
+
+def variant_args(variant: str) -> tuple[str, list[str]]:
+    """``"int8+float-convs=2"`` -> ``("int8", ["--float-convs", "2"])``."""
+    quantize, _, option = variant.partition("+")
+    flag, _, value = option.partition("=")
+    return quantize, ([f"--{flag}"] + ([value] if value else []) if flag else [])
 
 
 def _fmt(value, spec: str, missing: str = "n/a") -> str:
@@ -105,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     for runtime in formats:
         module = importlib.import_module(f"export.{runtime}")
         for variant in MATRIX[runtime]:
-            quantize, _, flag = variant.partition("+")
-            out = exports / f"{runtime}-{variant.replace('+', '-')}"
-            cli = [str(checkpoint), "--quantize", quantize, *([f"--{flag}"] if flag else []), "--out", str(out),
+            quantize, extra = variant_args(variant)
+            out = exports / f"{runtime}-{variant.replace('+', '-').replace('=', '')}"
+            cli = [str(checkpoint), "--quantize", quantize, *extra, "--out", str(out),
                    "--force", "--threads",
                    str(args.threads), "--parity-images", str(args.parity_images), "--calib-images",
                    str(args.calib_images)] + (["--teacher", args.teacher] if args.teacher else [])

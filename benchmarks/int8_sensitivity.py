@@ -6,8 +6,8 @@ per-layer sensitivity of int8 weights measured in PyTorch.
 
 1. TFLite recipes on the same float file (``export.tflite.export_fp32``) and the same calibration images:
    ``weight_only_wi8_afp32`` (int8 weights, float compute), ``dynamic_wi8_afp32``, ``static_wi8_ai8`` with the
-   min-max and the MSE algorithm, ``static_wi8_ai8`` with the stem (first conv) and the first blocks kept
-   float, and ``static_wi8_ai16`` (int16 activations). Static recipes are calibrated like ``export.tflite``
+   min-max and the MSE algorithm, ``static_wi8_ai8`` with the first 1 / 2 / 3 convolutions kept float
+   (``export.tflite --float-convs N``), and ``static_wi8_ai16`` (int16 activations). Static recipes are calibrated like ``export.tflite``
    (global min/max, ``calibrate_min_max``); ``:moving_average`` uses ai-edge-quantizer's own ``calibrate()``
    for comparison. Each: mean / min cosine to the float student and Recall@1, through the LiteRT interpreter.
 2. PyTorch simulation: BatchNorm folded into the convolutions, then symmetric int8 weights (per output
@@ -40,11 +40,8 @@ from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import write_json
 
 RECIPES = ("weight_only_wi8_afp32", "dynamic_wi8_afp32", "static_wi8_ai8", "static_wi8_ai8:moving_average",
-           "static_wi8_ai8:MSE", "static_wi8_ai8:float_stem", "static_wi8_ai8:float_stem_block0", "static_wi8_ai16")
-# litert-torch names each tensor after the module path, so the stem and block 0 can be matched by scope.
-FLOAT_SCOPES = {"float_stem": r"(.*Conv2d_conv_stem.*|.*EfficientNet_backbone/timm.layers.norm_act.BatchNormAct2d_bn1.*)",
-                "float_stem_block0": r"(.*Conv2d_conv_stem.*|.*EfficientNet_backbone/timm.layers.norm_act.BatchNormAct2d_bn1.*"
-                                     r"|.*Sequential_blocks/torch.nn.modules.container.Sequential_0/.*)"}
+           "static_wi8_ai8:MSE", "static_wi8_ai8:float_convs=1", "static_wi8_ai8:float_convs=2",
+           "static_wi8_ai8:float_convs=3", "static_wi8_ai16")
 
 
 def recall_at_1(embeddings: np.ndarray, labels: np.ndarray) -> float:
@@ -57,7 +54,7 @@ def quantized_tflite(fp32: Path, dst: Path, name: str, calib: list[np.ndarray]) 
     from ai_edge_quantizer import quantizer, recipe
     from ai_edge_quantizer.recipe_manager import AlgorithmName
 
-    from export.tflite import _signature_input, calibrate_min_max
+    from export.tflite import _signature_input, calibrate_min_max, graph_ops, keep_float, leading_ops
 
     base, _, variant = name.partition(":")
     qt = quantizer.Quantizer(str(fp32))
@@ -67,9 +64,8 @@ def quantized_tflite(fp32: Path, dst: Path, name: str, calib: list[np.ndarray]) 
     if base.startswith("static"):  # float32 I/O, as export.tflite writes int8 files by default
         for boundary in ("INPUT", "OUTPUT"):
             qt.update_quantization_recipe(regex=".*", operation_name=boundary, algorithm_key=AlgorithmName.NO_QUANTIZE)
-    if variant in FLOAT_SCOPES:
-        qt.update_quantization_recipe(regex=FLOAT_SCOPES[variant], operation_name="*",
-                                      algorithm_key=AlgorithmName.NO_QUANTIZE)
+    if variant.startswith("float_convs="):  # what export.tflite --float-convs N keeps float
+        keep_float(qt, leading_ops(graph_ops(fp32), int(variant.partition("=")[2])))
     calibration = None
     if base.startswith("static") and variant == "moving_average":
         key, input_name = _signature_input(fp32)

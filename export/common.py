@@ -75,6 +75,11 @@ def build_parser(runtime: str, quantize_choices: tuple[str, ...], default_quanti
                         help=f"input layout (default {default_layout})")
     parser.add_argument("--calib", help="calibration images for int8 (default: the training split of config.data)")
     parser.add_argument("--calib-images", type=int, default=128, help="number of calibration images (default 128)")
+    if runtime in ("onnx", "tflite"):  # formats with calibrated int8 activations
+        parser.add_argument("--float-convs", type=int, default=0, metavar="N",
+                            help="int8: keep the first N convolutions (and every op before them) in float, so "
+                                 "the input and the most sensitive early layers are not rounded (default 0: "
+                                 "full integer)")
     parser.add_argument("--force", action="store_true",
                         help="write the file even if it fails its gate (marked failing in model.json; exit 1)")
     add_parity_options(parser)
@@ -98,6 +103,7 @@ class ExportJob:
     keep_normalization: bool = False  # tflite: never fold per-channel mean/std into the graph
     image_input: bool = False  # coreml: ImageType input
     integer_io: bool = False  # tflite int8: int8 input/output tensors instead of float32
+    float_convs: int = 0  # int8: the first N convolutions, and every op before them, stay float
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -344,6 +350,9 @@ def run_export(fmt: Format, args, default_layout: str) -> int:
     from export.parity import calibration_images, compute_parity, embed_torch, format_report
 
     precision = PRECISION[args.quantize]
+    float_convs = getattr(args, "float_convs", 0) or 0
+    if float_convs < 0 or (float_convs and precision != "int8"):
+        raise MobileKDError("--float-convs takes N >= 0 and applies to --quantize int8 only")
     gates = gates_from_args(args, precision)
     if args.calib_images < 1 or args.parity_images < 0:
         raise MobileKDError("--calib-images must be >= 1 and --parity-images >= 0")
@@ -355,7 +364,8 @@ def run_export(fmt: Format, args, default_layout: str) -> int:
     job = ExportJob(checkpoint, model, meta, precision, args.layout, out, threads=args.threads,
                     keep_normalization=bool(getattr(args, "keep_normalization", False)),
                     image_input=bool(getattr(args, "image_input", False)),
-                    integer_io=bool(getattr(args, "integer_io", False)))
+                    integer_io=bool(getattr(args, "integer_io", False)),
+                    float_convs=int(getattr(args, "float_convs", 0) or 0))
 
     parity_data = load_parity(args, model, checkpoint, meta) if fmt.structural_check is None or \
         _runtime_available(fmt) else None
@@ -396,8 +406,12 @@ def run_export(fmt: Format, args, default_layout: str) -> int:
         print(format_report(report, f"{fmt.runtime} {precision}: {model_path.name} "
                                     f"{report['file_bytes'] / 1e6:.3f} MB"), flush=True)
         if not passed and not args.force:
-            hint = (f"; `python -m benchmarks.int8_sensitivity {checkpoint}` shows where int8 loses fidelity"
-                    if precision in ("int8", "dynamic") else "")
+            hint = ""
+            if precision in ("int8", "dynamic"):
+                hint = (f"; `python -m benchmarks.int8_sensitivity {checkpoint}` shows where int8 loses fidelity"
+                        + ("; --float-convs 2 keeps the input and first layers float, which is often enough"
+                           if precision == "int8" and fmt.runtime in ("onnx", "tflite") and not job.float_convs
+                           else ""))
             print(f"error: {fmt.runtime} {precision} export failed its parity gate "
                   f"({'; '.join(report['failures'])}); nothing written to {out} (use --force to keep it){hint}",
                   file=sys.stderr)

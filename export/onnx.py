@@ -134,6 +134,21 @@ def head_nodes(path: Path) -> list[str]:
     return [] if last is None else [n.name for n in nodes[last:] if n.name]
 
 
+def leading_nodes(path: Path, convs: int) -> list[str]:
+    """Names of the nodes up to and including the ``convs``-th Conv and its activation (input normalisation,
+    padding, the stem and the first blocks) -- what ``--float-convs`` keeps in float."""
+    import onnx
+
+    nodes = list(onnx.load(str(path)).graph.node)
+    conv_index = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+    if len(conv_index) < convs:
+        raise MobileKDError(f"--float-convs {convs}: the model has only {len(conv_index)} Conv nodes")
+    end = conv_index[convs - 1] + 1
+    if end < len(nodes) and nodes[end].op_type in ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid"):
+        end += 1  # the last kept conv's activation stays with it
+    return [n.name for n in nodes[:end] if n.name]
+
+
 def quantize_int8(job: ExportJob, fp32: Path, dst: Path) -> dict:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -141,7 +156,7 @@ def quantize_int8(job: ExportJob, fp32: Path, dst: Path) -> dict:
 
     pre = fp32.with_name("pre.onnx")
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    exclude = head_nodes(pre)
+    exclude = head_nodes(pre) + (leading_nodes(pre, job.float_convs) if job.float_convs else [])
 
     class Reader(CalibrationDataReader):
         def __init__(self, batches):
@@ -155,7 +170,8 @@ def quantize_int8(job: ExportJob, fp32: Path, dst: Path) -> dict:
                     per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude)
     pre.unlink(missing_ok=True)
-    return {"scheme": "int8-static", "weights": "int8 symmetric per-channel", "activations":
+    return {"scheme": "int8-static" + (f"+float-convs-{job.float_convs}" if job.float_convs else ""),
+            "weights": "int8 symmetric per-channel", "activations":
             "int8 per-tensor (MinMax calibration), QDQ", "float_ops": exclude,
             "tool": "onnxruntime.quantization.quantize_static"}
 

@@ -13,6 +13,9 @@ Route (see ../shared/notes/export.md section 3):
   on real images with the global min/max of every tensor (``calibrate_min_max``). The file keeps float32 input
   and output tensors by default (one QUANTIZE / DEQUANTIZE op at the ends, what MediaPipe and plain Android code
   feed); ``--integer-io`` makes them int8, their scale/zero point in model.json, for integer-only runtimes.
+  ``--float-convs N`` (shared with export.onnx) keeps the first N convolutions and every op before them in
+  float: the int8 graph starts after them, so the input and the most sensitive early layers are not rounded
+  (benchmarks/results/README.md).
   (litert-torch's PT2E quantizer is the alternative int8 route; measured worse on embedding fidelity and not
   kept -- see benchmarks/results/export_parity.md.)
 * Float NHWC files of a per-channel student take ``(pixel - 127.5) / 127.5`` with the student's own
@@ -105,23 +108,36 @@ def calibrate_min_max(qt, fp32: Path, samples: list[np.ndarray], threads: int = 
     return ranges
 
 
-def keep_float(qt, fp32: Path, pattern: str) -> int:
-    """Leave the ops whose output tensor name matches ``pattern`` in float (``NO_QUANTIZE``); returns how many."""
-    import re
-
+def graph_ops(fp32: Path) -> list[tuple[str, str]]:
+    """(op name, output tensor name) of every op of a .tflite file, in execution order."""
     from ai_edge_litert.interpreter import Interpreter
-    from ai_edge_quantizer.recipe_manager import AlgorithmName
 
     interpreter = Interpreter(model_path=str(fp32))
     tensors = interpreter.get_tensor_details()
-    count = 0
-    for op in interpreter._get_ops_details():  # no public op listing in ai_edge_litert
-        name = tensors[op["outputs"][0]]["name"]
-        if re.search(pattern, name):
-            qt.update_quantization_recipe(regex=re.escape(name), operation_name=op["op_name"],
-                                          algorithm_key=AlgorithmName.NO_QUANTIZE)
-            count += 1
-    return count
+    return [(op["op_name"], tensors[op["outputs"][0]]["name"])
+            for op in interpreter._get_ops_details()]  # no public op listing in ai_edge_litert
+
+
+def leading_ops(ops: list[tuple[str, str]], convs: int) -> list[tuple[str, str]]:
+    """The ops up to and including the ``convs``-th convolution (fused activations included): the input's
+    normalisation, padding, the stem and the first blocks -- whatever the architecture calls them."""
+    seen = 0
+    for i, (op, _) in enumerate(ops):
+        seen += op in ("CONV_2D", "DEPTHWISE_CONV_2D")
+        if seen == convs:
+            return ops[:i + 1]
+    raise MobileKDError(f"--float-convs {convs}: the model has only {seen} convolutions")
+
+
+def keep_float(qt, ops: list[tuple[str, str]]) -> int:
+    """Leave ``ops`` in float (ai-edge-quantizer ``NO_QUANTIZE`` for their output tensor); returns how many."""
+    import re
+
+    from ai_edge_quantizer.recipe_manager import AlgorithmName
+
+    for op, name in ops:
+        qt.update_quantization_recipe(regex=re.escape(name), operation_name=op, algorithm_key=AlgorithmName.NO_QUANTIZE)
+    return len(ops)
 
 
 def quantize(job: ExportJob, fp32: Path, dst: Path, preprocess=None) -> dict:
@@ -144,22 +160,27 @@ def quantize(job: ExportJob, fp32: Path, dst: Path, preprocess=None) -> dict:
     elif job.precision == "int8":
         qt.load_quantization_recipe(recipe.static_wi8_ai8())
         io_kind = "int8 input and output"
+        ops = graph_ops(fp32)
         if not job.integer_io:
             for boundary in ("INPUT", "OUTPUT"):
                 qt.update_quantization_recipe(regex=".*", operation_name=boundary,
                                               algorithm_key=AlgorithmName.NO_QUANTIZE)
             # the folded normalisation (export.normalization) runs before the QUANTIZE op, in float, so the int8
-            # graph sees exactly what the unfolded int8 file would
-            folded = keep_float(qt, fp32, rf"{FoldedNormalization.__name__}_wrapped;")  # its own ops, not the model's
+            # graph sees exactly what the unfolded int8 file would (its own ops, not the wrapped model's)
+            folded = keep_float(qt, [o for o in ops if f"{FoldedNormalization.__name__}_wrapped;" in o[1]])
             io_kind = "float32 input and output" + (f" ({folded} normalisation ops in float)" if folded else "")
+        float_ops = leading_ops(ops, job.float_convs) if job.float_convs else []
+        keep_float(qt, float_ops)
+        float_ops = [op for op, _ in float_ops]
         samples = job.calib_batches()
         if preprocess is not None and not same_normalization(preprocess, job.model.preprocess):
             samples = [to_layout(renormalize(job.calib[i:i + 1], job.model.preprocess, preprocess), job.layout)
                        for i in range(len(job.calib))]
         calibration = calibrate_min_max(qt, fp32, samples, job.threads)
-        info = {"scheme": "int8-static", "weights": "int8 symmetric per-channel",
+        info = {"scheme": "int8-static" + (f"+float-convs-{job.float_convs}" if float_ops else ""),
+                "weights": "int8 symmetric per-channel",
                 "activations": f"int8 asymmetric per-tensor (global min-max calibration); {io_kind}",
-                "tool": "ai_edge_quantizer recipe static_wi8_ai8"}
+                "float_ops": float_ops, "tool": "ai_edge_quantizer recipe static_wi8_ai8"}
     else:
         raise MobileKDError(f"TFLite export does not support --quantize {job.precision}")
     with contextlib.redirect_stdout(io.StringIO()):  # the quantizer prints a size summary

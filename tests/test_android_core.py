@@ -105,7 +105,7 @@ def write_golden(out: Path) -> dict:
     contracts = _contracts(model)
     for name, contract in contracts.items():
         (out / f"contract_{name}.json").write_text(json.dumps(contract.to_dict(), indent=2))
-    (out / "model.json").write_text(json.dumps(contracts["b"].to_dict(), indent=2))  # what export.tflite --quantize int8 ships
+    (out / "model.json").write_text(json.dumps(contracts["b"].to_dict(), indent=2))  # what export.tflite --quantize int8 --integer-io ships
 
     cases = []
     images = {}

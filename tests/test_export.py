@@ -208,6 +208,41 @@ def test_tflite_fp32_and_int8(workspace):
     assert run("tflite", ckpt, "--integer-io", "--out", workspace["root"] / "never") == 2
 
 
+def test_int8_float_convs_keep_the_leading_convolutions_float(workspace):
+    """--float-convs N: the first N convolutions (and every op before them) stay float in both runtimes; the
+    rest is int8; a model with fewer convolutions, or a precision other than int8, is refused (exit 2)."""
+    import onnx
+
+    from export.tflite import graph_ops
+
+    ckpt = workspace["ckpt"]
+    out = workspace["root"] / "tfl8-fc2"
+    assert run("tflite", ckpt, "--quantize", "int8", "--float-convs", 2, "--calib-images", 8, "--out", out,
+               "--max-r1-drop", 100) == 0
+    ops = [op for op, _ in graph_ops(out / "model.tflite")]
+    first_quantize = ops.index("QUANTIZE")
+    assert [op for op in ops[:first_quantize] if "CONV" in op] == ["CONV_2D", "DEPTHWISE_CONV_2D"]
+    assert sum("CONV" in op for op in ops[first_quantize:]) > 10  # the rest runs in int8
+    info = manifest(out)["quantization"]
+    assert info["scheme"] == "int8-static+float-convs-2" and info["float_ops"][-1] == "DEPTHWISE_CONV_2D"
+
+    out = workspace["root"] / "onnx8-fc2"
+    assert run("onnx", ckpt, "--quantize", "int8", "--float-convs", 2, "--calib-images", 8, "--out", out,
+               "--max-r1-drop", 100) == 0
+    graph = onnx.load(str(out / "model.onnx")).graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    produced_by = {o: n.op_type for n in graph.node for o in n.output}
+    weight_source = [produced_by.get(c.input[1], "initializer") for c in convs]
+    assert weight_source[:2] == ["initializer", "initializer"]  # float weights
+    assert all(src == "DequantizeLinear" for src in weight_source[2:])  # int8 weights, QDQ
+    assert manifest(out)["quantization"]["scheme"] == "int8-static+float-convs-2"
+
+    assert run("tflite", ckpt, "--quantize", "int8", "--float-convs", 999, "--calib-images", 8,
+               "--out", workspace["root"] / "never") == 2
+    assert run("onnx", ckpt, "--float-convs", 1, "--out", workspace["root"] / "never") == 2
+    assert not (workspace["root"] / "never").exists()
+
+
 def test_int8_calibration_uses_global_min_max(workspace):
     """ai-edge-quantizer's own calibrate() averages per-sample ranges (moving average); ours must give
     every tensor the min/max over ALL samples, so no calibration image is clipped."""
