@@ -1,6 +1,6 @@
 """Every format x precision of one student, through the real exporters, as one parity table.
 
-    python -m benchmarks.export_matrix CKPT [--teacher T] [--parity-images 1000] [--exports DIR] \\
+    python -m benchmarks.export_matrix CKPT [--teacher T] [--parity-images 3000] [--exports DIR] \\
         [--results benchmarks/results/export_matrix]
 
 Runs ``export.onnx`` (fp32, fp16, int8, int8 ``--float-convs 2``), ``export.tflite`` (fp32, fp16, dynamic, int8
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.export_matrix", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--teacher", help="teacher for the cross-model columns (an .npz embeds it only once)")
-    parser.add_argument("--parity-images", type=int, default=1000)
+    parser.add_argument("--parity-images", type=int, default=3000)
     parser.add_argument("--calib-images", type=int, default=128)
     parser.add_argument("--formats", default="onnx,tflite,coreml")
     parser.add_argument("--exports", help="folder for the exported files (default CKPT/export-matrix)")

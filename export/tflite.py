@@ -94,8 +94,8 @@ def calibrate_min_max(qt, fp32: Path, samples: list[np.ndarray], threads: int = 
     Why not ``Quantizer.calibrate`` over the whole list: it merges per-sample ranges with a moving average
     (``qsv_utils.moving_average_update``, smoothing 0.95), so with batch-1 images each range follows the last ~20
     images and clips activations of the rest -- a loss that more bits do not cure. Measured on the CUB students
-    (benchmarks/results/README.md): mean cosine 0.9897 -> 0.9963 (1280-d) and 0.9766 -> 0.9800 (128-d) with
-    global min/max, the statistic ONNX Runtime's MinMax calibrator uses. Each sample is calibrated on its own
+    (benchmarks/results/int8_sensitivity_cub*.md): mean cosine 0.9925 -> 0.9961 (1280-d) and 0.9762 -> 0.9797
+    (128-d) with global min/max, the statistic ONNX Runtime's MinMax calibrator uses. Each sample is calibrated on its own
     and the ranges merged with the quantizer's own ``qsv_utils.min_max_update``."""
     from ai_edge_quantizer.utils import qsv_utils
 
@@ -140,6 +140,31 @@ def keep_float(qt, ops: list[tuple[str, str]]) -> int:
     return len(ops)
 
 
+def int8_recipe(qt, job: ExportJob, fp32: Path) -> dict:
+    """``static_wi8_ai8`` on ``qt``, with float32 I/O unless ``--integer-io`` (the folded normalisation kept float
+    before the QUANTIZE op) and the first ``--float-convs`` convolutions kept float; returns model.json's
+    quantization record."""
+    from ai_edge_quantizer import recipe
+    from ai_edge_quantizer.recipe_manager import AlgorithmName
+
+    qt.load_quantization_recipe(recipe.static_wi8_ai8())
+    io_kind = "int8 input and output"
+    ops = graph_ops(fp32)
+    if not job.integer_io:
+        for boundary in ("INPUT", "OUTPUT"):
+            qt.update_quantization_recipe(regex=".*", operation_name=boundary, algorithm_key=AlgorithmName.NO_QUANTIZE)
+        # the folded normalisation (export.normalization) runs before the QUANTIZE op, in float, so the int8
+        # graph sees exactly what the unfolded int8 file would (its own ops, not the wrapped model's)
+        folded = keep_float(qt, [o for o in ops if f"{FoldedNormalization.__name__}_wrapped;" in o[1]])
+        io_kind = "float32 input and output" + (f" ({folded} normalisation ops in float)" if folded else "")
+    leading = leading_ops(ops, job.float_convs) if job.float_convs else []
+    keep_float(qt, leading)
+    return {"scheme": "int8-static" + (f"+float-convs-{job.float_convs}" if leading else ""),
+            "weights": "int8 symmetric per-channel",
+            "activations": f"int8 asymmetric per-tensor (global min-max calibration); {io_kind}",
+            "float_ops": [op for op, _ in leading], "tool": "ai_edge_quantizer recipe static_wi8_ai8"}
+
+
 def quantize(job: ExportJob, fp32: Path, dst: Path, preprocess=None) -> dict:
     """Quantize the float file ``fp32`` into ``dst``; ``preprocess``: the file's input normalisation, in which
     the calibration images are fed (it differs from the model's when the normalisation is folded)."""
@@ -158,29 +183,12 @@ def quantize(job: ExportJob, fp32: Path, dst: Path, preprocess=None) -> dict:
         info = {"scheme": "dynamic-int8", "weights": "int8 per-channel", "activations": "float32 I/O, "
                 "dynamically quantized", "tool": "ai_edge_quantizer recipe dynamic_wi8_afp32"}
     elif job.precision == "int8":
-        qt.load_quantization_recipe(recipe.static_wi8_ai8())
-        io_kind = "int8 input and output"
-        ops = graph_ops(fp32)
-        if not job.integer_io:
-            for boundary in ("INPUT", "OUTPUT"):
-                qt.update_quantization_recipe(regex=".*", operation_name=boundary,
-                                              algorithm_key=AlgorithmName.NO_QUANTIZE)
-            # the folded normalisation (export.normalization) runs before the QUANTIZE op, in float, so the int8
-            # graph sees exactly what the unfolded int8 file would (its own ops, not the wrapped model's)
-            folded = keep_float(qt, [o for o in ops if f"{FoldedNormalization.__name__}_wrapped;" in o[1]])
-            io_kind = "float32 input and output" + (f" ({folded} normalisation ops in float)" if folded else "")
-        float_ops = leading_ops(ops, job.float_convs) if job.float_convs else []
-        keep_float(qt, float_ops)
-        float_ops = [op for op, _ in float_ops]
+        info = int8_recipe(qt, job, fp32)
         samples = job.calib_batches()
         if preprocess is not None and not same_normalization(preprocess, job.model.preprocess):
             samples = [to_layout(renormalize(job.calib[i:i + 1], job.model.preprocess, preprocess), job.layout)
                        for i in range(len(job.calib))]
         calibration = calibrate_min_max(qt, fp32, samples, job.threads)
-        info = {"scheme": "int8-static" + (f"+float-convs-{job.float_convs}" if float_ops else ""),
-                "weights": "int8 symmetric per-channel",
-                "activations": f"int8 asymmetric per-tensor (global min-max calibration); {io_kind}",
-                "float_ops": float_ops, "tool": "ai_edge_quantizer recipe static_wi8_ai8"}
     else:
         raise MobileKDError(f"TFLite export does not support --quantize {job.precision}")
     with contextlib.redirect_stdout(io.StringIO()):  # the quantizer prints a size summary
