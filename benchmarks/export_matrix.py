@@ -56,6 +56,7 @@ def row_of(runtime: str, quantize: str, manifest: dict, seconds: float, code: in
             "mean_cos": vs_float.get("mean_cos"), "min_cos": vs_float.get("min_cos"),
             "top10_overlap": vs_float.get("top10_overlap"), "r1_float": vs_float.get("r1_float"),
             "r1_exported": vs_float.get("r1_exported"), "r1_drop": vs_float.get("r1_drop"),
+            "r1_drop_ci95": vs_float.get("r1_drop_ci95"),
             "cross_r1_float": vs_teacher.get("cross_r1_float"),
             "cross_r1_exported": vs_teacher.get("cross_r1_exported"),
             "teacher_cos": vs_teacher.get("mean_cos_exported"), "r1_teacher": vs_teacher.get("r1_teacher"),
@@ -75,8 +76,11 @@ def markdown(rows: list[dict]) -> str:
         if r["scope"] == "structural":
             measured = "not measured (Core ML runs on macOS only) | | |"
         else:
+            interval = r.get("r1_drop_ci95")
+            drop = (f" (drop {r['r1_drop']:+.2f}, 95% {interval[0]:+.2f}..{interval[1]:+.2f})"
+                    if interval and r.get("r1_drop") is not None and r["r1_exported"] != r["r1_float"] else "")
             measured = (f"{_fmt(r['mean_cos'], '.6f')} | {_fmt(r['min_cos'], '.4f')} | {_fmt(r['top10_overlap'], '.3f')} "
-                        f"| {_fmt(r['r1_float'], '.2f')} -> {_fmt(r['r1_exported'], '.2f')}")
+                        f"| {_fmt(r['r1_float'], '.2f')} -> {_fmt(r['r1_exported'], '.2f')}{drop}")
         cross = (f"{_fmt(r['cross_r1_float'], '.2f')} -> {_fmt(r['cross_r1_exported'], '.2f')}"
                  if r.get("cross_r1_exported") is not None else "n/a")
         gate = ("PASS" if r["passed"] else "**FAIL**") + (" (structural)" if r["scope"] == "structural" else "")

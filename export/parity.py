@@ -162,6 +162,24 @@ def _r1(embeddings: np.ndarray, labels: np.ndarray, gallery: np.ndarray | None =
     return float(retrieval_metrics(embeddings, labels, gallery, labels, ks=(1,), leave_one_out=True)["R@1"])
 
 
+def r1_hits(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per query (leave-one-out over the same set): 1 if its nearest neighbour shares its label."""
+    x = np.ascontiguousarray(_normalize(embeddings))
+    return (np.asarray(labels)[nearest_neighbors(x, x, 1, True)[:, 0]] == np.asarray(labels)).astype(np.float64)
+
+
+def paired_r1_change(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray) -> dict:
+    """How many queries the exported file loses / gains at Recall@1 against the float student, and a 95 %
+    interval of the drop from the paired per-query differences (normal approximation): a drop inside the
+    interval's width is within the resampling noise of this parity set."""
+    before, after = r1_hits(reference, labels), r1_hits(exported, labels)
+    diff = (before - after) * 100
+    half = 1.96 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    return {"r1_queries_lost": int(((before == 1) & (after == 0)).sum()),
+            "r1_queries_gained": int(((before == 0) & (after == 1)).sum()),
+            "r1_drop_ci95": [_round(diff.mean() - half, 3), _round(diff.mean() + half, 3)]}
+
+
 def neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int = NEIGHBOURS) -> float:
     """Mean fraction of each image's k nearest neighbours (itself excluded) that both embeddings agree on."""
     k = min(k, len(a) - 1)
@@ -237,6 +255,7 @@ def compute_parity(embed_exported: Callable[[np.ndarray], np.ndarray], student: 
         vs_float["r1_float"] = _round(_r1(reference, data.labels), 3)
         vs_float["r1_exported"] = _round(_r1(exported, data.labels), 3)
         vs_float["r1_drop"] = _round(vs_float["r1_float"] - vs_float["r1_exported"], 3)
+        vs_float.update(paired_r1_change(reference, exported, data.labels))
     report["vs_float"] = vs_float
 
     report["vs_teacher"] = _teacher_report(data, reference, exported)
@@ -304,8 +323,13 @@ def format_report(report: dict, title: str = "") -> str:
         lines.append(f"  vs float: mean cos {vf['mean_cos']:.6f}  min cos {vf['min_cos']:.6f}  "
                      f"max|diff| {vf['max_abs_diff']:.2e}  top-10 overlap {vf['top10_overlap']:.3f}")
         if "r1_float" in vf:
+            change = ""
+            if "r1_drop_ci95" in vf:
+                low, high = vf["r1_drop_ci95"]
+                change = (f"  (95% interval {low:+.2f} .. {high:+.2f}; queries lost {vf['r1_queries_lost']}, "
+                          f"gained {vf['r1_queries_gained']})")
             lines.append(f"            R@1 float {vf['r1_float']:.2f}  exported {vf['r1_exported']:.2f}  "
-                         f"drop {vf['r1_drop']:+.2f}")
+                         f"drop {vf['r1_drop']:+.2f}{change}")
     vt = report.get("vs_teacher")
     if vt:
         if vt.get("applicable"):

@@ -86,6 +86,29 @@ def test_parity_core_detects_drift(workspace):
     assert not nan["passed"] and "NaN" in nan["failures"][0]
 
 
+def test_paired_recall_change_counts_the_queries_that_flip():
+    """Three tight pairs of classes 0, 1, 2 (R@1 100); the exported embedding of image 0 moves onto class 1, so
+    image 0 and its partner image 1 both lose their same-class neighbour: two queries lost, none gained, and
+    the interval is centred on the measured drop."""
+    from export.parity import paired_r1_change, r1_hits
+    from mobilekd.metrics import retrieval_metrics
+
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    centres = np.eye(3, 8)
+    reference = np.repeat(centres, 2, axis=0) + 0.01 * np.arange(6)[:, None] * np.eye(1, 8, 7)
+    exported = reference.copy()
+    exported[0] = centres[1] + 0.001 * np.eye(1, 8, 6)[0]  # image 0 moves into class 1
+    hits_before, hits_after = r1_hits(reference, labels), r1_hits(exported, labels)
+    assert hits_before.tolist() == [1] * 6
+    # image 1 loses its only same-class neighbour (image 0 moved away); image 0 lands among class 1
+    assert hits_after.tolist() == [0, 0, 1, 1, 1, 1]
+    assert 100 * hits_after.mean() == pytest.approx(retrieval_metrics(exported, labels, ks=(1,))["R@1"])
+    change = paired_r1_change(reference, exported, labels)
+    assert change["r1_queries_lost"] == 2 and change["r1_queries_gained"] == 0
+    low, high = change["r1_drop_ci95"]
+    assert low < 100 * 2 / 6 < high and high - low > 10  # six queries: a wide interval
+
+
 # ------------------------------------------------------------------------------------------ ONNX
 
 
