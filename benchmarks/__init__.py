@@ -11,3 +11,14 @@ never mix silently.
 """
 
 RESULT_FORMAT = "mobilekd-bench/1"
+
+
+def comma_choices(text: str, allowed, what: str) -> list[str]:
+    """``"a, b"`` -> ``["a", "b"]``, each one of ``allowed``; otherwise one clear error naming the choices."""
+    from mobilekd.errors import MobileKDError
+
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [part for part in chosen if part not in allowed]
+    if unknown:
+        raise MobileKDError(f"unknown {what}(s) {', '.join(unknown)}; choose from {', '.join(allowed)}")
+    return chosen

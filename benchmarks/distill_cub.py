@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import comma_choices
 from mobilekd.config import Config
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import write_json
@@ -95,10 +96,7 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default="benchmarks/results/distill_cub")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    unknown = [a for a in arms if a not in ARMS]
-    if unknown:
-        raise MobileKDError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    arms = comma_choices(args.arms, ARMS, "arm")
 
     from benchmarks.machine import describe
     from mobilekd.cache import TeacherCache

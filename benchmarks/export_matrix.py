@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import comma_choices
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import write_json
 
@@ -103,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", default="benchmarks/results/export_matrix")
     args = parser.parse_args(argv)
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in MATRIX]
-    if unknown:
-        raise MobileKDError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(MATRIX)}")
+    formats = comma_choices(args.formats, MATRIX, "format")
     checkpoint = Path(args.checkpoint)
     if not (checkpoint / "model.json").is_file():
         raise MobileKDError(f"{checkpoint} is not a checkpoint folder (no model.json)")

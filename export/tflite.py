@@ -18,8 +18,8 @@ Route (see ../shared/notes/export.md section 3):
   (benchmarks/results/README.md).
   (litert-torch's PT2E quantizer is the alternative int8 route; measured worse on embedding fidelity and not
   kept -- see benchmarks/results/export_parity.md.)
-* Float NHWC files of a per-channel student take ``(pixel - 127.5) / 127.5`` with the student's own
-  normalisation folded into the graph (``export.normalization``), so MediaPipe's Image Embedder, which allows
+* NHWC files with float32 input (every precision unless ``--integer-io``) of a per-channel student take
+  ``(pixel - 127.5) / 127.5`` with the student's own normalisation folded into the graph (``export.normalization``), so MediaPipe's Image Embedder, which allows
   one scalar mean/std only, can load them; ``--keep-normalization`` keeps the student's input. Their
   MediaPipe metadata is written by ``export.embedder_metadata``.
 
@@ -53,8 +53,8 @@ def _quiet_litert():
 
 
 def file_preprocess(job: ExportJob):
-    """The input normalisation of the file: the model's own, or -- for a float NHWC file of a per-channel
-    student, unless ``--keep-normalization`` -- the scalar (127.5, 127.5) with the model's folded in
+    """The input normalisation of the file: the model's own, or -- for an NHWC file with float32 input of a
+    per-channel student, unless ``--keep-normalization`` -- the scalar (127.5, 127.5) with the model's folded in
     (``export.normalization``; MediaPipe's Image Embedder accepts only one mean/std)."""
     pre = job.model.preprocess
     if job.keep_normalization or job.layout != "NHWC" or job.integer_io or not is_per_channel(pre.mean, pre.std):

@@ -100,9 +100,6 @@ def test_per_channel_student_is_folded_and_runs_in_mediapipe(workspace):
     """Default export of an ImageNet-normalised student: mean/std folded into the graph, the file takes
     (pixel - 127.5) / 127.5, MediaPipe's ImageEmbedder loads it and matches the float PyTorch student."""
     from export.check import main as check
-    from export.embedder_metadata import mediapipe_embeddings, model_pixels
-    from mobilekd.data.views import normalize
-    from mobilekd.models import load_model
 
     folder = export(workspace, "imagenet", "imagenet-fp32")
     info = manifest(folder)
@@ -113,39 +110,45 @@ def test_per_channel_student_is_folded_and_runs_in_mediapipe(workspace):
     assert record["image_embedder"] is True and record["norm_mean"] == [127.5] * 3
     assert metadata_of(folder)["input"]["mean"] == pytest.approx([127.5] * 3)
 
-    student = load_model(workspace["imagenet"]).eval()
-    pixels = [model_pixels(image, student.preprocess) for image in images(workspace)]
-    with torch.no_grad():
-        reference = student(torch.stack([normalize(p.astype(np.float32), student.preprocess)
-                                         for p in pixels])).numpy()
-    theirs = mediapipe_embeddings(folder / "model.tflite", pixels)
-    theirs /= np.linalg.norm(theirs, axis=1, keepdims=True)
-    assert np.sum(theirs * reference, axis=1).min() > 0.9999
+    assert mediapipe_cosines_to_student(workspace, "imagenet", folder).min() > 0.9999
     # export.check compares the file with its checkpoint through the same renormalisation
     assert check([str(folder), "--against", str(workspace["imagenet"])]) == 0
+
+
+def mediapipe_cosines_to_student(workspace, student: str, folder: Path) -> np.ndarray:
+    """Per-image cosine between MediaPipe's ImageEmbedder on ``folder``'s .tflite and the float PyTorch
+    ``student``, both given the same model-sized pixels."""
+    from export.embedder_metadata import mediapipe_embeddings, model_pixels
+    from mobilekd.data.views import normalize
+    from mobilekd.models import load_model
+
+    model = load_model(workspace[student]).eval()
+    pixels = [model_pixels(image, model.preprocess) for image in images(workspace)]
+    with torch.no_grad():
+        reference = model(torch.stack([normalize(p.astype(np.float32), model.preprocess) for p in pixels])).numpy()
+    theirs = mediapipe_embeddings(folder / "model.tflite", pixels)
+    return np.sum(theirs / np.linalg.norm(theirs, axis=1, keepdims=True) * reference, axis=1)
 
 
 def quantize_op_scale(path: Path) -> tuple[list[str], float]:
     """The op names up to the first QUANTIZE, and that QUANTIZE's output scale."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(path))
-    tensors, names = interpreter.get_tensor_details(), []
-    for op in interpreter._get_ops_details():
-        names.append(op["op_name"])
-        if op["op_name"] == "QUANTIZE":
-            return names, float(tensors[op["outputs"][0]]["quantization"][0])
-    raise AssertionError(f"no QUANTIZE op in {path}")
+    from export.tflite import graph_ops
+
+    ops = graph_ops(path)
+    names = [op for op, _ in ops]
+    if "QUANTIZE" not in names:
+        raise AssertionError(f"no QUANTIZE op in {path}")
+    first = names.index("QUANTIZE")
+    scales = {t["name"]: t["quantization"][0] for t in Interpreter(model_path=str(path)).get_tensor_details()}
+    return names[:first + 1], float(scales[ops[first][1]])
 
 
 def test_int8_of_a_per_channel_student_folds_in_float_and_runs_in_mediapipe(workspace):
     """int8 with float I/O: the folded normalisation stays float before the QUANTIZE op, calibrated on the
     file's own (scalar) input, so the int8 graph quantizes the same tensor as the unfolded --keep-normalization
     file; MediaPipe's ImageEmbedder loads it and matches the float student."""
-    from export.embedder_metadata import mediapipe_embeddings, model_pixels
-    from mobilekd.data.views import normalize
-    from mobilekd.models import load_model
-
     args = ("--quantize", "int8", "--calib-images", 8, "--max-r1-drop", 100)
     folded = export(workspace, "imagenet", "imagenet-int8", *args)
     kept = export(workspace, "imagenet", "imagenet-int8-kept", *args, "--keep-normalization")
@@ -156,16 +159,8 @@ def test_int8_of_a_per_channel_student_folds_in_float_and_runs_in_mediapipe(work
     info = manifest(folded)
     assert info["preprocess"]["mean"] == [127.5] * 3 and info["build"]["mediapipe_metadata"]["image_embedder"]
 
-    student = load_model(workspace["imagenet"]).eval()
-    pixels = [model_pixels(image, student.preprocess) for image in images(workspace)]
-    with torch.no_grad():
-        reference = student(torch.stack([normalize(p.astype(np.float32), student.preprocess)
-                                         for p in pixels])).numpy()
-    theirs = mediapipe_embeddings(folded / "model.tflite", pixels)
-    theirs /= np.linalg.norm(theirs, axis=1, keepdims=True)
-    assert np.sum(theirs * reference, axis=1).mean() > 0.99
-    assert np.sum(theirs * reference, axis=1).mean() == pytest.approx(info["parity"]["vs_float"]["mean_cos"],
-                                                                      abs=2e-3)
+    cos = mediapipe_cosines_to_student(workspace, "imagenet", folded)
+    assert cos.mean() > 0.99 and cos.mean() == pytest.approx(info["parity"]["vs_float"]["mean_cos"], abs=2e-3)
 
 
 def test_metadata_parser_version_and_refusals(tmp_path):
