@@ -40,7 +40,9 @@ class Config:
     embed_dim: int = 128  # 0 = the backbone's pooled features
     head_bn: bool = False
     student_size: int = 224  # input resolution of the student
-    pretrained: bool = False  # start from ImageNet weights (teachers, timm:<name> with a hub)
+    pretrained: bool = False  # start from ImageNet weights (teachers; mobilenetv1_025 -> shipped tf_mobilenetv1_025)
+    student_weights: str | None = None  # backbone weights for --student: a .tflite ImageNet classifier, or a
+    #                                     timm-style .safetensors / .pth state dict (see mobilekd.weights)
     # --- teacher
     teacher: str | None = "efficientnet_lite0"  # name, checkpoint folder, .onnx, .npz embeddings, or none;
     #                                              A,B,C = a multi-branch master (ensemble of the branches)
@@ -112,6 +114,8 @@ class Config:
             problems.append("teacher losses are weighted but no --teacher is given")
         if self.metric_loss == "none" and not self.uses_teacher:
             problems.append("nothing to train: --metric-loss none and no teacher loss weight")
+        if self.student_weights and self.pretrained:
+            problems.append("--student-weights and --pretrained both give the student weights: choose one")
         if self.teacher in ("none", ""):
             self.teacher = None
         if (self.teacher_budget or self.mixup_alpha) and not self.uses_teacher:

@@ -48,10 +48,11 @@ from mobilekd.teachers import resolve_model, resolve_teacher, teacher_dim
 
 STATE_FILE = "train_state.pt"
 # options that must not change between a run and its --resume
-RESUME_KEYS = ("data", "layout", "train_fraction", "unlabeled", "student", "embed_dim", "head_bn", "student_size",
-               "teacher", "teacher_size", "views", "teacher_budget", "domain", "metric_loss", "batch_classes",
+RESUME_KEYS = ("data", "layout", "train_fraction", "unlabeled", "student", "student_weights", "pretrained", "embed_dim",
+               "head_bn", "student_size", "teacher", "teacher_size", "views", "teacher_budget", "domain", "metric_loss", "batch_classes",
                "images_per_class", "seed")
 MAP_LOSSES = ("hint", "attention")
+BN_UNFOLD_IMAGES = 256  # training images whose statistics unfold a folded-BN student's BatchNorm
 
 
 def log(message: str) -> None:
@@ -91,11 +92,16 @@ class Trainer:
         if c.threads:
             torch.set_num_threads(c.threads)
         torch.manual_seed(c.seed)
-        self.student = resolve_model(c.student, c.embed_dim, c.student_size, c.pretrained, c.head_bn).to(self.device)
+        self.student_source = None  # where --student-weights came from, for model.json
+        self.student = self._build_student().to(self.device)
         self.num_views = c.effective_views
 
         specs = [(c.data, c.teacher)] + [tuple(spec.split("=")) for spec in (c.domain or [])]
         self.domains = [self._build_domain(i, data, teacher) for i, (data, teacher) in enumerate(specs)]
+        self.bn_unfolded = None
+        resuming = c.resume and (self.out / STATE_FILE).is_file()
+        if self.student.spec.bn_folded and not resuming:  # a resumed run restores the unfolded weights
+            self._unfold_batchnorm()
 
         self.losses = torch.nn.ModuleDict({domain.name: self._domain_losses(domain) for domain in self.domains})
         self.losses.to(self.device)
@@ -118,6 +124,36 @@ class Trainer:
             self._resume()
 
     # ------------------------------------------------------------------ set-up
+    def _build_student(self) -> EmbeddingNet:
+        c = self.config
+        if not c.student_weights:
+            return resolve_model(c.student, c.embed_dim, c.student_size, c.pretrained, c.head_bn)
+        if Path(c.student).exists():
+            raise MobileKDError("--student-weights needs --student to name an architecture, not a checkpoint folder")
+        from mobilekd.weights import student_with_weights
+
+        student, self.student_source = student_with_weights(c.student_weights, c.student, c.embed_dim, c.student_size,
+                                                            c.head_bn, c.data, c.threads or 1)
+        check = self.student_source.get("self_check")
+        if check:
+            log(f"--student-weights {c.student_weights} -> {student.spec.arch}; self-check vs LiteRT: {check}")
+        return student
+
+    def _unfold_batchnorm(self) -> None:
+        """Folded BatchNorm (imported weights) -> running statistics of real training images, function
+        unchanged (``mobilekd.bn_unfold``); train-mode BN then starts where ImageNet left it."""
+        from mobilekd.bn_unfold import unfold_batchnorm
+
+        c = self.config
+        count = min(BN_UNFOLD_IMAGES, len(self.train_set))
+        chosen = np.sort(np.random.default_rng([c.seed, 1717]).permutation(len(self.train_set))[:count])
+        dataset = self.train_set.with_inputs({"x": self.student.preprocess})  # view 0: the evaluation view
+        loader = DataLoader(torch.utils.data.Subset(dataset, [(int(i), 0) for i in chosen]), batch_size=64)
+        seen = unfold_batchnorm(self.student, (batch["x"].to(self.device) for batch in loader))
+        self.student.spec.bn_folded = False
+        self.bn_unfolded = {"images": seen, "source": "training split, evaluation view"}
+        log(f"BatchNorm unfolded from {seen} training images (folded-BN student; eval-mode function unchanged)")
+
     @property
     def primary(self) -> Domain:
         return self.domains[0]
@@ -233,15 +269,22 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch = int(state["epoch"]) + 1
         self.history = json.loads(state["history"])
+        self.student.spec.bn_folded = False  # the saved weights were unfolded before the run's first step
+        self.bn_unfolded = state.get("bn_unfolded")
         log(f"resumed from {path} after epoch {self.start_epoch}")
 
     def save(self, epoch: int) -> None:
         metadata = {"epoch": epoch + 1, "config": self.config.to_dict(),
                     "metrics": next((h["test"] for h in reversed(self.history) if "test" in h), None)}
+        if self.bn_unfolded:
+            metadata["bn_unfolded"] = self.bn_unfolded
+        if self.student_source:
+            metadata["student_weights"] = self.student_source
         save_model(self.student, self.out, metadata)
         state = {"epoch": epoch, "config": self.config.to_dict(), "student": self.student.state_dict(),
                  "losses": self.losses.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "history": json.dumps(self.history)}
+                 "scheduler": self.scheduler.state_dict(), "history": json.dumps(self.history),
+                 "bn_unfolded": self.bn_unfolded}
         with atomic_path(self.out / STATE_FILE) as tmp:
             torch.save(state, tmp)
         write_json(self.out / "history.json", self.history)

@@ -32,7 +32,9 @@ from mobilekd.errors import ModelError
 _TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 9: "int8"}
 _ACTIVATIONS = {0: "none", 1: "relu", 3: "relu6"}
 _PADDING = {0: "SAME", 1: "VALID"}
-CONV_OPS = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "depthwise"}
+# the ops that carry weights; a FULLY_CONNECTED classifier (what litert-torch writes for a Linear) is read as the
+# 1x1 convolution it equals
+CONV_OPS = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "depthwise", "FULLY_CONNECTED": "dense"}
 
 
 @dataclass
@@ -40,8 +42,8 @@ class TFLiteLayer:
     """One convolution of the file, dequantised to float32, in the file's layout."""
 
     name: str  # the weight tensor's name (TF-slim scope)
-    kind: str  # conv | depthwise
-    weight: np.ndarray  # OHWI, or [1, kh, kw, C] for depthwise
+    kind: str  # conv | depthwise | dense
+    weight: np.ndarray  # OHWI, [1, kh, kw, C] for depthwise, [out, 1, 1, in] for dense
     bias: np.ndarray
     stride: int
     padding: str  # SAME | VALID
@@ -135,12 +137,16 @@ def read_classifier(path: str | Path) -> TFLiteClassifier:
             weight_index = op.inputs[1]
             bias = constant(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
             weight = constant(weight_index)
+            dense = op_name == "FULLY_CONNECTED"
+            if dense:
+                weight = weight.reshape(weight.shape[0], 1, 1, -1)
             layers.append(TFLiteLayer(
                 name=graph.tensors[weight_index].name.decode(errors="replace").split(";")[0],
                 kind=CONV_OPS[op_name], weight=weight,
-                bias=bias if bias is not None else np.zeros(weight.shape[0 if op_name == "CONV_2D" else 3], np.float32),
-                stride=int(options.strideH) if options.strideH == options.strideW else -1,
-                padding=_PADDING.get(options.padding, str(options.padding)),
+                bias=bias if bias is not None else np.zeros(weight.shape[3 if op_name == "DEPTHWISE_CONV_2D" else 0],
+                                                            np.float32),
+                stride=1 if dense else (int(options.strideH) if options.strideH == options.strideW else -1),
+                padding="SAME" if dense else _PADDING.get(options.padding, str(options.padding)),
                 activation=_activation(options.fusedActivationFunction, graph.tensors[op.outputs[0]])))
         first_weight = graph.tensors[next(op for name, op in ops if name in CONV_OPS).inputs[1]]
         source = graph.tensors[graph.inputs[0]]
@@ -222,7 +228,7 @@ def load_into(classifier: TFLiteClassifier, backbone: nn.Module, arch: str) -> N
         expected = (1, kh, kw, conv.out_channels) if depthwise else (conv.out_channels, kh, kw, conv.in_channels)
         problems = []
         if layer.kind != kind:
-            problems.append(f"a {layer.kind} convolution where {arch} has a {kind} one")
+            problems.append(f"a {layer.kind} layer where {arch} has a {kind} convolution")
         elif tuple(layer.weight.shape) != expected:
             problems.append(f"weight shape {list(layer.weight.shape)}, expected {list(expected)}")
         if layer.stride != conv.stride[0]:
@@ -240,7 +246,7 @@ def load_into(classifier: TFLiteClassifier, backbone: nn.Module, arch: str) -> N
     last = layers[-1]
     if head is None or not isinstance(head, nn.Linear):
         raise _mismatch(classifier, arch, last, "classifier", "the network was built without a classifier")
-    if last.kind != "conv" or tuple(last.weight.shape[1:3]) != (1, 1) or last.weight.shape[3] != head.in_features:
+    if last.kind == "depthwise" or tuple(last.weight.shape[1:3]) != (1, 1) or last.weight.shape[3] != head.in_features:
         raise _mismatch(classifier, arch, last, "classifier",
                         f"weight shape {list(last.weight.shape)}, expected [{head.out_features}, 1, 1, {head.in_features}]")
     if last.weight.shape[0] != head.out_features:
