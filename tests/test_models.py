@@ -71,8 +71,8 @@ def test_checkpoint_round_trip(tmp_path):
 def test_bad_models(tmp_path):
     with pytest.raises(ModelError, match="unknown model 'resnet9000'"):
         create_model("resnet9000")
-    with pytest.raises(ModelError, match="no offline pretrained weights"):
-        create_model("mobilenetv1_025", pretrained=True)
+    with pytest.raises(ModelError, match="no ImageNet weights are shipped for student lcnet_050"):
+        create_model("lcnet_050", pretrained=True)
     (tmp_path / "model.json").write_text("{not json")
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ModelError, match="not a valid mobilekd model description"):
