@@ -208,7 +208,9 @@ def test_student_weights_tflite_in_a_short_run_unfolds_bn_once(round_trip, folde
     assert again.bn_unfolded is None
 
 
-def test_student_weights_safetensors_and_bad_files(folder_dataset, tmp_path):
+def test_pretrained_and_student_weights_safetensors_and_bad_files(folder_dataset, tmp_path):
+    trainer = Trainer(_train_config(folder_dataset, tmp_path / "pre", pretrained=True))
+    assert trainer.student.spec.arch == "tf_mobilenetv1_025" and trainer.bn_unfolded is not None
     shipped = ASSETS / SHIPPED_WEIGHTS["tf_mobilenetv1_025"]
     trainer = Trainer(_train_config(folder_dataset, tmp_path / "run", student_weights=str(shipped)))
     assert trainer.student.spec.arch == "tf_mobilenetv1_025" and trainer.bn_unfolded is not None
