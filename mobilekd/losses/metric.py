@@ -18,10 +18,15 @@ import torch
 from pytorch_metric_learning import losses, miners
 from torch import nn
 
+from mobilekd.losses.registry import LossContext, Option, register_loss
+
 METRIC_LOSSES = ("triplet", "multi_similarity", "proxy_anchor", "normalized_softmax", "none")
 PROXY_LOSSES = ("proxy_anchor", "normalized_softmax")
 
 
+@register_loss("metric", inputs="labels", weight=1.0, help="student's own metric loss (pytorch-metric-learning)",
+               options=[Option("loss", str, "normalized_softmax", "which metric loss (none: off)",
+                               choices=METRIC_LOSSES, off="none")])
 class MetricLoss(nn.Module):
     """loss(embeddings, labels) with its miner; ``has_parameters`` tells whether it holds proxies."""
 
@@ -42,6 +47,10 @@ class MetricLoss(nn.Module):
         else:
             self.loss = losses.NormalizedSoftmaxLoss(num_classes=num_classes, embedding_size=embed_dim,
                                                      temperature=0.05)
+
+    @classmethod
+    def from_context(cls, context: LossContext, loss: str = "normalized_softmax") -> "MetricLoss":
+        return cls(loss, context.num_classes, context.student_dim)
 
     @property
     def has_parameters(self) -> bool:
