@@ -32,8 +32,8 @@ INPUTS = ("embeddings", "maps", "labels")
 @dataclass(frozen=True)
 class Option:
     """One hyper-parameter of a loss: the keyword its constructor takes, its type, default and help.
-    ``choices`` / ``minimum`` are checked when the configuration is validated; the value ``off`` (if given)
-    switches the loss off like weight 0 (``--metric-loss none``)."""
+    ``choices`` / ``minimum`` (value >= minimum) / ``above`` (value > above) are checked when the configuration
+    is validated; the value ``off`` (if given) switches the loss off like weight 0 (``--metric-loss none``)."""
 
     name: str
     type: type
@@ -41,6 +41,7 @@ class Option:
     help: str = ""
     choices: tuple | None = None
     minimum: float | None = None
+    above: float | None = None
     off: Any = None
 
     def problem(self, value, flag: str) -> str | None:
@@ -49,6 +50,8 @@ class Option:
             return f"{flag} must be one of {', '.join(map(str, self.choices))}"
         if self.minimum is not None and not value >= self.minimum:
             return f"{flag} must be >= {self.minimum:g}"
+        if self.above is not None and not value > self.above:
+            return f"{flag} must be > {self.above:g}"
         return None
 
 

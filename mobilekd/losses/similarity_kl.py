@@ -36,7 +36,7 @@ DISTANCES = ("euclidean", "cosine")
 
 
 @register_loss("kl", inputs="embeddings", help="distance-distribution KL (Feng et al. 2020)",
-               options=[Option("temperature", float, 0.1, "softmax temperature tau over the distances")])
+               options=[Option("temperature", float, 0.1, "softmax temperature tau over the distances", above=0)])
 class DistanceKLLoss(nn.Module):
     def __init__(self, temperature: float = 0.1, distance: str = "euclidean"):
         super().__init__()
