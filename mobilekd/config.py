@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from mobilekd.errors import MobileKDError
-from mobilekd.losses import loss_specs
+from mobilekd.losses import get_loss, loss_specs
 from mobilekd.losses.registry import LossSpec, on_change
 
 
@@ -140,7 +140,7 @@ class Config:
         return [spec for spec in loss_specs() if spec.is_on(self)]
 
     def loss_weight(self, name: str) -> float:
-        return getattr(self, f"{name}_weight")
+        return getattr(self, get_loss(name).weight_key)
 
     @property
     def uses_teacher(self) -> bool:

@@ -194,7 +194,8 @@ class Trainer:
         """The registered losses the configuration switches on, built for this domain (a loss that needs a
         teacher only with one, a loss on labels only where there are labels)."""
         teacher = domain.teacher
-        context = LossContext(self.student.embed_dim, teacher_dim(teacher) if teacher is not None else None,
+        known_dim = teacher is not None and teacher.embed_dim is not None  # an ONNX teacher's may be dynamic
+        context = LossContext(self.student.embed_dim, teacher_dim(teacher) if known_dim else None,
                               domain.train_images.num_classes)
         if domain.feature_stages is not None:
             student_stages, teacher_stages = domain.feature_stages
