@@ -9,6 +9,7 @@ data set by image id; a file lacking ids, holding duplicates, or rows/ids of dif
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +65,12 @@ def select_images(embeddings: EmbeddingSet, keys: list[str]) -> EmbeddingSet:
         raise MobileKDError(f"{embeddings.name} has no embedding for {len(missing)} of the {len(keys)} images "
                             f"(first {missing[0]!r}): it was computed for other images or another data set")
     rows = np.array([index[k] for k in keys], dtype=np.int64)
-    labels = embeddings.labels[rows] if embeddings.labels is not None else None
-    return EmbeddingSet(embeddings.name, list(keys), embeddings.embeddings[rows], labels)
+    # rows of a validated set need no second L2 normalisation (it would move last bits); the ids still must be unique
+    subset = copy.copy(embeddings)
+    subset.keys, subset.embeddings = list(keys), embeddings.embeddings[rows]
+    check_keyed_embeddings(subset.keys, subset.embeddings, subset.name)
+    subset.labels = embeddings.labels[rows] if embeddings.labels is not None else None
+    return subset
 
 
 def load_split(data: str, split: str, layout: str = "auto"):
