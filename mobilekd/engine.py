@@ -58,6 +58,19 @@ def log(message: str) -> None:
     tqdm.write(message)
 
 
+def load_teacher_projections(run_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The absolute teacher loss's learned student->teacher projections ([teacher_dim, student_dim]; a domain
+    has one when its teacher's dims differ from the student's) saved in a run's ``STATE_FILE``, keyed by their
+    state-dict name ``<domain>.absolute.projection.weight``; {} when the run left no state or no projection.
+    Public so that tools mapping a distilled student into its teacher's space (``mobilekd.compat teacher``)
+    need not know the state file's layout."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        return {}
+    losses = torch.load(path, map_location="cpu", weights_only=True).get("losses", {})
+    return {k: v.float() for k, v in losses.items() if k.endswith(".absolute.projection.weight") and v.ndim == 2}
+
+
 @dataclass
 class Domain:
     """One data set with its teacher: what a batch is drawn from and distilled against."""
