@@ -61,7 +61,8 @@ def _tf_mobilenet(version: int, width: float):
 
 
 TF_MOBILENET = (TF_MOBILENET_MEAN, TF_MOBILENET_STD)
-# name -> (timm name or builder, default input size[, (mean, std)]); without one: ImageNet mean/std
+# name -> (timm name or builder, default input size[, (mean, std)]); without a mean/std the family decides
+# (ImageNet for students, TF-Lite's for teachers, the pretrained cfg for timm:<name>): see default_preprocess
 STUDENTS = {
     "mobilenetv1_025": (_mobilenetv1_025, 224),
     "tf_mobilenetv1_025": (_tf_mobilenet(1, 0.25), 224, TF_MOBILENET),
@@ -158,7 +159,8 @@ def build_backbone(arch: str, pretrained: bool = False, num_classes: int = 0) ->
             raise ModelError(f"timm could not create {arch[5:]!r} (pretrained={pretrained}): {error}") from None
         except Exception as error:  # huggingface_hub offline / connection errors
             raise ModelError(f"timm could not fetch weights for {arch[5:]!r}: {type(error).__name__}: {error}. "
-                             "Offline machines: set pretrained off or use a local checkpoint") from None
+                             "Offline machines: set pretrained off or use a local checkpoint (and HF_HUB_OFFLINE=1 "
+                             "to fail at once instead of after the hub's retries)") from None
     raise ModelError(unknown_model_message(arch))
 
 
