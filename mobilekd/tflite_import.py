@@ -83,7 +83,10 @@ def read_classifier(path: str | Path) -> TFLiteClassifier:
     """Parse a ``.tflite`` classifier: every convolution's float weights/bias and options, the input's size,
     type and quantisation. Raises ModelError for a missing, truncated or non-TFLite file and for a quantised
     tensor without its scale / zero point."""
-    from ai_edge_litert import schema_py_generated as fb
+    try:
+        from ai_edge_litert import schema_py_generated as fb
+    except ImportError:
+        raise ModelError("reading .tflite files needs ai-edge-litert: pip install 'mobilekd[litert]'") from None
 
     path = Path(path)
     if not path.is_file():

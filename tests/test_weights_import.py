@@ -1,5 +1,6 @@
 """Importing ImageNet MobileNet classifiers from .tflite, the shipped weights, --student-weights, BN unfolding."""
 
+import importlib.util
 import json
 import os
 
@@ -17,8 +18,9 @@ from mobilekd.models import ASSETS, SHIPPED_WEIGHTS, create_model, load_model
 from mobilekd.weights import import_tflite, main as weights_main
 
 WEIGHTS = os.path.join(SHARED, "weights")
-needs_weights = pytest.mark.skipif(not os.path.isfile(os.path.join(WEIGHTS, "mobilenet_v1_0.25_224.tflite")),
-                                   reason="../shared/weights is not present")
+needs_weights = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(WEIGHTS, "mobilenet_v1_0.25_224.tflite")) or not importlib.util.find_spec("ai_edge_litert"),
+    reason="../shared/weights or ai-edge-litert is not present")
 
 
 def _random_bn(backbone: torch.nn.Module) -> None:
