@@ -268,3 +268,17 @@ def test_real_width_mismatch_and_missing_quantisation(tmp_path, capsys):
     assert weights_main(["import", str(broken), "--arch", "mobilenetv1_025", "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip()
     assert "no quantisation parameters" in error and len(error.splitlines()) == 1 and not out.exists()
+
+
+def test_a_float_file_that_fails_the_self_check_writes_nothing(round_trip, folder_dataset, tmp_path, monkeypatch,
+                                                               capsys):
+    import mobilekd.tflite_check
+
+    _, path = round_trip
+    monkeypatch.setattr(mobilekd.tflite_check, "compare", lambda *a, **k: {
+        "images": 3, "mean_cosine": 0.99, "min_cosine": 0.98, "top1_agreement": 2 / 3})
+    out = tmp_path / "never"
+    assert weights_main(["import", str(path), "--arch", "mobilenetv1_025", "--out", str(out),
+                         "--data", str(folder_dataset)]) == 2
+    error = capsys.readouterr().err
+    assert "self-check failed" in error and "nothing written" in error and not out.exists()
