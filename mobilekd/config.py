@@ -41,6 +41,8 @@ class Config:
     head_bn: bool = False
     student_size: int = 224  # input resolution of the student
     pretrained: bool = False  # start from ImageNet weights (teachers, timm:<name> with a hub)
+    init_from: str | None = None  # weight selection (Xu et al. 2024) of the student's backbone from a larger model
+    #                               of its family: a name (efficientnet_lite0), checkpoint folder or .safetensors/.pth
     # --- teacher
     teacher: str | None = "efficientnet_lite0"  # name, checkpoint folder, .onnx, .npz embeddings, or none;
     #                                              A,B,C = a multi-branch master (ensemble of the branches)

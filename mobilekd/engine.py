@@ -45,11 +45,12 @@ from mobilekd.losses import (AbsoluteTeacherLoss, AttentionTransferLoss, Distanc
 from mobilekd.metrics import retrieval_metrics
 from mobilekd.models import EmbeddingNet, save_model
 from mobilekd.teachers import resolve_model, resolve_teacher, teacher_dim
+from mobilekd.weight_selection import initialise_from
 
 STATE_FILE = "train_state.pt"
 # options that must not change between a run and its --resume
-RESUME_KEYS = ("data", "layout", "train_fraction", "unlabeled", "student", "embed_dim", "head_bn", "student_size",
-               "teacher", "teacher_size", "views", "teacher_budget", "domain", "metric_loss", "batch_classes",
+RESUME_KEYS = ("data", "layout", "train_fraction", "unlabeled", "student", "init_from", "embed_dim", "head_bn",
+               "student_size", "teacher", "teacher_size", "views", "teacher_budget", "domain", "metric_loss", "batch_classes",
                "images_per_class", "seed")
 MAP_LOSSES = ("hint", "attention")
 
@@ -91,7 +92,10 @@ class Trainer:
         if c.threads:
             torch.set_num_threads(c.threads)
         torch.manual_seed(c.seed)
-        self.student = resolve_model(c.student, c.embed_dim, c.student_size, c.pretrained, c.head_bn).to(self.device)
+        self.student = resolve_model(c.student, c.embed_dim, c.student_size, c.pretrained, c.head_bn)
+        # before anything is written: a source of another family fails here and leaves OUT untouched
+        self.init_from = initialise_from(self.student, c.init_from) if c.init_from else None
+        self.student.to(self.device)
         self.num_views = c.effective_views
 
         specs = [(c.data, c.teacher)] + [tuple(spec.split("=")) for spec in (c.domain or [])]
@@ -238,6 +242,8 @@ class Trainer:
     def save(self, epoch: int) -> None:
         metadata = {"epoch": epoch + 1, "config": self.config.to_dict(),
                     "metrics": next((h["test"] for h in reversed(self.history) if "test" in h), None)}
+        if self.init_from:
+            metadata["init_from"] = self.init_from
         save_model(self.student, self.out, metadata)
         state = {"epoch": epoch, "config": self.config.to_dict(), "student": self.student.state_dict(),
                  "losses": self.losses.state_dict(), "optimizer": self.optimizer.state_dict(),

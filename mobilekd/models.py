@@ -8,7 +8,9 @@ the backbone's intermediate feature maps available for hint / attention losses (
 Names:
 * students (from scratch; no ImageNet weights for them exist offline): ``mobilenetv1_025`` (MobileNetV1,
   width 0.25 -- the seed's student), ``mobilenetv2_035``, ``mobilenetv2_050``, ``mobilenetv3_small_050``,
-  ``lcnet_035``, ``lcnet_050``;
+  ``lcnet_035``, ``lcnet_050``, ``efficientnet_lite_025`` / ``efficientnet_lite_035`` (EfficientNet-Lite at
+  width 0.25 / 0.35, TF-Lite preprocessing; ``--init-from efficientnet_lite0`` weight-selects them from
+  ImageNet Lite0, see ``mobilekd.weight_selection``);
 * teachers with real ImageNet weights from PyPI wheels: ``efficientnet_lite0/1/2`` (timm
   ``tf_efficientnet_lite0..2``; see ``mobilekd.weights``);
 * ``timm:<name>``: any timm model (``pretrained=True`` needs the Hugging Face hub).
@@ -42,7 +44,24 @@ def _mobilenetv1_025(**kwargs) -> nn.Module:
     return _gen_mobilenet_v1("mobilenetv1_100", 0.25, **kwargs)
 
 
-# name -> (timm name or builder, default input size, default preprocessing mean/std)
+def _efficientnet_lite(width: float):
+    """EfficientNet-Lite at ``width`` x Lite0's channels, depth 1.0, built like timm's ``tf_efficientnet_lite0``
+    (TF "SAME" padding, BN eps 1e-3, ReLU6) so every tensor has a same-named counterpart in the ImageNet Lite0
+    for ``--init-from efficientnet_lite0``. timm rounds channels to multiples of 8 and keeps the family's fixed
+    32-channel stem and 1280-channel head conv (at width 0.25 the head is 105k of 359k parameters; the pooled
+    features are 1280-d like the Lite teachers')."""
+
+    def build(**kwargs) -> nn.Module:
+        from timm.models._efficientnet_builder import BN_EPS_TF_DEFAULT
+        from timm.models.efficientnet import _gen_efficientnet_lite
+
+        return _gen_efficientnet_lite("tf_efficientnet_lite0", channel_multiplier=width, depth_multiplier=1.0,
+                                      bn_eps=BN_EPS_TF_DEFAULT, pad_type="same", **kwargs)
+
+    return build
+
+
+# name -> (timm name or builder, default input size[, default preprocessing (mean, std); ImageNet's if absent])
 STUDENTS = {
     "mobilenetv1_025": (_mobilenetv1_025, 224),
     "mobilenetv2_035": ("mobilenetv2_035", 224),
@@ -50,6 +69,9 @@ STUDENTS = {
     "mobilenetv3_small_050": ("mobilenetv3_small_050", 224),
     "lcnet_035": ("lcnet_035", 224),
     "lcnet_050": ("lcnet_050", 224),
+    # the Lite teachers' family at MobileNet-0.25 size, for weight selection from ImageNet Lite0 (--init-from)
+    "efficientnet_lite_025": (_efficientnet_lite(0.25), 224, (TF_LITE_MEAN, TF_LITE_STD)),
+    "efficientnet_lite_035": (_efficientnet_lite(0.35), 224, (TF_LITE_MEAN, TF_LITE_STD)),
 }
 TEACHERS = {
     "efficientnet_lite0": ("tf_efficientnet_lite0", 224),
@@ -85,7 +107,8 @@ def default_preprocess(arch: str, size: int | None = None) -> Preprocess:
     if arch in TEACHERS:
         return Preprocess(size or TEACHERS[arch][1], TF_LITE_MEAN, TF_LITE_STD)
     if arch in STUDENTS:
-        return Preprocess(size or STUDENTS[arch][1], IMAGENET_MEAN, IMAGENET_STD)
+        mean, std = STUDENTS[arch][2] if len(STUDENTS[arch]) > 2 else (IMAGENET_MEAN, IMAGENET_STD)
+        return Preprocess(size or STUDENTS[arch][1], mean, std)
     if arch.startswith("timm:"):
         cfg = timm.get_pretrained_cfg(arch[5:])
         mean = tuple(255 * m for m in cfg.mean) if cfg else IMAGENET_MEAN
@@ -103,7 +126,7 @@ def unknown_model_message(name: str) -> str:
 def build_backbone(arch: str, pretrained: bool = False, num_classes: int = 0) -> nn.Module:
     """The timm network behind ``arch`` with ``num_classes`` outputs (0 = pooled features)."""
     if arch in STUDENTS:
-        builder, _ = STUDENTS[arch]
+        builder = STUDENTS[arch][0]
         if pretrained:
             raise ModelError(f"no offline pretrained weights exist for student {arch}; train it from scratch")
         if callable(builder):
