@@ -20,18 +20,24 @@ large one's (fewer blocks per stage, same names) takes the first blocks of each 
 
 ``select_weights`` works on any pair of timm state dicts of one family; ``initialise_from`` applies it to a
 student's backbone from a name, a mobilekd checkpoint or a ``.safetensors`` / ``.pth`` state dict
-(``--init-from``). The embedding head stays freshly initialised.
+(``--init-from`` on distill/train). The embedding head stays freshly initialised. As a command it writes the
+selected student as a checkpoint, e.g. to measure its zero-shot features or to start several runs from it:
+
+    python -m mobilekd.weight_selection --student efficientnet_lite_025 --init-from efficientnet_lite0 \
+        --embed-dim 0 --size 128 --out runs/lite025-selected
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
 
-from mobilekd.errors import ModelError
+from mobilekd.errors import ModelError, cli_entry
 
 RULE = "uniform (Xu et al. 2024): step L//l when l divides L, else round(linspace(0, L-1, l))"
 
@@ -119,6 +125,8 @@ def load_source(source: str) -> tuple[dict[str, torch.Tensor], str]:
         if path.is_file() and path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
             return _state_file(path), _sha256_file(path)
         raise ModelError(f"--init-from {source}: not a mobilekd checkpoint folder nor a .safetensors/.pth state dict")
+    if any(sep in source for sep in ("/", "\\")) or path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
+        raise ModelError(f"--init-from {source}: no such file or folder")
     state = build_backbone(source, pretrained=True).state_dict()
     return state, hashlib.sha256(save({k: v.contiguous() for k, v in state.items()})).hexdigest()
 
@@ -135,3 +143,32 @@ def initialise_from(model, source: str) -> dict:
         raise ModelError(f"--init-from {source}: {error}") from None
     model.backbone.load_state_dict(selected, strict=True)
     return {"source": source, "sha256": digest, "rule": RULE}
+
+
+@cli_entry
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mobilekd.weight_selection",
+                                     description="Write a student checkpoint whose backbone is weight-selected "
+                                                 "from a larger model of its family (Xu et al. 2024).")
+    parser.add_argument("--student", required=True, help="student name, e.g. efficientnet_lite_025")
+    parser.add_argument("--init-from", required=True,
+                        help="larger model: name, checkpoint folder or .safetensors/.pth ('none': random init, "
+                             "the baseline)")
+    parser.add_argument("--out", required=True, help="checkpoint folder to write")
+    parser.add_argument("--embed-dim", type=int, default=128, help="embedding head size (0: the pooled features)")
+    parser.add_argument("--size", type=int, help="input size (default: the student's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random init (head, and 'none')")
+    args = parser.parse_args(argv)
+    from mobilekd.models import save_model
+    from mobilekd.teachers import resolve_model
+
+    torch.manual_seed(args.seed)
+    model = resolve_model(args.student, embed_dim=args.embed_dim, size=args.size)
+    record = None if args.init_from.lower() == "none" else initialise_from(model, args.init_from)
+    save_model(model, args.out, {"init_from": record, "seed": args.seed})
+    print(f"{args.out}: {args.student} " + (f"weight-selected from {args.init_from}" if record else "random init"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

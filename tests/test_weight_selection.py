@@ -1,5 +1,6 @@
 """Weight selection (Xu et al. 2024): exact elements, consistent channels, family errors, --init-from."""
 
+import hashlib
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from mobilekd.distill import main as distill_main
 from mobilekd.errors import ModelError
 from mobilekd.models import build_backbone, create_model, load_model, save_model
 from mobilekd.weight_selection import initialise_from, select_weights, selection_indices
+from mobilekd.weight_selection import main as selection_main
 
 
 def lite(width: float):
@@ -79,6 +81,15 @@ def test_selected_network_loads_strictly_and_runs(pair):
     assert out.shape == (2, small.num_features) and torch.isfinite(out).all()
 
 
+def test_mobilenetv1_050_selects_into_the_seed_student():
+    from timm.models.efficientnet import _gen_mobilenet_v1
+
+    large = _gen_mobilenet_v1("mobilenetv1_100", 0.5, num_classes=0).state_dict()
+    student = build_backbone("mobilenetv1_025")
+    student.load_state_dict(select_weights(large, student.state_dict()), strict=True)
+    assert torch.equal(student.conv_stem.weight, large["conv_stem.weight"][::2])  # 16 -> 8 channels: step 2
+
+
 def test_another_family_names_the_first_parameter_that_does_not_correspond():
     mobilenetv2 = timm.create_model("mobilenetv2_100", num_classes=0).state_dict()
     student = lite(0.25).state_dict()
@@ -107,6 +118,17 @@ def test_init_from_checkpoint_and_state_dict_files_select_the_backbone_only(tmp_
         assert all(torch.equal(student.backbone.state_dict()[k], v) for k, v in expected.items())
         assert all(torch.equal(student.head.state_dict()[k], v) for k, v in head.items())  # the head stays fresh
         assert len(record["sha256"]) == 64 and record["source"] == str(source)
+
+    # the command writes the selected student as a checkpoint; a missing source writes nothing
+    out = tmp_path / "selected"
+    assert selection_main(["--student", "efficientnet_lite_025", "--init-from", str(tmp_path / "large"),
+                           "--embed-dim", "0", "--out", str(out)]) == 0
+    assert all(torch.equal(load_model(out).backbone.state_dict()[k], v) for k, v in expected.items())
+    sha = hashlib.sha256((tmp_path / "large" / "model.safetensors").read_bytes()).hexdigest()
+    assert json.loads((out / "model.json").read_text())["init_from"]["sha256"] == sha
+    assert selection_main(["--student", "efficientnet_lite_025", "--init-from", str(tmp_path / "gone.pth"),
+                           "--out", str(tmp_path / "none")]) == 2
+    assert not (tmp_path / "none").exists()
 
 
 @pytest.fixture
