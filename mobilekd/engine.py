@@ -49,9 +49,9 @@ from mobilekd.weight_selection import initialise_from
 
 STATE_FILE = "train_state.pt"
 # options that must not change between a run and its --resume
-RESUME_KEYS = ("data", "layout", "train_fraction", "unlabeled", "student", "init_from", "embed_dim", "head_bn",
-               "student_size", "teacher", "teacher_size", "views", "teacher_budget", "domain", "metric_loss", "batch_classes",
-               "images_per_class", "seed")
+RESUME_KEYS = ("data", "layout", "train_fraction", "unlabeled", "student", "embed_dim", "head_bn", "student_size",
+               "teacher", "teacher_size", "views", "teacher_budget", "domain", "metric_loss", "batch_classes",
+               "images_per_class", "seed", "init_from")
 MAP_LOSSES = ("hint", "attention")
 
 

@@ -60,7 +60,8 @@ def select_tensor(large: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return out
 
 
-def select_weights(large_state: dict[str, torch.Tensor], small_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def select_weights(large_state: dict[str, torch.Tensor],
+                   small_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A state dict shaped like ``small_state`` whose every tensor is selected from ``large_state``'s same-named
     one. Extra tensors of the large network (a classifier, deeper blocks) are ignored. Raises ``ModelError``
     naming the first small tensor with no counterpart, another rank, or a dimension larger than the large one."""

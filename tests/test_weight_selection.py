@@ -115,15 +115,17 @@ def test_init_from_checkpoint_and_state_dict_files_select_the_backbone_only(tmp_
         student = create_model("efficientnet_lite_025", embed_dim=8, size=32)
         head = {k: v.clone() for k, v in student.head.state_dict().items()}
         record = initialise_from(student, str(source))
-        assert all(torch.equal(student.backbone.state_dict()[k], v) for k, v in expected.items())
-        assert all(torch.equal(student.head.state_dict()[k], v) for k, v in head.items())  # the head stays fresh
+        backbone = student.backbone.state_dict()
+        assert all(torch.equal(backbone[k], v) for k, v in expected.items())
+        assert all(torch.equal(student.head.state_dict()[k], v) for k, v in head.items())  # head: fresh
         assert len(record["sha256"]) == 64 and record["source"] == str(source)
 
     # the command writes the selected student as a checkpoint; a missing source writes nothing
     out = tmp_path / "selected"
     assert selection_main(["--student", "efficientnet_lite_025", "--init-from", str(tmp_path / "large"),
                            "--embed-dim", "0", "--out", str(out)]) == 0
-    assert all(torch.equal(load_model(out).backbone.state_dict()[k], v) for k, v in expected.items())
+    written = load_model(out).backbone.state_dict()
+    assert all(torch.equal(written[k], v) for k, v in expected.items())
     sha = hashlib.sha256((tmp_path / "large" / "model.safetensors").read_bytes()).hexdigest()
     assert json.loads((out / "model.json").read_text())["init_from"]["sha256"] == sha
     assert selection_main(["--student", "efficientnet_lite_025", "--init-from", str(tmp_path / "gone.pth"),
@@ -145,7 +147,8 @@ def test_init_from_another_family_leaves_the_student_untouched(mobilenetv2_file)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     with pytest.raises(ModelError, match=r"mobilenetv2.safetensors.*blocks\.2\.0\.conv_dw\.weight"):
         initialise_from(student, str(mobilenetv2_file))
-    assert all(torch.equal(student.state_dict()[k], v) for k, v in before.items())
+    after = student.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
 
 
 def test_distill_init_from_imagenet_lite0(folder_dataset, tmp_path, capsys, mobilenetv2_file):
