@@ -72,7 +72,7 @@ class Config:
     out: str = "runs/distill"
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | cuda:N
-    threads: int = 0  # torch CPU threads (0 = torch's default)
+    threads: int = 0  # CPU threads (0 = the cores idle when the run starts; see mobilekd.threads)
     eval_every: int = 5  # evaluate on the test split every N epochs (and after the last)
     resume: bool = False  # continue from OUT/train_state.pt
     num_workers: int = 0  # DataLoader worker processes

@@ -46,6 +46,7 @@ from mobilekd.losses import LossContext, get_loss
 from mobilekd.metrics import retrieval_metrics
 from mobilekd.models import EmbeddingNet, save_model
 from mobilekd.teachers import resolve_model, resolve_teacher, teacher_dim
+from mobilekd.threads import set_threads
 
 STATE_FILE = "train_state.pt"
 # options that must not change between a run and its --resume
@@ -101,8 +102,7 @@ class Trainer:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise MobileKDError("--device cuda requested but torch sees no CUDA GPU")
-        if c.threads:
-            torch.set_num_threads(c.threads)
+        self.threads = set_threads(c.threads)  # 0: the idle cores (mobilekd.threads)
         torch.manual_seed(c.seed)
         self.student = resolve_model(c.student, c.embed_dim, c.student_size, c.pretrained, c.head_bn).to(self.device)
         self.num_views = c.effective_views
@@ -172,7 +172,7 @@ class Trainer:
             train_images = train_images.subset(chosen).without_labels()  # label-free: the teacher is the only signal
         teacher = None
         if teacher_name and c.uses_teacher:
-            teacher = resolve_teacher(teacher_name, c.teacher_size, c.threads or None)
+            teacher = resolve_teacher(teacher_name, c.teacher_size, self.threads)
         # hint/attention need the teacher's feature maps, which are not cached: they keep the teacher live
         live_teacher = teacher is not None and (self.num_views == 0 or c.uses_feature_maps)
         if teacher is not None:
