@@ -46,6 +46,8 @@ class Config:
     pretrained: bool = False  # start from ImageNet weights (teachers; mobilenetv1_025 -> shipped tf_mobilenetv1_025)
     student_weights: str | None = None  # backbone weights for --student: a .tflite ImageNet classifier, or a
     #                                     timm-style .safetensors / .pth state dict (see mobilekd.weights)
+    init_from: str | None = None  # weight selection (Xu et al. 2024) of the student's backbone from a larger model
+    #                               of its family: a name (efficientnet_lite0), checkpoint folder or .safetensors/.pth
     # --- teacher
     teacher: str | None = "efficientnet_lite0"  # name, checkpoint folder, .onnx, .npz embeddings, or none;
     #                                              A,B,C = a multi-branch master (ensemble of the branches)
@@ -74,7 +76,7 @@ class Config:
     out: str = "runs/distill"
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | cuda:N
-    threads: int = 0  # torch CPU threads (0 = torch's default)
+    threads: int = 0  # CPU threads (0 = the cores idle when the run starts; see mobilekd.threads)
     eval_every: int = 5  # evaluate on the test split every N epochs (and after the last)
     resume: bool = False  # continue from OUT/train_state.pt
     num_workers: int = 0  # DataLoader worker processes
@@ -110,8 +112,10 @@ class Config:
                    if o.off is not None]
             problems.append(f"nothing to train: every loss weight is 0 (or switched off: {', '.join(off)})"
                             if off else "nothing to train: every loss weight is 0")
-        if self.student_weights and self.pretrained:
-            problems.append("--student-weights and --pretrained both give the student weights: choose one")
+        given = [flag for flag, value in (("--student-weights", self.student_weights), ("--pretrained", self.pretrained),
+                                          ("--init-from", self.init_from)) if value]
+        if len(given) > 1:
+            problems.append(f"{' and '.join(given)} each give the student its weights: choose one")
         if self.teacher in ("none", ""):
             self.teacher = None
         if (self.teacher_budget or self.mixup_alpha) and not self.uses_teacher:

@@ -46,12 +46,14 @@ from mobilekd.losses import LossContext, get_loss
 from mobilekd.metrics import retrieval_metrics
 from mobilekd.models import EmbeddingNet, save_model
 from mobilekd.teachers import resolve_model, resolve_teacher, teacher_dim
+from mobilekd.threads import set_threads
+from mobilekd.weight_selection import initialise_from
 
 STATE_FILE = "train_state.pt"
 # options that must not change between a run and its --resume
 RESUME_KEYS = ("data", "layout", "train_fraction", "unlabeled", "student", "student_weights", "pretrained", "embed_dim",
                "head_bn", "student_size", "teacher", "teacher_size", "views", "teacher_budget", "domain", "metric_loss",
-               "batch_classes", "images_per_class", "seed")
+               "batch_classes", "images_per_class", "seed", "init_from")
 BN_UNFOLD_IMAGES = 256  # training images whose statistics unfold a folded-BN student's BatchNorm
 
 
@@ -102,11 +104,13 @@ class Trainer:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise MobileKDError("--device cuda requested but torch sees no CUDA GPU")
-        if c.threads:
-            torch.set_num_threads(c.threads)
+        self.threads = set_threads(c.threads)  # 0: the idle cores (mobilekd.threads)
         torch.manual_seed(c.seed)
         self.student_source = None  # where --student-weights came from, for model.json
-        self.student = self._build_student().to(self.device)
+        self.student = self._build_student()
+        # before anything is written: a source of another family fails here and leaves OUT untouched
+        self.init_from = initialise_from(self.student, c.init_from) if c.init_from else None
+        self.student.to(self.device)
         self.num_views = c.effective_views
 
         specs = [(c.data, c.teacher)] + [tuple(spec.split("=")) for spec in (c.domain or [])]
@@ -208,7 +212,7 @@ class Trainer:
             train_images = train_images.subset(chosen).without_labels()  # label-free: the teacher is the only signal
         teacher = None
         if teacher_name and c.uses_teacher:
-            teacher = resolve_teacher(teacher_name, c.teacher_size, c.threads or None)
+            teacher = resolve_teacher(teacher_name, c.teacher_size, self.threads)
         # hint/attention need the teacher's feature maps, which are not cached: they keep the teacher live
         live_teacher = teacher is not None and (self.num_views == 0 or c.uses_feature_maps)
         if teacher is not None:
@@ -287,6 +291,8 @@ class Trainer:
             metadata["bn_unfolded"] = self.bn_unfolded
         if self.student_source:
             metadata["student_weights"] = self.student_source
+        if self.init_from:
+            metadata["init_from"] = self.init_from
         save_model(self.student, self.out, metadata)
         state = {"epoch": epoch, "config": self.config.to_dict(), "student": self.student.state_dict(),
                  "losses": self.losses.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -8,7 +8,9 @@ the backbone's intermediate feature maps available for hint / attention losses (
 Names:
 * students: ``mobilenetv1_025`` (MobileNetV1, width 0.25 -- the seed's student), ``mobilenetv2_035``,
   ``mobilenetv2_050``, ``mobilenetv3_small_050``, ``lcnet_035``, ``lcnet_050`` (symmetric padding, from
-  scratch); and the TensorFlow-compatible ``tf_mobilenetv1_025/050/075``, ``tf_mobilenetv2_100`` (timm's
+  scratch), ``efficientnet_lite_025`` / ``efficientnet_lite_035`` (EfficientNet-Lite at width 0.25 / 0.35,
+  TF-Lite preprocessing; ``--init-from efficientnet_lite0`` weight-selects them from ImageNet Lite0, see
+  ``mobilekd.weight_selection``); and the TensorFlow-compatible ``tf_mobilenetv1_025/050/075``, ``tf_mobilenetv2_100`` (timm's
   convention: TF "SAME" padding, ReLU6, BN eps 1e-3, input ``(x - 127.5) / 127.5``) that compute the same
   function as Google's ImageNet ``.tflite`` classifiers (``mobilekd.tflite_import``). ``pretrained=True``
   loads the ImageNet weights shipped in ``mobilekd/assets`` (``tf_mobilenetv1_025``; ``mobilenetv1_025``
@@ -60,9 +62,27 @@ def _tf_mobilenet(version: int, width: float):
     return build
 
 
+def _efficientnet_lite(width: float):
+    """EfficientNet-Lite at ``width`` x Lite0's channels, depth 1.0, built like timm's ``tf_efficientnet_lite0``
+    (TF "SAME" padding, BN eps 1e-3, ReLU6) so every tensor has a same-named counterpart in the ImageNet Lite0
+    for ``--init-from efficientnet_lite0``. timm rounds channels to multiples of 8 and keeps the family's fixed
+    32-channel stem and 1280-channel head conv (at width 0.25 the head is 105k of 359k parameters; the pooled
+    features are 1280-d like the Lite teachers')."""
+
+    def build(**kwargs) -> nn.Module:
+        from timm.models._efficientnet_builder import BN_EPS_TF_DEFAULT
+        from timm.models.efficientnet import _gen_efficientnet_lite
+
+        return _gen_efficientnet_lite("tf_efficientnet_lite0", channel_multiplier=width, depth_multiplier=1.0,
+                                      bn_eps=BN_EPS_TF_DEFAULT, pad_type="same", **kwargs)
+
+    return build
+
+
 TF_MOBILENET = (TF_MOBILENET_MEAN, TF_MOBILENET_STD)
-# name -> (timm name or builder, default input size[, (mean, std)]); without a mean/std the family decides
-# (ImageNet for students, TF-Lite's for teachers, the pretrained cfg for timm:<name>): see default_preprocess
+# name -> (timm name or builder, default input size[, preprocessing (mean, std)]); without the third entry the
+# mean/std follow from the family (ImageNet for students, TF-Lite's for teachers, the pretrained cfg for
+# timm:<name>): see default_preprocess
 STUDENTS = {
     "mobilenetv1_025": (_mobilenetv1_025, 224),
     "tf_mobilenetv1_025": (_tf_mobilenet(1, 0.25), 224, TF_MOBILENET),
@@ -74,6 +94,9 @@ STUDENTS = {
     "mobilenetv3_small_050": ("mobilenetv3_small_050", 224),
     "lcnet_035": ("lcnet_035", 224),
     "lcnet_050": ("lcnet_050", 224),
+    # the Lite teachers' family at MobileNet-0.25 size, for weight selection from ImageNet Lite0 (--init-from)
+    "efficientnet_lite_025": (_efficientnet_lite(0.25), 224, (TF_LITE_MEAN, TF_LITE_STD)),
+    "efficientnet_lite_035": (_efficientnet_lite(0.35), 224, (TF_LITE_MEAN, TF_LITE_STD)),
 }
 TEACHERS = {
     "efficientnet_lite0": ("tf_efficientnet_lite0", 224),
@@ -115,9 +138,8 @@ def default_preprocess(arch: str, size: int | None = None) -> Preprocess:
     if arch in TEACHERS:
         return Preprocess(size or TEACHERS[arch][1], TF_LITE_MEAN, TF_LITE_STD)
     if arch in STUDENTS:
-        _, default_size, *norm = STUDENTS[arch]
-        mean, std = norm[0] if norm else (IMAGENET_MEAN, IMAGENET_STD)
-        return Preprocess(size or default_size, mean, std)
+        mean, std = STUDENTS[arch][2] if len(STUDENTS[arch]) > 2 else (IMAGENET_MEAN, IMAGENET_STD)
+        return Preprocess(size or STUDENTS[arch][1], mean, std)
     if arch.startswith("timm:"):
         cfg = timm.get_pretrained_cfg(arch[5:])
         mean = tuple(255 * m for m in cfg.mean) if cfg else IMAGENET_MEAN
@@ -170,7 +192,8 @@ def load_shipped_weights(arch: str, backbone: nn.Module) -> None:
         raise ModelError(f"no ImageNet weights are shipped for student {arch} (shipped: "
                          f"{', '.join(SHIPPED_WEIGHTS)}; 'mobilenetv1_025 --pretrained' means tf_mobilenetv1_025). "
                          "Import Google's .tflite classifier: --student-weights FILE.tflite, or "
-                         "python -m mobilekd.weights import FILE.tflite --arch ARCH --out DIR")
+                         "python -m mobilekd.weights import FILE.tflite --arch ARCH --out DIR; or weight-select it from a larger "
+                         "model of its family with --init-from MODEL")
     path = ASSETS / SHIPPED_WEIGHTS[arch]
     if not path.is_file():
         raise ModelError(f"the shipped weights {path} are missing from this installation")
