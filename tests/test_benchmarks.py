@@ -420,3 +420,24 @@ def test_int8_sensitivity_activation_model_rounds_to_256_levels_and_cleans_up():
     steps = (seen[0] - low) / ((high - low) / 255)
     torch.testing.assert_close(steps, steps.round(), atol=1e-3, rtol=0)  # on the int8 grid
     assert steps.min() >= -1e-3 and steps.max() <= 255 + 1e-3  # clipped to the calibrated range
+
+
+def test_demo_recipe_records_each_arm_with_its_command(tmp_path, capsys):
+    from benchmarks.demo_recipe import main as demo_recipe
+
+    results = tmp_path / "recipe"
+    common = ["--runs", str(tmp_path / "runs"), "--results", str(results), "--threads", "1", "--no-progress"]
+    assert demo_recipe(["zs32", "--zero-shot", "--student-size", "32", *common]) == 0
+    assert demo_recipe(["zs40", "--zero-shot", "--student-size", "40", *common]) == 0
+    recorded = json.loads(results.with_suffix(".json").read_text())
+    assert list(recorded["rows"]) == ["zs32", "zs40"] and recorded["machine"]["usable_cores"] >= 1
+    row = recorded["rows"]["zs32"]
+    assert row["settings"]["student_size"] == 32 and row["seconds"] > 0
+    assert 5 < row["test"]["R@1"] < 100 and row["command"].endswith("--no-progress")  # ImageNet features: above chance
+    assert not (tmp_path / "runs").exists()  # zero-shot arms train and write nothing
+    table = results.with_suffix(".md").read_text()
+    assert "| zs32 | 32 | 0 |" in table and row["command"] in table
+    # a bad flag: one error line, exit 2, the results untouched
+    assert demo_recipe(["bad", "--student-size", "0", *common]) == 2
+    assert "--student-size must be >= 1" in capsys.readouterr().err
+    assert list(json.loads(results.with_suffix(".json").read_text())["rows"]) == ["zs32", "zs40"]
