@@ -25,6 +25,7 @@ cosine or Recall number is written). On macOS the same shared parity core runs `
 
 from __future__ import annotations
 
+import platform
 import sys
 from pathlib import Path
 
@@ -151,7 +152,7 @@ def structural_check(path: Path, contract: ModelContract) -> dict:
     }
     s["weight_share_expected"] = round(share, 4)
     reason = "Core ML predict() runs only on macOS; run python -m export.check there"
-    return structural_report(checks, s, reason)
+    return structural_report(checks, s, reason, f"no Core ML runtime on {platform.system() or sys.platform}")
 
 
 def make_runner(path: Path, contract: ModelContract, threads: int = 1):

@@ -300,22 +300,28 @@ def _teacher_report(data: ParityData, reference: np.ndarray, exported: np.ndarra
     return out
 
 
-def structural_report(checks: dict[str, bool], details: dict, reason: str) -> dict:
+def structural_report(checks: dict[str, bool], details: dict, reason: str, missing: str) -> dict:
     """The parity entry for a file whose runtime cannot run here (Core ML off macOS): structure only, and
-    no embedding number at all."""
+    no embedding number at all. ``missing`` says in a few words what is absent ("no Core ML runtime on
+    Linux"); the verdict is printed as "structural check only (...)", never as a bare PASS."""
     failures = [name for name, ok in checks.items() if not ok]
     return {"scope": "structural", "passed": not failures, "failures": failures, "checks": checks,
-            "structure": details, "runtime_parity": f"not measured: {reason}", "vs_float": None,
-            "vs_teacher": None}
+            "structure": details, "runtime_missing": missing, "runtime_parity": f"not measured: {reason}",
+            "vs_float": None, "vs_teacher": None}
 
 
 def format_report(report: dict, title: str = "") -> str:
     """A short human-readable table of a parity report."""
     lines = [title] if title else []
+    note = (report.get("source") or {}).get("note")
     if report.get("scope") == "structural":
-        lines.append(f"  structural check: {'PASS' if report['passed'] else 'FAIL'}  ({report['runtime_parity']})")
+        missing = report.get("runtime_missing", "runtime not available here")
+        lines.append(f"  structural check only ({missing}): {'PASS' if report['passed'] else 'FAIL'} -- runtime "
+                     f"parity not measured ({report['runtime_parity'].removeprefix('not measured: ')})")
         for name, ok in report["checks"].items():
             lines.append(f"    {'ok  ' if ok else 'FAIL'} {name}")
+        lines += [f"    - {failure}" for failure in report.get("failures", []) if failure not in report["checks"]]
+        lines += [f"  source: {note}"] if note else []
         return "\n".join(lines)
     lines.append(f"  data: {report.get('data')}")
     vf = report.get("vs_float")
@@ -338,6 +344,7 @@ def format_report(report: dict, title: str = "") -> str:
                          f"exported {vt['mean_cos_exported']:.4f}")
         else:
             lines.append(f"  vs teacher: {vt['reason']} (teacher R@1 {vt.get('r1_teacher')})")
+    lines += [f"  source: {note}"] if note else []
     lines.append(f"  gates {report['gates']}: {'PASS' if report['passed'] else 'FAIL'}")
     for failure in report.get("failures", []):
         lines.append(f"    - {failure}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -313,6 +314,64 @@ def test_coreml_int8_structural(workspace):
     assert parity["vs_float"] is None and "macOS" in parity["runtime_parity"]  # no unmeasured numbers
     assert parity["structure"]["weight_elements"]["INT8"] > 0.95 * sum(parity["structure"]["weight_elements"].values())
     assert parity["structure"]["inputs"][0] == {"name": "input", "shape": [1, 3, SIZE, SIZE], "dtype": "FLOAT32"}
+
+
+def _perturbed_checkpoint(workspace, scale: float = 0.05) -> Path:
+    """The workspace student with every weight moved by ``scale`` of its spread: another checkpoint."""
+    from mobilekd.models import load_model
+
+    path = workspace["root"] / f"perturbed-{scale}"
+    if not path.exists():
+        model = load_model(workspace["ckpt"])
+        torch.manual_seed(2)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * scale * (p.std() if p.numel() > 1 else 1.0))
+        save_model(model, path, {"config": {"data": str(workspace["data"]), "train_fraction": 0.5}})
+    return path
+
+
+def test_check_refuses_a_file_from_another_checkpoint(workspace, capsys):
+    """Issue 14, defect 5: a Core ML file exported from a perturbed checkpoint and checked against the
+    original used to exit 0 with "structural check: PASS". The source sha256 in model.json must match
+    --against's model.safetensors (a failure naming both, unless --allow-other-source), and a Core ML
+    verdict off macOS says it is structure only."""
+    out = workspace["root"] / "coreml-other"
+    assert run("coreml", _perturbed_checkpoint(workspace), "--out", out) == 0
+    capsys.readouterr()
+    assert run("check", out, "--against", workspace["ckpt"]) == 1
+    captured = capsys.readouterr()
+    assert "exported from another checkpoint" in captured.out and "--allow-other-source" in captured.out
+    assert captured.err.startswith("error: ") and "another checkpoint" in captured.err
+    if sys.platform != "darwin":
+        assert "structural check only (no Core ML runtime on " in captured.out
+        assert "runtime parity not measured" in captured.out and "structural check: PASS" not in captured.out
+    assert run("check", out, "--against", workspace["ckpt"], "--allow-other-source", "--write") == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("warning: ") and "compared anyway" in captured.out
+    source = manifest(out)["parity"]["source"]
+    assert source["matches"] is False and source["recorded_sha256"] != source["against_sha256"]
+    assert run("check", out, "--against", _perturbed_checkpoint(workspace)) == 0  # its own source: passes
+    assert "structural check only" in capsys.readouterr().out
+
+
+def test_check_compares_the_source_for_runtime_formats(workspace, capsys):
+    """The same source check on a file whose runtime runs here (ONNX): a model.json naming another source
+    fails even though the embeddings agree, and one that records no source cannot be confirmed."""
+    src = workspace["root"] / "onnx-src"
+    shutil.copytree(workspace["root"] / "onnx32", src)  # made by test_onnx_fp32_int8_and_check
+    info = manifest(src)
+    info["source"]["sha256"] = "0" * 64
+    (src / "model.json").write_text(json.dumps(info))
+    capsys.readouterr()
+    assert run("check", src, "--against", workspace["ckpt"]) == 1
+    out = capsys.readouterr().out
+    assert "exported from another checkpoint" in out and "000000000000..." in out
+    del info["source"]["sha256"]
+    (src / "model.json").write_text(json.dumps(info))
+    assert run("check", src, "--against", workspace["ckpt"]) == 1
+    assert "records no source checkpoint sha256" in capsys.readouterr().out
+    assert run("check", src, "--against", workspace["ckpt"], "--allow-other-source") == 0
 
 
 def test_coreml_image_input_structural(workspace):
