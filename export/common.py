@@ -61,6 +61,11 @@ def add_parity_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-mean-cos", type=float, help="gate: minimum mean cosine vs the float student")
     group.add_argument("--min-cos", type=float, help="gate: minimum per-image cosine vs the float student")
     group.add_argument("--max-r1-drop", type=float, help="gate: maximum Recall@1 drop (points) vs float")
+    group.add_argument("--min-topk-overlap", type=float,
+                       help="gate: minimum mean top-10 neighbour overlap with the float student, 0..1")
+    group.add_argument("--max-noise-ratio", type=float,
+                       help="gate: maximum noise-to-spread ratio (mean squared distance to the float embedding / "
+                            "mean squared distance between float embeddings of different images)")
     group.add_argument("--threads", type=int, default=1, help="CPU threads for torch and the runtimes (default 1)")
     group.add_argument("--seed", type=int, default=0, help="seed for choosing parity/calibration images")
 
@@ -310,7 +315,12 @@ def gates_from_args(args, precision: str):
         value = getattr(args, name)
         if value is not None and not -1.0 <= value <= 1.0:
             raise MobileKDError(f"--{name.replace('_', '-')} must be a cosine in [-1, 1], got {value}")
-    return gates_for(precision, args.min_mean_cos, args.min_cos, args.max_r1_drop)
+    if args.min_topk_overlap is not None and not 0.0 <= args.min_topk_overlap <= 1.0:
+        raise MobileKDError(f"--min-topk-overlap must be a fraction in [0, 1], got {args.min_topk_overlap}")
+    if args.max_noise_ratio is not None and not args.max_noise_ratio >= 0.0:
+        raise MobileKDError(f"--max-noise-ratio must be >= 0, got {args.max_noise_ratio}")
+    return gates_for(precision, min_mean_cos=args.min_mean_cos, min_cos=args.min_cos, max_r1_drop=args.max_r1_drop,
+                     min_topk_overlap=args.min_topk_overlap, max_noise_ratio=args.max_noise_ratio)
 
 
 def check_out_folder(out: Path) -> None:

@@ -87,6 +87,42 @@ def test_parity_core_detects_drift(workspace):
     assert not nan["passed"] and "NaN" in nan["failures"][0]
 
 
+def test_gates_refuse_a_collapsed_student_that_mean_cosine_passes():
+    """Issue 14, defect 11: when a student's embeddings crowd into a narrow cone, an export error that keeps
+    mean cosine at 0.997 (past the int8 gate of 0.99) still reorders every neighbour. The same error on a
+    student whose embeddings are spread out is harmless. The neighbour-overlap and noise-to-spread gates
+    must tell the two apart; the mean-cosine gate alone cannot."""
+    from export.parity import Gates, ParityData, compute_parity, embed_torch, gates_for
+
+    torch.manual_seed(0)
+    student = create_model("mobilenetv1_025", embed_dim=DIM, size=SIZE).eval()
+    pixels = np.random.default_rng(0).normal(0, 1, (300, 3, SIZE, SIZE)).astype(np.float32)
+    data = ParityData(pixels, None, "300 random images")  # unlabeled: the Recall@1 gate does not apply
+    head = student.head[0]
+    with torch.no_grad():  # centre the head on these images: the spread-out embeddings of a trained student
+        features = student.backbone(torch.from_numpy(pixels))
+        head.bias.copy_(-head.weight @ features.mean(0))
+        spread_out = embed_torch(student, pixels)
+        # collapse: a common offset ten times the typical embedding length before normalisation
+        head.bias[0] += 10 * (features - features.mean(0)).matmul(head.weight.T).norm(dim=1).mean()
+        collapsed = embed_torch(student, pixels)
+
+    noise = np.random.default_rng(1).normal(0, 0.0137, spread_out.shape).astype(np.float32)  # 1 - cos ~ 0.003
+    reports = {}
+    for name, reference in (("spread", spread_out), ("collapsed", collapsed)):
+        reports[name] = compute_parity(lambda x, ref=reference: ref + noise, student, data, gates_for("int8"),
+                                       reference)
+        old_gate = compute_parity(lambda x, ref=reference: ref + noise, student, data, Gates(0.99), reference)
+        assert old_gate["passed"] and 0.996 < old_gate["vs_float"]["mean_cos"] < 0.998, name
+    spread, crowded = reports["spread"]["vs_float"], reports["collapsed"]["vs_float"]
+    assert abs(spread["float_pairwise_cos"]) < 0.1 and 0.98 < crowded["float_pairwise_cos"] < 0.995
+    assert reports["spread"]["passed"], reports["spread"]["failures"]
+    assert spread["noise_ratio"] < 0.01 and spread["top10_overlap"] > 0.8
+    assert not reports["collapsed"]["passed"] and crowded["noise_ratio"] > 0.1 and crowded["top10_overlap"] < 0.4
+    failures = " ".join(reports["collapsed"]["failures"])
+    assert "neighbour overlap" in failures and "noise-to-spread" in failures and "mean cosine" not in failures
+
+
 def test_paired_recall_change_counts_the_queries_that_flip():
     """Three tight pairs of classes 0, 1, 2 (R@1 100); the exported embedding of image 0 moves onto class 1, so
     image 0 and its partner image 1 both lose their same-class neighbour: two queries lost, none gained, and
@@ -144,11 +180,15 @@ def test_onnx_fp32_int8_and_check(workspace, capsys):
     assert info8["quantization"]["scheme"] == "int8-static" and info8["quantization"]["calibration"]["images"] == 8
     assert "train split" in info8["quantization"]["calibration"]["source"]
     assert info8["parity"]["vs_float"]["mean_cos"] > 0.99 and "r1_exported" in info8["parity"]["vs_float"]
+    assert 0 <= info8["parity"]["vs_float"]["noise_ratio"] <= info8["parity"]["gates"]["max_noise_ratio"]
+    assert info8["parity"]["gates"]["min_topk_overlap"] > 0  # in force (skipped on these 12 images, and said so)
+    assert any("min_topk_overlap" in s for s in info8["parity"]["skipped_gates"])
     assert (out8 / "model.onnx").stat().st_size < 0.5 * (out / "model.onnx").stat().st_size
 
     capsys.readouterr()
     assert run("check", out8, "--against", ckpt) == 0
-    assert "PASS" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "PASS" in printed and "noise-to-spread" in printed and "min_topk_overlap" in printed
 
 
 def test_onnx_fp16_nhwc(workspace):
@@ -445,6 +485,10 @@ def test_bad_input(workspace, tmp_path, capsys):
     blocker.write_text("x")
     assert run("onnx", ckpt, "--out", blocker) == 2
     assert "not a folder" in one_error_line(capsys)
+
+    for gate, value in (("--min-topk-overlap", 1.5), ("--max-noise-ratio", -0.1), ("--max-noise-ratio", "nan")):
+        assert run("onnx", ckpt, gate, value, "--out", tmp_path / "x") == 2
+        assert gate in one_error_line(capsys)
 
     assert run("check", tmp_path / "nothing.onnx", "--against", ckpt) == 2
     assert "not found" in one_error_line(capsys)
