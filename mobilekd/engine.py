@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +98,9 @@ class Trainer:
         specs = [(c.data, c.teacher)] + [tuple(spec.split("=")) for spec in (c.domain or [])]
         self.domains = [self._build_domain(i, data, teacher) for i, (data, teacher) in enumerate(specs)]
 
+        # the losses' own parameters (proxies, projections) start from the run's seed alone: building a teacher
+        # cache draws from the global RNG (every DataLoader iterator takes a base seed), reusing one does not
+        torch.manual_seed(phase_seed(c.seed, "losses"))
         self.losses = torch.nn.ModuleDict({domain.name: self._domain_losses(domain) for domain in self.domains})
         self.losses.to(self.device)
         self.step_module = StepModule(self.student, self.losses)
@@ -415,6 +419,11 @@ def open_or_build_cache(config: Config, teacher, train_set: ViewDataset, out_dir
         return TeacherCache.open(given, expected_manifest(teacher, teacher_set, config.effective_views, identity))
     return TeacherCache.build(out_dir, teacher, teacher_set, config.effective_views, identity, device,
                               progress=config.progress, context=context)
+
+
+def phase_seed(seed: int, phase: str) -> int:
+    """A seed for one phase of a run, derived from (seed, phase) alone, so what ran before cannot shift it."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(phase.encode())]).generate_state(1)[0])
 
 
 def _warmup_cosine(step: int, warmup: int, total: int) -> float:

@@ -1,0 +1,47 @@
+"""Hostile-but-realistic input (issue 14): a second writer, broken images, unwritable outputs, mistyped
+config values, non-finite options, 16-bit images -- each one clear ``error:`` line and exit 2 before any
+work, never a traceback, a lost run or a silently different result."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mobilekd.config import Config
+from mobilekd.data.datasets import load_image_set
+from mobilekd.distill import main as distill_main
+from mobilekd.engine import Trainer
+from mobilekd.errors import MobileKDError
+from mobilekd.models import create_model, save_model
+from test_distill import tiny_config
+
+ROOT = str(Path(__file__).resolve().parents[1])
+# a metric-only run: no teacher to load, 1 step -- what is tested happens before or right after training
+FAST = ["--student-size", "32", "--embed-dim", "8", "--teacher", "none", "--absolute-weight", "0", "--views", "1",
+        "--epochs", "1", "--steps-per-epoch", "1", "--batch-classes", "2", "--images-per-class", "2",
+        "--threads", "1", "--no-progress", "--preload", "32"]
+
+
+def one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------- 10. reused teacher cache
+
+
+def test_a_reused_teacher_cache_gives_the_same_training_as_building_it(folder_dataset, tmp_path):
+    built = Trainer(tiny_config(folder_dataset, tmp_path / "built", epochs=1, eval_every=10)).run()
+    reused = Trainer(tiny_config(folder_dataset, tmp_path / "reused", epochs=1, eval_every=10,
+                                 teacher_cache=str(tmp_path / "built" / "teacher_cache"))).run()
+    assert built and reused
+    losses = [[h["loss"] for h in json.loads((tmp_path / run / "history.json").read_text())]
+              for run in ("built", "reused")]
+    assert losses[0] == losses[1]
