@@ -305,9 +305,12 @@ class Trainer:
         total = sum(getattr(c, f"{name}_weight") * value for name, value in parts.items())
         bad = [name for name, value in parts.items() if not torch.isfinite(value)]
         if bad:  # stop before the step: the last checkpoint on disk stays the last good one
+            saved = self.out / "model.safetensors"  # written (or resumed from) by this run only if it has history
+            where = (f"the last good checkpoint is {saved} (epoch {self.history[-1]['epoch']})"
+                     if self.history and saved.is_file() else
+                     "no checkpoint was written: it failed in the first epoch")
             raise MobileKDError(f"loss term {', '.join(bad)} became {parts[bad[0]].item()} at step "
-                                f"{self.scheduler.last_epoch + 1}; the last good checkpoint is in {self.out} "
-                                "(try a lower --lr or weight)")
+                                f"{self.scheduler.last_epoch + 1}; {where} (try a lower --lr or weight)")
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()

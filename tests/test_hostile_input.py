@@ -34,6 +34,17 @@ def one_error_line(capsys) -> str:
     return lines[0]
 
 
+# ------------------------------------------------------------------------------------- 7. the non-finite stop
+
+
+def test_a_loss_that_explodes_in_the_first_epoch_names_no_checkpoint(folder_dataset, tmp_path):
+    config = tiny_config(folder_dataset, tmp_path / "r", epochs=1, lr=1e30, warmup_epochs=0, teacher=None,
+                         absolute_weight=0.0, relative_weight=0.0, preload=32)
+    with pytest.raises(MobileKDError, match="became") as error:
+        Trainer(config).run()
+    assert "no checkpoint was written" in str(error.value) and "last good checkpoint" not in str(error.value)
+
+
 # ------------------------------------------------------------------------------------- 10. reused teacher cache
 
 
