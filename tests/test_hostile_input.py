@@ -45,6 +45,23 @@ def test_a_loss_that_explodes_in_the_first_epoch_names_no_checkpoint(folder_data
     assert "no checkpoint was written" in str(error.value) and "last good checkpoint" not in str(error.value)
 
 
+# ------------------------------------------------------------------------------------- 8. 16-bit images
+
+
+def test_sixteen_bit_pngs_are_scaled_not_saturated(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 32).round().astype(np.uint16).reshape(32, 64)
+    path = tmp_path / "deep" / "c0" / "a.png"
+    path.parent.mkdir(parents=True)
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode in ("I;16", "I")  # really a 16-bit file
+    (tmp_path / "deep" / "c0" / "b.png").write_bytes(path.read_bytes())
+    image = np.asarray(load_image_set(tmp_path / "deep").load_image(0))
+    assert image.shape == (32, 64, 3) and image.dtype == np.uint8
+    expected = np.rint(ramp / 257.0).astype(np.uint8)
+    assert np.abs(image[..., 0].astype(int) - expected).max() <= 1
+    assert math.isclose(image.mean(), 127.5, abs_tol=1.0)  # saturated decoding gave ~255
+
+
 # ------------------------------------------------------------------------------------- 10. reused teacher cache
 
 
