@@ -34,6 +34,28 @@ def one_error_line(capsys) -> str:
     return lines[0]
 
 
+# ------------------------------------------------------------------------------------- 4. config value types
+
+
+def test_config_values_are_coerced_when_unambiguous_and_refused_otherwise(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("lr: 1e-3\nepochs: '5'\nflip: 'false'\nteacher_size: null\ndomain: a=b\n")
+    values = Config.from_args(["--data", "x", "--config", str(config)])
+    assert values.lr == 0.001 and values.epochs == 5 and values.flip is False
+    assert values.teacher_size is None and values.domain == ["a=b"]
+
+    for text, key, expected in (('epochs: "two"\n', "epochs", "an integer"), ("lr: [1]\n", "lr", "a number"),
+                                ("flip: maybe\n", "flip", "true or false"), ("epochs: 2.5\n", "epochs", "an integer")):
+        config.write_text(text)
+        with pytest.raises(MobileKDError, match=rf"'{key}'.*is not {expected}"):
+            Config.from_args(["--data", "x", "--config", str(config)])
+
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(MobileKDError, match="not a text file"):
+        Config.from_args(["--data", "x", "--config", str(binary)])
+
+
 # ------------------------------------------------------------------------------------- 7. the non-finite stop
 
 
