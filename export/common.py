@@ -31,7 +31,7 @@ import numpy as np
 
 from export.contract import ModelContract, TensorSpec, dequantize, quantize
 from mobilekd.errors import MobileKDError, ModelError
-from mobilekd.io import write_json
+from mobilekd.io import check_writable_dir, write_json
 
 # --quantize value -> model.json precision
 PRECISION = {"none": "fp32", "fp32": "fp32", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}
@@ -322,11 +322,7 @@ def check_out_folder(out: Path) -> None:
         if entries and "model.json" not in entries:
             raise MobileKDError(f"--out {out} is a non-empty folder that is not an export (no model.json); "
                                 "refusing to replace it")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise MobileKDError(f"output folder {out} is not writable")
+    check_writable_dir(out.parent, f"--out {out}: its folder")  # the work folder is made beside --out, then renamed onto it
 
 
 def publish(work: Path, out: Path) -> None:

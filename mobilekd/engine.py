@@ -40,7 +40,7 @@ from mobilekd.distributed import Context, ShardedBatchSampler, init_from_env
 from mobilekd.embed import embed_image_set
 from mobilekd.errors import MobileKDError
 from mobilekd.features import parse_layer_pairs
-from mobilekd.io import atomic_path, write_json
+from mobilekd.io import atomic_path, check_writable_dir, write_json
 from mobilekd.losses import (AbsoluteTeacherLoss, AttentionTransferLoss, DistanceKLLoss, HintLoss, MetricLoss,
                              RelativeTeacherLoss, RKDAngleLoss, RKDDistanceLoss)
 from mobilekd.metrics import retrieval_metrics
@@ -81,7 +81,7 @@ class Domain:
 class Trainer:
     def __init__(self, config: Config):
         self.config = c = config.validate()
-        self.out = Path(c.out)
+        self.out = check_writable_dir(c.out)
         self.context = init_from_env(c.device)
         device = c.device
         if self.context.enabled and device.startswith("cuda"):

@@ -34,6 +34,38 @@ def one_error_line(capsys) -> str:
     return lines[0]
 
 
+# ------------------------------------------------------------------------------------- 3. output destinations
+
+
+def test_unwritable_or_invalid_destinations_fail_before_the_work(folder_dataset, tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for out, message in (("/proc/x", "not writable"), (f"{a_file}/sub", "is a file, not a folder")):
+        assert distill_main(["--data", str(folder_dataset), "--out", out, *FAST]) == 2
+        assert message in one_error_line(capsys)
+
+    import benchmarks.latency
+    import benchmarks.recall
+    from benchmarks.report import main as report_main
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("measured before checking --out")
+
+    monkeypatch.setattr(benchmarks.latency, "benchmark", no_work)
+    monkeypatch.setattr(benchmarks.recall, "evaluate", no_work)
+    assert benchmarks.latency.main(["mobilenetv1_025", "--out", "/proc/x/lat.json"]) == 2
+    assert "not writable" in one_error_line(capsys)
+    assert benchmarks.recall.main(["mobilenetv1_025", "--data", str(folder_dataset), "--out", "/proc/x/r.json"]) == 2
+    assert "not writable" in one_error_line(capsys)
+    assert report_main([str(a_file), "--out", str(a_file)]) == 2
+    assert "is a file" in one_error_line(capsys)
+
+    from export.onnx import main as onnx_main
+    checkpoint = save_model(create_model("mobilenetv1_025", embed_dim=8, size=32), tmp_path / "ckpt")
+    assert onnx_main([str(checkpoint), "--out", "/proc/x"]) == 2
+    assert "not writable" in one_error_line(capsys)
+
+
 # ------------------------------------------------------------------------------------- 4. config value types
 
 
