@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise MobileKDError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.out:
         check_writable_file(args.out)  # before the measurement, not after it
     threads = args.threads

@@ -120,6 +120,11 @@ class Config:
         for spec in self.domain or []:
             if spec.count("=") != 1 or not all(spec.split("=")):
                 problems.append(f"--domain expects DATA=TEACHER, got {spec!r}")
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):  # nan/inf pass every comparison above as False, then poison the run
+            value = getattr(self, f.name)
+            if float in _accepted(hints[f.name]) and isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
         if problems:
             raise MobileKDError("invalid configuration: " + "; ".join(problems))
         return self

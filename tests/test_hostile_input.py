@@ -88,6 +88,26 @@ def test_config_values_are_coerced_when_unambiguous_and_refused_otherwise(tmp_pa
         Config.from_args(["--data", "x", "--config", str(binary)])
 
 
+# ------------------------------------------------------------------------------------- 6. values that crash later
+
+
+@pytest.mark.parametrize("flag,value", [("--lr", "nan"), ("--lr", "inf"), ("--weight-decay", "inf"),
+                                        ("--kl-temperature", "nan")])
+def test_non_finite_numbers_are_refused(flag, value):
+    with pytest.raises(MobileKDError, match=rf"{flag} must be a finite number"):
+        Config.from_args(["--data", "x", f"{flag}={value}"])
+
+
+def test_too_small_inputs_and_zero_batches_are_refused(folder_dataset, tmp_path, capsys):
+    assert distill_main(["--data", str(folder_dataset), "--out", str(tmp_path / "r"), *FAST[2:],
+                         "--student-size", "4"]) == 2
+    assert "at least 32 px" in one_error_line(capsys)
+
+    from benchmarks.recall import main as recall_main
+    assert recall_main(["mobilenetv1_025", "--data", str(folder_dataset), "--batch-size", "0"]) == 2
+    assert "--batch-size must be >= 1" in one_error_line(capsys)
+
+
 # ------------------------------------------------------------------------------------- 7. the non-finite stop
 
 
