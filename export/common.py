@@ -31,7 +31,7 @@ import numpy as np
 
 from export.contract import ModelContract, TensorSpec, dequantize, quantize
 from mobilekd.errors import MobileKDError, ModelError
-from mobilekd.io import check_writable_dir, write_json
+from mobilekd.io import check_writable_dir, lock_folder, write_json
 
 # --quantize value -> model.json precision
 PRECISION = {"none": "fp32", "fp32": "fp32", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}
@@ -359,6 +359,7 @@ def run_export(fmt: Format, args, default_layout: str) -> int:
     out = Path(args.out) if args.out else default_out(checkpoint, fmt.runtime, precision, args.layout,
                                                      default_layout)
     check_out_folder(out)
+    lock_folder(out, beside=True)  # one export per --out at a time; released when this process ends
     job = ExportJob(checkpoint, model, meta, precision, args.layout, out, threads=args.threads,
                     keep_normalization=bool(getattr(args, "keep_normalization", False)),
                     image_input=bool(getattr(args, "image_input", False)),

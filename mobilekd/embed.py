@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     from mobilekd.config import Config
     from mobilekd.data.datasets import load_image_set
     from mobilekd.errors import MobileKDError, cli_entry
-    from mobilekd.io import check_writable_dir
+    from mobilekd.io import check_writable_dir, lock_folder
     from mobilekd.teachers import resolve_teacher
 
     @cli_entry
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
             raise MobileKDError("--teacher-cache DIR (where to write the cache) is required")
         if config.effective_views == 0:
             raise MobileKDError("--views 0 means a live teacher: nothing to cache")
-        check_writable_dir(config.teacher_cache, "--teacher-cache")
+        lock_folder(check_writable_dir(config.teacher_cache, "--teacher-cache"))  # one builder per cache
         images = load_image_set(config.data, "train", config.layout, config.train_fraction)
         teacher = resolve_teacher(config.teacher, config.teacher_size, config.threads or None)
         if config.threads:

@@ -40,7 +40,7 @@ from mobilekd.distributed import Context, ShardedBatchSampler, init_from_env
 from mobilekd.embed import embed_image_set
 from mobilekd.errors import MobileKDError
 from mobilekd.features import parse_layer_pairs
-from mobilekd.io import atomic_path, check_writable_dir, write_json
+from mobilekd.io import atomic_path, check_writable_dir, lock_folder, unlock_folder, write_json
 from mobilekd.losses import (AbsoluteTeacherLoss, AttentionTransferLoss, DistanceKLLoss, HintLoss, MetricLoss,
                              RelativeTeacherLoss, RKDAngleLoss, RKDDistanceLoss)
 from mobilekd.metrics import retrieval_metrics
@@ -83,6 +83,8 @@ class Trainer:
         self.config = c = config.validate()
         self.out = check_writable_dir(c.out)
         self.context = init_from_env(c.device)
+        if self.context.is_main:  # the run owns its folder (and the teacher cache it builds there)
+            lock_folder(self.out)
         device = c.device
         if self.context.enabled and device.startswith("cuda"):
             device = f"cuda:{self.context.local_rank}"
@@ -368,6 +370,7 @@ class Trainer:
                                               {"test": final.get("test"), "teacher": final.get("teacher")})}
                                   for d in self.domains}
         write_json(self.out / "metrics.json", summary)
+        unlock_folder(self.out)
         return summary
 
 

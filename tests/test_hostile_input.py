@@ -34,6 +34,48 @@ def one_error_line(capsys) -> str:
     return lines[0]
 
 
+# ------------------------------------------------------------------------------------- 1. one run per folder
+
+# the other writer: takes the locks and waits (mobilekd/io.py loaded alone, so it starts without torch)
+HOLD = ("import importlib.util, sys\n"
+        "spec = importlib.util.spec_from_file_location('io_alone', 'mobilekd/io.py')\n"
+        "io = importlib.util.module_from_spec(spec); spec.loader.exec_module(io)\n"
+        "for folder in sys.argv[1:]: io.lock_folder(folder, beside=folder.endswith('export'))\n"
+        "print('held', flush=True); sys.stdin.read()")
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_frees_the_folder(folder_dataset,
+                                                                                            tmp_path, capsys):
+    from mobilekd.io import lock_folder, unlock_folder
+
+    out, cache, export = tmp_path / "run", tmp_path / "cache", tmp_path / "export"
+    checkpoint = save_model(create_model("mobilenetv1_025", embed_dim=8, size=32), tmp_path / "ckpt")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out), str(cache), str(export)], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        assert holder.stdout.readline().strip() == "held"  # the other process owns all three folders now
+        assert distill_main(["--data", str(folder_dataset), "--out", str(out), *FAST]) == 2
+        line = one_error_line(capsys)
+        assert f"pid {holder.pid}" in line and "in use by another run" in line and "since" in line
+        assert not (out / "model.safetensors").exists()
+
+        from mobilekd.embed import main as embed_main
+        assert embed_main(["--data", str(folder_dataset), "--teacher-cache", str(cache), "--views", "1"]) == 2
+        assert f"pid {holder.pid}" in one_error_line(capsys)
+
+        from export.onnx import main as onnx_main
+        assert onnx_main([str(checkpoint), "--out", str(export)]) == 2
+        assert f"pid {holder.pid}" in one_error_line(capsys)
+    finally:
+        holder.kill()  # kill -9: the OS releases the lock, no stale lock file blocks the next run
+        holder.wait()
+    lock_folder(out)
+    unlock_folder(out)
+    assert distill_main(["--data", str(folder_dataset), "--out", str(out), *FAST]) == 0
+    assert not (out / ".mobilekd.lock").exists()  # released at the end of the run
+
+
 # ------------------------------------------------------------------------------------- 3. output destinations
 
 
