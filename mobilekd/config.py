@@ -36,6 +36,7 @@ class Config:
     preload: int = 320  # decode all images into memory, longer side capped at this (0: read from disk)
     unlabeled: str | None = None  # extra unlabeled images (folder or .zip) for the teacher losses (semi-supervised)
     unlabeled_per_batch: int = 32  # unlabeled images added to every P x K batch when --unlabeled is given
+    skip_bad_images: bool = False  # train without unreadable images (counted in model.json) instead of stopping
     # --- student (for mobilekd.train: the model being fine-tuned)
     student: str = "mobilenetv1_025"  # a student/teacher name, timm:<name>, or a checkpoint folder
     embed_dim: int = 128  # 0 = the backbone's pooled features

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from mobilekd.cache import TeacherCache, expected_manifest
 from mobilekd.config import Config
-from mobilekd.data.dataset import ViewDataset
+from mobilekd.data.dataset import ViewDataset, check_readable
 from mobilekd.data.datasets import ImageSet, load_image_set
 from mobilekd.data.sampler import PKBatchSampler
 from mobilekd.data.views import Degradation
@@ -85,6 +85,7 @@ class Trainer:
         self.context = init_from_env(c.device)
         if self.context.is_main:  # the run owns its folder (and the teacher cache it builds there)
             lock_folder(self.out)
+        self.skipped_images = 0
         device = c.device
         if self.context.enabled and device.startswith("cuda"):
             device = f"cuda:{self.context.local_rank}"
@@ -163,6 +164,17 @@ class Trainer:
                                     "training images")
             chosen = np.sort(np.random.default_rng([c.seed, 4242]).permutation(len(train_images))[:c.teacher_budget])
             train_images = train_images.subset(chosen).without_labels()  # label-free: the teacher is the only signal
+        degradation = Degradation(c.lowres, c.jpeg_quality) if (c.lowres or c.jpeg_quality) else None
+        # every image of both splits is decoded (--preload) or checked now, before any teacher or training work
+        train_set = ViewDataset(train_images, {}, c.view_sampler(), {"student": degradation},
+                                preload_side=c.preload, progress=c.progress)
+        test_set = ViewDataset(test_images, {}, preload_side=c.preload, progress=c.progress)
+        report = self.out / ("unreadable_images.txt" if position == 0 else f"unreadable_images_{name}.txt")
+        checked, skipped = check_readable({"train": train_set, "test": test_set}, report, c.skip_bad_images,
+                                          c.progress)
+        self.skipped_images += skipped
+        train_set, test_set = checked["train"], checked["test"]
+        train_images, test_images = train_set.images, test_set.images
         teacher = None
         if teacher_name and c.uses_teacher:
             teacher = resolve_teacher(teacher_name, c.teacher_size, c.threads or None)
@@ -177,16 +189,14 @@ class Trainer:
         inputs = {"student": self.student.preprocess}
         if live_teacher:
             inputs["teacher"] = teacher.preprocess
-        degradation = Degradation(c.lowres, c.jpeg_quality) if (c.lowres or c.jpeg_quality) else None
-        train_set = ViewDataset(train_images, inputs, c.view_sampler(), {"student": degradation},
-                                preload_side=c.preload, progress=c.progress)
+        train_set = train_set.with_inputs(inputs)
         sampler = PKBatchSampler(train_images.labels, c.batch_classes, c.images_per_class, self.num_views,
                                  c.seed + position, c.steps_per_epoch or None, c.unlabeled_per_batch)
         if self.context.enabled:
             sampler = ShardedBatchSampler(sampler, self.context)
         loader = DataLoader(train_set, batch_sampler=sampler, num_workers=c.num_workers,
                             persistent_workers=c.num_workers > 0)
-        domain = Domain(name, data, train_images, test_images, teacher, train_set, sampler, loader)
+        domain = Domain(name, data, train_images, test_images, teacher, train_set, sampler, loader, test_set=test_set)
         if teacher is not None and not live_teacher:
             cache_dir = c.teacher_cache if position == 0 else None
             domain.targets = open_or_build_cache(c, teacher, train_set, self.out / f"teacher_cache_{name}"
@@ -242,7 +252,7 @@ class Trainer:
         log(f"resumed from {path} after epoch {self.start_epoch}")
 
     def save(self, epoch: int) -> None:
-        metadata = {"epoch": epoch + 1, "config": self.config.to_dict(),
+        metadata = {"epoch": epoch + 1, "config": self.config.to_dict(), "skipped_images": self.skipped_images,
                     "metrics": next((h["test"] for h in reversed(self.history) if "test" in h), None)}
         save_model(self.student, self.out, metadata)
         state = {"epoch": epoch, "config": self.config.to_dict(), "student": self.student.state_dict(),
@@ -363,7 +373,7 @@ class Trainer:
             return {"out": str(self.out), "rank": self.context.rank}
         final = next((h for h in reversed(self.history) if "test" in h), {})
         summary = {"out": str(self.out), "test": final.get("test"), "student_to_teacher": final.get("student_to_teacher"),
-                   "teacher": final.get("teacher"), "epochs": c.epochs}
+                   "teacher": final.get("teacher"), "epochs": c.epochs, "skipped_images": self.skipped_images}
         if len(self.domains) > 1:
             summary["domains"] = {d.name: {"data": d.data,
                                            **(final.get(d.name, {}) if d is not self.primary else

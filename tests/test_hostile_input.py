@@ -76,6 +76,52 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_frees_
     assert not (out / ".mobilekd.lock").exists()  # released at the end of the run
 
 
+# ------------------------------------------------------------------------------------- 2. broken images
+
+
+def _break(path: Path) -> None:
+    path.write_bytes(b"this is not an image")
+
+
+@pytest.mark.parametrize("preload", ["32", "0"])
+def test_every_unreadable_image_of_both_splits_is_listed_before_training(folder_dataset, tmp_path, capsys,
+                                                                         preload):
+    broken = [folder_dataset / "class_0" / "1.png", folder_dataset / "class_6" / "2.png",
+              folder_dataset / "class_7" / "3.png", folder_dataset / "class_7" / "4.png"]  # train + test split
+    for path in broken:
+        _break(path)
+    out = tmp_path / "run"
+    argv = ["--data", str(folder_dataset), "--out", str(out), *FAST, "--preload", preload, "--eval-every", "5"]
+    assert distill_main(argv) == 2
+    line = one_error_line(capsys)
+    assert "4 unreadable image(s)" in line and str(broken[0]) in line and "--skip-bad-images" in line
+    listed = (out / "unreadable_images.txt").read_text()
+    assert all(str(path) in listed for path in broken)
+    assert not (out / "model.safetensors").exists()  # nothing trained
+
+    assert distill_main(argv + ["--skip-bad-images"]) == 0
+    assert json.loads((out / "model.json").read_text())["skipped_images"] == 4
+    assert json.loads((out / "metrics.json").read_text())["skipped_images"] == 4
+
+
+def test_export_parity_images_are_all_checked_at_once(folder_dataset, tmp_path, capsys):
+    from export.onnx import main as onnx_main
+
+    for path in (folder_dataset / "class_6" / "0.png", folder_dataset / "class_7" / "5.png"):  # test split
+        _break(path)
+    checkpoint = save_model(create_model("mobilenetv1_025", embed_dim=8, size=32), tmp_path / "ckpt")
+    assert onnx_main([str(checkpoint), "--data", str(folder_dataset), "--out", str(tmp_path / "x")]) == 2
+    line = one_error_line(capsys)
+    assert "2 unreadable image(s)" in line and "class_7/5.png" in line
+    assert "class_7/5.png" in Path(line.split("full list in ")[1].split(". ")[0]).read_text()
+
+
+def test_skip_bad_images_is_a_config_file_key(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("skip_bad_images: true\n")
+    assert Config.from_args(["--data", "x", "--config", str(config)]).skip_bad_images is True
+
+
 # ------------------------------------------------------------------------------------- 3. output destinations
 
 
