@@ -6,9 +6,11 @@ targets, class-balanced sampler and metric loss: the primary domain is ``--data`
 universal student). Each epoch interleaves the domains' batches round-robin, so every step distils one
 domain's batch from that domain's teacher.
 
-Per step: total = sum over active losses of weight x loss (``metric`` on labeled rows; ``absolute``,
-``relative``, ``rkd_distance``, ``rkd_angle``, ``kl`` on (student, teacher) embeddings of all rows, mixed
-rows included; ``hint``/``attention`` on feature maps of a live teacher).
+Per step: total = sum of weight x loss over the registered losses the configuration switches on
+(``mobilekd.losses.registry``): a loss on ``labels`` (``metric``) sees the labeled rows; a loss on
+``embeddings`` (``absolute``, ``relative``, ``rkd_distance``, ``rkd_angle``, ``kl``) the (student, teacher)
+embeddings of all rows, mixed rows included; a loss on ``maps`` (``hint``, ``attention``) the feature maps of a
+live teacher.
 Per epoch: a checkpoint (``OUT/model.safetensors`` + ``model.json`` for users and exporters,
 ``OUT/train_state.pt`` for ``--resume``), evaluation every ``eval_every`` epochs, ``OUT/history.json``.
 Batches, views, mixup and dropout are seeded per (seed, epoch), so a run resumed after a kill reaches the same
@@ -21,7 +23,7 @@ import json
 import math
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +43,7 @@ from mobilekd.embed import embed_image_set
 from mobilekd.errors import MobileKDError
 from mobilekd.features import parse_layer_pairs
 from mobilekd.io import atomic_path, check_writable_dir, lock_folder, unlock_folder, write_json
-from mobilekd.losses import (AbsoluteTeacherLoss, AttentionTransferLoss, DistanceKLLoss, HintLoss, MetricLoss,
-                             RelativeTeacherLoss, RKDAngleLoss, RKDDistanceLoss)
+from mobilekd.losses import LossContext, get_loss
 from mobilekd.metrics import retrieval_metrics
 from mobilekd.models import EmbeddingNet, save_model
 from mobilekd.teachers import resolve_model, resolve_teacher, teacher_dim
@@ -52,11 +53,23 @@ STATE_FILE = "train_state.pt"
 RESUME_KEYS = ("data", "layout", "train_fraction", "unlabeled", "student", "embed_dim", "head_bn", "student_size",
                "teacher", "teacher_size", "views", "teacher_budget", "domain", "metric_loss", "batch_classes",
                "images_per_class", "seed")
-MAP_LOSSES = ("hint", "attention")
 
 
 def log(message: str) -> None:
     tqdm.write(message)
+
+
+def load_teacher_projections(run_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The absolute teacher loss's learned student->teacher projections ([teacher_dim, student_dim]; a domain
+    has one when its teacher's dims differ from the student's) saved in a run's ``STATE_FILE``, keyed by their
+    state-dict name ``<domain>.absolute.projection.weight``; {} when the run left no state or no projection.
+    Public so that tools mapping a distilled student into its teacher's space (``mobilekd.compat teacher``)
+    need not know the state file's layout."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        return {}
+    losses = torch.load(path, map_location="cpu", weights_only=True).get("losses", {})
+    return {k: v.float() for k, v in losses.items() if k.endswith(".absolute.projection.weight") and v.ndim == 2}
 
 
 @dataclass
@@ -207,28 +220,22 @@ class Trainer:
         return domain
 
     def _domain_losses(self, domain: Domain) -> torch.nn.ModuleDict:
-        c = self.config
-        losses = torch.nn.ModuleDict()
-        if c.metric_loss != "none" and c.metric_weight > 0 and domain.train_images.num_classes > 0:
-            losses["metric"] = MetricLoss(c.metric_loss, domain.train_images.num_classes, self.student.embed_dim)
-        if domain.teacher is None:
-            return losses
-        makers = {
-            "absolute": lambda: AbsoluteTeacherLoss(self.student.embed_dim, teacher_dim(domain.teacher),
-                                                    squared=c.absolute_squared),
-            "relative": lambda: RelativeTeacherLoss(c.relative_reduction),
-            "rkd_distance": RKDDistanceLoss,
-            "rkd_angle": RKDAngleLoss,
-            "kl": lambda: DistanceKLLoss(c.kl_temperature),
-            "attention": AttentionTransferLoss,
-        }
-        for name, make in makers.items():
-            if getattr(c, f"{name}_weight") > 0:
-                losses[name] = make()
-        if c.hint_weight > 0:
+        """The registered losses the configuration switches on, built for this domain (a loss that needs a
+        teacher only with one, a loss on labels only where there are labels)."""
+        teacher = domain.teacher
+        known_dim = teacher is not None and teacher.embed_dim is not None  # an ONNX teacher's may be dynamic
+        context = LossContext(self.student.embed_dim, teacher_dim(teacher) if known_dim else None,
+                              domain.train_images.num_classes)
+        if domain.feature_stages is not None:
             student_stages, teacher_stages = domain.feature_stages
-            losses["hint"] = HintLoss([self.student.feature_info[i]["num_chs"] for i in student_stages],
-                                      [domain.teacher.feature_info[i]["num_chs"] for i in teacher_stages])
+            context = replace(
+                context, student_channels=tuple(self.student.feature_info[i]["num_chs"] for i in student_stages),
+                teacher_channels=tuple(teacher.feature_info[i]["num_chs"] for i in teacher_stages))
+        losses = torch.nn.ModuleDict()
+        for spec in self.config.active_losses():
+            if (teacher is None and spec.needs_teacher) or (spec.inputs == "labels" and not context.num_classes):
+                continue
+            losses[spec.name] = spec.build(context, self.config)
         return losses
 
     # ------------------------------------------------------------------ checkpoints
@@ -314,7 +321,7 @@ class Trainer:
             student_in, teacher_out = mix_inputs_and_targets(student_in, teacher_out, c.mixup_alpha)
         stages = domain.feature_stages[0] if domain.feature_stages is not None else None
         parts = self.step_module(domain.name, student_in, labels, teacher_out, teacher_maps, stages)
-        total = sum(getattr(c, f"{name}_weight") * value for name, value in parts.items())
+        total = sum(c.loss_weight(name) * value for name, value in parts.items())
         bad = [name for name, value in parts.items() if not torch.isfinite(value)]
         if bad:  # stop before the step: the last checkpoint on disk stays the last good one
             saved = self.out / "model.safetensors"  # written (or resumed from) by this run only if it has history
@@ -401,10 +408,11 @@ class StepModule(torch.nn.Module):
         labeled = labels >= 0
         parts = {}
         for name, loss in self.losses[domain].items():
-            if name == "metric":
+            inputs = get_loss(name).inputs  # what each kind of loss is called with: see mobilekd.losses.registry
+            if inputs == "labels":
                 if labeled.sum() > 1:
                     parts[name] = loss(originals[labeled], labels[labeled])
-            elif name in MAP_LOSSES:
+            elif inputs == "maps":
                 parts[name] = loss(student_maps, teacher_maps)
             else:
                 parts[name] = loss(embeddings, teacher_out)

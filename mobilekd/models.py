@@ -42,7 +42,8 @@ def _mobilenetv1_025(**kwargs) -> nn.Module:
     return _gen_mobilenet_v1("mobilenetv1_100", 0.25, **kwargs)
 
 
-# name -> (timm name or builder, default input size, default preprocessing mean/std)
+# name -> (timm name or builder, default input size); the preprocessing mean/std follow from the family
+# (ImageNet for students, TF-Lite's for teachers, the pretrained cfg for timm:<name>): see default_preprocess
 STUDENTS = {
     "mobilenetv1_025": (_mobilenetv1_025, 224),
     "mobilenetv2_035": ("mobilenetv2_035", 224),
@@ -125,7 +126,8 @@ def build_backbone(arch: str, pretrained: bool = False, num_classes: int = 0) ->
             raise ModelError(f"timm could not create {arch[5:]!r} (pretrained={pretrained}): {error}") from None
         except Exception as error:  # huggingface_hub offline / connection errors
             raise ModelError(f"timm could not fetch weights for {arch[5:]!r}: {type(error).__name__}: {error}. "
-                             "Offline machines: set pretrained off or use a local checkpoint") from None
+                             "Offline machines: set pretrained off or use a local checkpoint (and HF_HUB_OFFLINE=1 "
+                             "to fail at once instead of after the hub's retries)") from None
     raise ModelError(unknown_model_message(arch))
 
 

@@ -99,6 +99,14 @@ def test_precomputed_embeddings_teacher(tmp_path):
     assert torch.allclose(teacher.lookup(["b/2.png", "a/1.png"]), torch.tensor([[0.0, 1.0], [0.6, 0.8]]))
     with pytest.raises(ModelError, match="no embedding for image 'c.png'"):
         teacher.lookup(["c.png"])
+    assert teacher.keys == ["a/1.png", "b/2.png"] and teacher.labels is None
+    # one reader and one validation for teachers and compat: ambiguous ids and direction-less rows are errors
+    np.savez(tmp_path / "dup.npz", keys=np.array(["a", "a"]), embeddings=np.eye(2, dtype=np.float32))
+    with pytest.raises(ModelError, match="'a' occurs more than once"):
+        resolve_teacher(str(tmp_path / "dup.npz"))
+    np.savez(tmp_path / "zero.npz", keys=np.array(["a", "b"]), embeddings=np.array([[1.0, 0.0], [0.0, 0.0]]))
+    with pytest.raises(ModelError, match="all zeros"):
+        resolve_teacher(str(tmp_path / "zero.npz"))
 
 
 def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path):
