@@ -99,8 +99,6 @@ class Trainer:
         self.config = c = config.validate()
         self.out = check_writable_dir(c.out)
         self.context = init_from_env(c.device)
-        if self.context.is_main:  # the run owns its folder (and the teacher cache it builds there)
-            lock_folder(self.out)
         self.skipped_images = 0
         device = c.device
         if self.context.enabled and device.startswith("cuda"):
@@ -114,6 +112,8 @@ class Trainer:
         self.student = self._build_student()
         # before anything is written: a source of another family fails here and leaves OUT untouched
         self.init_from = initialise_from(self.student, c.init_from) if c.init_from else None
+        if self.context.is_main:  # the run owns its folder (and the teacher cache it builds there)
+            lock_folder(self.out)
         self.student.to(self.device)
         self.num_views = c.effective_views
 
@@ -157,7 +157,7 @@ class Trainer:
         from mobilekd.weights import student_with_weights
 
         student, self.student_source = student_with_weights(c.student_weights, c.student, c.embed_dim, c.student_size,
-                                                            c.head_bn, c.data, c.threads or 1)
+                                                            c.head_bn, c.data, self.threads)
         check = self.student_source.get("self_check")
         if check:
             log(f"--student-weights {c.student_weights} -> {student.spec.arch}; self-check vs LiteRT: {check}")
