@@ -21,6 +21,7 @@ from pathlib import Path
 
 from benchmarks.machine import short_name
 from mobilekd.errors import MobileKDError, cli_entry
+from mobilekd.io import check_writable_dir
 
 
 def load_results(paths: list[str]) -> list[dict]:
@@ -272,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", default="mobilekd benchmark report")
     parser.add_argument("--allow-mixed-machines", action="store_true")
     args = parser.parse_args(argv)
+    check_writable_dir(args.out)
     report = build_report(load_results(args.results), Path(args.out), args.compare, args.allow_mixed_machines, args.title)
     print(report)
     return 0

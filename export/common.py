@@ -31,7 +31,7 @@ import numpy as np
 
 from export.contract import ModelContract, TensorSpec, dequantize, quantize
 from mobilekd.errors import MobileKDError, ModelError
-from mobilekd.io import write_json
+from mobilekd.io import check_writable_dir, lock_folder, write_json
 
 # --quantize value -> model.json precision
 PRECISION = {"none": "fp32", "fp32": "fp32", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}
@@ -332,11 +332,7 @@ def check_out_folder(out: Path) -> None:
         if entries and "model.json" not in entries:
             raise MobileKDError(f"--out {out} is a non-empty folder that is not an export (no model.json); "
                                 "refusing to replace it")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise MobileKDError(f"output folder {out} is not writable")
+    check_writable_dir(out.parent, f"--out {out}: its folder")  # the work folder is made beside --out, then renamed onto it
 
 
 def publish(work: Path, out: Path) -> None:
@@ -373,6 +369,7 @@ def run_export(fmt: Format, args, default_layout: str) -> int:
     out = Path(args.out) if args.out else default_out(checkpoint, fmt.runtime, precision, args.layout,
                                                      default_layout)
     check_out_folder(out)
+    lock_folder(out, beside=True)  # one export per --out at a time; released when this process ends
     job = ExportJob(checkpoint, model, meta, precision, args.layout, out, threads=args.threads,
                     keep_normalization=bool(getattr(args, "keep_normalization", False)),
                     image_input=bool(getattr(args, "image_input", False)),

@@ -46,7 +46,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mobilekd.data.datasets import ImageSet, load_image_set
+from mobilekd.data.dataset import unreadable_error
+from mobilekd.data.datasets import ImageSet, load_image_set, unreadable_reason
 from mobilekd.data.views import center_view, render
 from mobilekd.errors import DataError, MobileKDError
 from mobilekd.metrics import nearest_neighbors, retrieval_metrics
@@ -114,9 +115,16 @@ def render_images(images: ImageSet, preprocess: Preprocess) -> np.ndarray:
     """View 0 (central crop, bilinear resize, normalise) of every image: float32 [N, 3, H, W], exactly the
     evaluation view ``mobilekd.embed`` gives the float student."""
     out = np.empty((len(images), 3, preprocess.size, preprocess.size), dtype=np.float32)
+    unreadable = []  # every broken file is reported at once, not one per run
     for i in range(len(images)):
-        image = images.load_image(i)
+        try:
+            image = images.load_image(i)
+        except DataError as error:
+            unreadable.append(f"{images.name}\t{unreadable_reason(error)}")
+            continue
         out[i] = render(image, center_view(*image.size, preprocess.crop), preprocess).numpy()
+    if unreadable:
+        raise unreadable_error(unreadable, None)
     return out
 
 

@@ -13,7 +13,7 @@ import torch
 
 from mobilekd.blackbox import OnnxEmbedder, PrecomputedEmbeddings
 from mobilekd.errors import ModelError
-from mobilekd.models import EmbeddingNet, create_model, is_checkpoint, load_model
+from mobilekd.models import EmbeddingNet, check_input_size, create_model, is_checkpoint, load_model
 
 
 def resolve_model(name: str, embed_dim: int = 128, size: int | None = None, pretrained: bool = False,
@@ -23,7 +23,7 @@ def resolve_model(name: str, embed_dim: int = 128, size: int | None = None, pret
             raise ModelError(f"{name} exists but is not a mobilekd checkpoint folder (model.json + model.safetensors)")
         model = load_model(name)
         if size and size != model.preprocess.size:
-            model.spec.preprocess = model.preprocess.with_size(size)
+            model.spec.preprocess = model.preprocess.with_size(check_input_size(model, size))
         return model
     return create_model(name, embed_dim=embed_dim, pretrained=pretrained, size=size, head_bn=head_bn)
 

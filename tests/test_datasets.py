@@ -145,8 +145,11 @@ def test_corrupt_image_is_named(folder_dataset):
     bad = folder_dataset / "class_2" / "3.png"
     bad.write_bytes(b"not a png")
     images = load_image_set(folder_dataset, "train")
+    dataset = ViewDataset(images, {"x": Preprocess(16)}, preload_side=64, progress=False)
+    (index, reason), = dataset.find_unreadable()  # the decode pass records it, for check_readable to report
+    assert "class_2/3.png" in reason
     with pytest.raises(DataError, match=r"cannot read image .*class_2/3\.png"):
-        ViewDataset(images, {"x": Preprocess(16)}, preload_side=64, progress=False)
+        dataset[index]
 
 
 def test_zip_folder_points_at_zips(tmp_path):
