@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from mobilekd.data.datasets import ImageSet, load_image_set
-from mobilekd.data.views import center_view, render
+from mobilekd.data.views import render_evaluation
 from mobilekd.errors import DataError, MobileKDError
 from mobilekd.metrics import nearest_neighbors, retrieval_metrics
 from mobilekd.preprocess import Preprocess
@@ -99,12 +99,11 @@ def choose_images(images: ImageSet, limit: int, seed: int = 0, whole_classes: bo
 
 
 def render_images(images: ImageSet, preprocess: Preprocess) -> np.ndarray:
-    """View 0 (central crop, bilinear resize, normalise) of every image: float32 [N, 3, H, W], exactly the
-    evaluation view ``mobilekd.embed`` gives the float student."""
+    """The evaluation view (``mobilekd.data.views.evaluation_view``: central crop, bilinear resize, normalise) of
+    every image: float32 [N, 3, H, W], exactly what ``mobilekd.embed`` gives the float student."""
     out = np.empty((len(images), 3, preprocess.size, preprocess.size), dtype=np.float32)
     for i in range(len(images)):
-        image = images.load_image(i)
-        out[i] = render(image, center_view(*image.size, preprocess.crop), preprocess).numpy()
+        out[i] = render_evaluation(images.load_image(i), preprocess).numpy()
     return out
 
 

@@ -231,6 +231,43 @@ def test_tflite_fp32_and_int8(workspace):
     assert run("tflite", ckpt, "--integer-io", "--out", workspace["root"] / "never") == 2
 
 
+def test_one_runner_for_parity_recall_and_black_box_teacher(workspace):
+    """One file, one way to run it: ONNX fp32, TFLite int8 with int8 I/O and TFLite fp32 NHWC give the same
+    embeddings through export parity's runner (as export.check opens it: the float student's pixels),
+    benchmarks.recall and the black-box teacher path (``resolve_teacher(file)``). The fp32 TFLite file folds the
+    student's per-channel normalisation into its graph, so parity converts its pixels first (float rounding
+    only); every other route feeds the contract's own pixels: bit-identical."""
+    from benchmarks.recall import make_embedder
+    from export.contract import ModelContract
+    from export.parity import render_images
+    from export.runtimes import runtimes_for
+    from mobilekd.data import load_image_set
+    from mobilekd.embed import embed_image_set
+    from mobilekd.models import load_model
+    from mobilekd.teachers import resolve_teacher
+
+    root, ckpt = workspace["root"], workspace["ckpt"]
+    model = load_model(ckpt).eval()
+    images = load_image_set(str(workspace["data"]), "test")
+    exports = {"onnx32": ("onnx",), "tfl8-int-io": ("tflite", "--quantize", "int8", "--integer-io", "--calib-images",
+                                                    8, "--max-r1-drop", 100), "tfl32": ("tflite",)}
+    for folder, (fmt, *options) in exports.items():
+        if not (root / folder / "model.json").exists():  # when run alone
+            assert run(fmt, ckpt, "--out", root / folder, *options) == 0
+        contract = ModelContract.from_dict(manifest(root / folder))
+        path = root / folder / contract.model_file
+        runner = runtimes_for(path)[0].open(path, contract, 1, pixels=model.preprocess)
+        parity = runner(render_images(images, model.preprocess))
+        recall = embed_image_set(make_embedder(str(path), 1)[3], images, progress=False)
+        teacher = embed_image_set(resolve_teacher(str(path), threads=1), images, progress=False)
+        assert parity.shape == (len(images), DIM) and np.isfinite(parity).all()
+        np.testing.assert_array_equal(recall, teacher)
+        if contract.preprocess == model.preprocess:
+            np.testing.assert_array_equal(parity, recall)
+        else:
+            assert folder == "tfl32" and np.abs(parity - recall).max() < 1e-5
+
+
 def test_int8_float_convs_keep_the_leading_convolutions_float(workspace):
     """--float-convs N: the first N convolutions (and every op before them) stay float in both runtimes; the
     rest is int8; a model with fewer convolutions, or a precision other than int8, is refused (exit 2)."""

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mobilekd.data.datasets import ImageSet
-from mobilekd.data.views import Degradation, ViewSampler, render
+from mobilekd.data.views import Degradation, ViewSampler, evaluation_view, render
 from mobilekd.preprocess import Preprocess
 
 
@@ -20,13 +20,15 @@ class ViewDataset(Dataset):
     ``preprocess`` maps an input name ('student', 'teacher', ...) to that model's preprocessing; every
     input of an item shows the same view. ``preload_side`` decodes all images once into memory, shrunk so
     the longer side is at most that many pixels (0 = decode from disk every time); decoding up front also
-    finds a corrupt file before training starts rather than in the middle of an epoch.
+    finds a corrupt file before training starts rather than in the middle of an epoch. ``evaluation``: every item
+    is each input's own evaluation view (``evaluation_view`` of its Preprocess), whatever the view id.
     """
 
     def __init__(self, images: ImageSet, preprocess: Mapping[str, Preprocess], views: ViewSampler | None = None,
                  degradation: Mapping[str, Degradation] | None = None, preload_side: int = 0,
-                 progress: bool = True):
+                 progress: bool = True, evaluation: bool = False):
         self.images = images
+        self.evaluation = evaluation
         self.preprocess = dict(preprocess)
         self.views = views or ViewSampler()
         self.degradation = dict(degradation or {})
@@ -36,9 +38,11 @@ class ViewDataset(Dataset):
                            for i in tqdm(range(len(images)), desc=f"decode {images.name}", disable=not progress,
                                          leave=False)]
 
-    def with_inputs(self, preprocess: Mapping[str, Preprocess]) -> "ViewDataset":
-        """The same images, views and decoded-image cache, rendered for other inputs."""
-        other = ViewDataset(self.images, preprocess, self.views, self.degradation)
+    def with_inputs(self, preprocess: Mapping[str, Preprocess], evaluation: bool | None = None) -> "ViewDataset":
+        """The same images, views and decoded-image cache, rendered for other inputs (``evaluation``: see the
+        class; None keeps this dataset's)."""
+        other = ViewDataset(self.images, preprocess, self.views, self.degradation,
+                            evaluation=self.evaluation if evaluation is None else evaluation)
         other._cache = self._cache
         return other
 
@@ -58,7 +62,11 @@ class ViewDataset(Dataset):
     def __getitem__(self, key):
         index, view_id = key if isinstance(key, (tuple, list)) else (int(key), 0)
         image = self.image(index)
-        view = self.views(image.size[0], image.size[1], index, view_id)
-        item = {name: render(image, view, pp, self.degradation.get(name)) for name, pp in self.preprocess.items()}
+        if self.evaluation:
+            item = {name: render(image, evaluation_view(*image.size, pp), pp, self.degradation.get(name))
+                    for name, pp in self.preprocess.items()}
+        else:
+            view = self.views(image.size[0], image.size[1], index, view_id)
+            item = {name: render(image, view, pp, self.degradation.get(name)) for name, pp in self.preprocess.items()}
         item.update(index=index, view=view_id, label=int(self.images.labels[index]))
         return item
