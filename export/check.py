@@ -71,8 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         model.spec.preprocess = file_pre
     gates = gates_from_args(args, contract.precision)
 
-    if not runtime.available():
-        report = importlib.import_module(f"export.{contract.runtime}").FORMAT.structural_check(model_file, contract)
+    unavailable = runtime.why_unavailable()
+    structural_check = importlib.import_module(f"export.{contract.runtime}").FORMAT.structural_check
+    if unavailable and structural_check is None:
+        raise MobileKDError(f"cannot measure parity of {model_file.name}: {unavailable}")
+    if unavailable:
+        report = structural_check(model_file, contract)
     else:  # fed the float model's pixels; the runner converts them where the file folds another normalisation
         runner = runtime.open(model_file, contract, args.threads, pixels=model.preprocess)
         data = load_parity(args, model, Path(args.against), meta)

@@ -23,7 +23,7 @@ Route (see ../shared/notes/export.md section 3):
   one scalar mean/std only, can load them; ``--keep-normalization`` keeps the student's input. Their
   MediaPipe metadata is written by ``export.embedder_metadata``.
 
-Everything is run through ``ai_edge_litert.interpreter.Interpreter`` for parity.
+Parity runs the file through ``export.runtimes`` (``litert-xnnpack``: the ``ai_edge_litert`` interpreter).
 """
 
 from __future__ import annotations

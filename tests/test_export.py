@@ -309,7 +309,7 @@ def test_int8_calibration_uses_global_min_max(workspace):
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import quantizer, recipe
 
-    from export.tflite import _signature_input, calibrate_min_max
+    from export.tflite import calibrate_min_max, signature_input
 
     fp32 = workspace["root"] / "tfl32" / "model.tflite"
     if not fp32.exists():
@@ -319,7 +319,7 @@ def test_int8_calibration_uses_global_min_max(workspace):
     rng = np.random.default_rng(0)
     samples = [rng.normal(0, 1, (1, SIZE, SIZE, 3)).astype(np.float32) for _ in range(3)]
     samples.append(np.full((1, SIZE, SIZE, 3), 9.0, np.float32))  # the widest input comes first or last:
-    key, signature_name = _signature_input(fp32)
+    key, signature_name = signature_input(fp32)
     name = Interpreter(model_path=str(fp32)).get_input_details()[0]["name"]  # the input tensor's name
     for order in (samples, samples[::-1]):  # either way the input range must reach it
         ranges = calibrate_min_max(qt, fp32, order)
