@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from export.common import path_size
-from export.runtimes import FILE_KINDS, NotRunnable, find_contract, open_runtime, runtimes_for
+from export.runtimes import NotRunnable, file_kind, find_contract, open_runtime, runtimes_for
 from mobilekd.errors import MobileKDError, ModelError
 from mobilekd.preprocess import Preprocess
 
@@ -62,7 +62,7 @@ class Target:
 
 def default_label(spec: str) -> str:
     path = Path(spec)
-    if path.suffix.lower() in FILE_KINDS:
+    if file_kind(path):
         return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
     if path.exists():
         return path.resolve().name
@@ -72,12 +72,11 @@ def default_label(spec: str) -> str:
 def load_target(spec: str, size: int | None = None, label: str | None = None) -> Target:
     """What ``spec`` names, loaded far enough to know its preprocessing; ModelError if it cannot be."""
     path = Path(spec).expanduser()
-    suffix = path.suffix.lower()
     label = label or default_label(spec)
-    if suffix in FILE_KINDS:
+    kind = file_kind(path)
+    if kind:
         if not path.exists():
             raise ModelError(f"model file not found: {path}")
-        kind = FILE_KINDS[suffix]
         contract = find_contract(path)
         target = Target(spec, label, kind, path, Preprocess(), contract=contract, file_bytes=path_size(path))
         if contract is not None:

@@ -195,8 +195,7 @@ def contract_from_file(path: Path, found_input: TensorSpec, found_output: Tensor
                      quantization=found_output.quantization, l2_normalized=None)
     dim = out.shape[-1] if out.shape and isinstance(out.shape[-1], int) else 0
     precision = "int8" if inp.dtype in ("int8", "uint8") else "fp32"
-    return ModelContract(path.name, FILE_KINDS.get(path.suffix.lower(), "onnx"), precision, inp, out, preprocess,
-                         int(dim))
+    return ModelContract(path.name, file_kind(path) or "onnx", precision, inp, out, preprocess, int(dim))
 
 
 def find_contract(path: Path) -> ModelContract | None:
@@ -306,6 +305,15 @@ def runtimes_for(path: str | Path) -> list[Runtime]:
     (the first is the default)."""
     suffix = Path(path).suffix.lower() or str(path).lower()
     return [r for r in RUNTIMES.values() if suffix in r.suffixes]
+
+
+def file_kind(path: str | Path) -> str | None:
+    """What kind of exported file ``path`` is (model.json's ``runtime``: "onnx", "tflite", "coreml"; the bare
+    suffix for the files of a newly registered runtime); None when no registered runtime opens it."""
+    if not runtimes_for(path):
+        return None
+    suffix = Path(path).suffix.lower()
+    return FILE_KINDS.get(suffix, suffix.lstrip("."))
 
 
 def open_runtime(path: str | Path, contract: ModelContract | None = None, threads: int | None = 1,
