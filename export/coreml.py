@@ -47,7 +47,8 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
     import torch
 
     pre = job.model.preprocess
-    if job.options['image_input']:
+    image_input = job.options.get("image_input", False)
+    if image_input:
         if job.layout != "NCHW":
             raise MobileKDError("--image-input makes a Core ML ImageType, which is NCHW: drop --layout NHWC")
         module = FoldedNormalization(job.model, scalar_preprocess(pre), pre).eval()
@@ -86,13 +87,13 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
     dim = int(job.model.embed_dim)
     raw_pixels = Preprocess(pre.size, (0.0,) * 3, (1.0,) * 3, pre.crop, pre.interpolation, pre.channels)
     notes = ["ImageType input: RGB 0..255 pixels; Core ML applies scale 1/127.5, bias -1, and the student's "
-             "normalisation is folded into the graph"] if job.options['image_input'] else []
-    return BuildResult("model.mlpackage", TensorSpec(INPUT, job.input_shape(), "image" if job.options['image_input']
+             "normalisation is folded into the graph"] if image_input else []
+    return BuildResult("model.mlpackage", TensorSpec(INPUT, job.input_shape(), "image" if image_input
                                                      else "float32", job.layout),
                        TensorSpec(OUTPUT, [1, dim], "float32", l2_normalized=bool(job.model.spec.normalize)),
                        info, "coremltools.convert(torch.jit.trace) mlprogram iOS16"
-                       + (" + ImageType input" if job.options['image_input'] else ""), notes,
-                       preprocess=raw_pixels if job.options['image_input'] else None)
+                       + (" + ImageType input" if image_input else ""), notes,
+                       preprocess=raw_pixels if image_input else None)
 
 
 def structure(path: Path) -> dict:

@@ -158,7 +158,8 @@ def quantize_int8(job: ExportJob, fp32: Path, dst: Path) -> dict:
 
     pre = fp32.with_name("pre.onnx")
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    exclude = head_nodes(pre) + (leading_nodes(pre, job.options['float_convs']) if job.options['float_convs'] else [])
+    float_convs = job.options.get("float_convs", 0)
+    exclude = head_nodes(pre) + (leading_nodes(pre, float_convs) if float_convs else [])
 
     class Reader(CalibrationDataReader):
         def __init__(self, batches):
@@ -172,7 +173,7 @@ def quantize_int8(job: ExportJob, fp32: Path, dst: Path) -> dict:
                     per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude)
     pre.unlink(missing_ok=True)
-    return {"scheme": "int8-static" + (f"+float-convs-{job.options['float_convs']}" if job.options['float_convs'] else ""),
+    return {"scheme": "int8-static" + (f"+float-convs-{float_convs}" if float_convs else ""),
             "weights": "int8 symmetric per-channel", "activations":
             "int8 per-tensor (MinMax calibration), QDQ", "float_ops": exclude,
             "tool": "onnxruntime.quantization.quantize_static"}

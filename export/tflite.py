@@ -59,7 +59,7 @@ def file_preprocess(job: ExportJob):
     per-channel student, unless ``--keep-normalization`` -- the scalar (127.5, 127.5) with the model's folded in
     (``export.normalization``; MediaPipe's Image Embedder accepts only one mean/std)."""
     pre = job.model.preprocess
-    if job.options['keep_normalization'] or job.layout != "NHWC" or job.options['integer_io'] or not is_per_channel(pre.mean, pre.std):
+    if job.options.get("keep_normalization", False) or job.layout != "NHWC" or job.options.get("integer_io", False) or not is_per_channel(pre.mean, pre.std):
         return pre
     return scalar_preprocess(pre)
 
@@ -153,16 +153,17 @@ def int8_recipe(qt, job: ExportJob, fp32: Path) -> dict:
     qt.load_quantization_recipe(recipe.static_wi8_ai8())
     io_kind = "int8 input and output"
     ops = graph_ops(fp32)
-    if not job.options['integer_io']:
+    if not job.options.get("integer_io", False):
         for boundary in ("INPUT", "OUTPUT"):
             qt.update_quantization_recipe(regex=".*", operation_name=boundary, algorithm_key=AlgorithmName.NO_QUANTIZE)
         # the folded normalisation (export.normalization) runs before the QUANTIZE op, in float, so the int8
         # graph sees exactly what the unfolded int8 file would (its own ops, not the wrapped model's)
         folded = keep_float(qt, [o for o in ops if f"{FoldedNormalization.__name__}_wrapped;" in o[1]])
         io_kind = "float32 input and output" + (f" ({folded} normalisation ops in float)" if folded else "")
-    leading = leading_ops(ops, job.options['float_convs']) if job.options['float_convs'] else []
+    float_convs = job.options.get("float_convs", 0)
+    leading = leading_ops(ops, float_convs) if float_convs else []
     keep_float(qt, leading)
-    return {"scheme": "int8-static" + (f"+float-convs-{job.options['float_convs']}" if leading else ""),
+    return {"scheme": "int8-static" + (f"+float-convs-{float_convs}" if leading else ""),
             "weights": "int8 symmetric per-channel",
             "activations": f"int8 asymmetric per-tensor (global min-max calibration); {io_kind}",
             "float_ops": [op for op, _ in leading], "tool": "ai_edge_quantizer recipe static_wi8_ai8"}
@@ -231,7 +232,7 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1:
         raise MobileKDError(f"converted TFLite model has {len(inputs)} inputs / {len(outputs)} outputs, expected 1/1")
-    if job.precision == "int8" and job.options['integer_io']:
+    if job.precision == "int8" and job.options.get("integer_io", False):
         notes.append("int8 I/O (--integer-io): MediaPipe's Image Embedder accepts only float32/uint8 tensors, so "
                      "this file is for LiteRT/Interpreter callers that quantize the normalised input with "
                      "input.quantization")
