@@ -59,7 +59,8 @@ def file_preprocess(job: ExportJob):
     per-channel student, unless ``--keep-normalization`` -- the scalar (127.5, 127.5) with the model's folded in
     (``export.normalization``; MediaPipe's Image Embedder accepts only one mean/std)."""
     pre = job.model.preprocess
-    if job.options.get("keep_normalization", False) or job.layout != "NHWC" or job.options.get("integer_io", False) or not is_per_channel(pre.mean, pre.std):
+    keep, integer_io = job.options.get("keep_normalization", False), job.options.get("integer_io", False)
+    if keep or job.layout != "NHWC" or integer_io or not is_per_channel(pre.mean, pre.std):
         return pre
     return scalar_preprocess(pre)
 
