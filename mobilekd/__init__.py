@@ -1,10 +1,7 @@
 """mobilekd: distil large image-embedding models into small, fast, faithful on-device students."""
 
-import os as _os
-
-# Hub look-ups fail in 0.1 s instead of ~46 s of retries on machines without internet; users with a hub
-# can still set HF_HUB_OFFLINE=0 explicitly.
-_os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Importing mobilekd changes nothing in the caller's environment: offline behaviour (HF_HUB_OFFLINE=1, so hub
+# look-ups fail in 0.1 s instead of ~46 s of retries without internet) is set by the Makefile and the tests.
 
 from mobilekd._compat import ensure_torchvision_importable as _ensure_torchvision_importable
 

@@ -5,17 +5,19 @@
   file). How to feed it comes from its ``model.json`` contract when it has one, else from a ``<model>.json``
   beside it (key ``preprocess``), else from the file's own input tensor with ImageNet mean/std.
 * ``PrecomputedEmbeddings``: a ``.npz`` with arrays ``keys`` (image keys as the data set names them, e.g.
-  ``Black_footed_Albatross/0000.jpg``) and ``embeddings`` [N, D]. Only one view per image exists, so such a
-  teacher supports view 0 only (no random crops for the student either: consistency first).
+  ``Black_footed_Albatross/0000.jpg``) and ``embeddings`` [N, D] (``labels`` [N] optional). Only one view per
+  image exists, so such a teacher supports view 0 only (no random crops for the student either: consistency
+  first). It is also the one reader of the embedding files ``mobilekd.compat`` writes and reads, and
+  ``check_keyed_embeddings`` the one validation of such files and of computed embeddings.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mobilekd.errors import ModelError
 
@@ -45,21 +47,55 @@ class FileEmbedder:
 OnnxEmbedder = FileEmbedder  # the name before .tflite teachers
 
 
+def check_embeddings(x, name: str = "embeddings") -> np.ndarray:
+    """float32 [N, D], finite, no all-zero rows; returned L2-normalised (an all-zero row has no direction)."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ModelError(f"{name}: embeddings must be a non-empty [N, D] array, got shape {x.shape}")
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise ModelError(f"{name}: {int(bad.sum())} embedding(s) contain NaN or infinite values "
+                         f"(first at row {int(np.argmax(bad))})")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ModelError(f"{name}: {int((norms == 0).sum())} embedding(s) are all zeros "
+                         f"(first at row {int(np.argmax(norms[:, 0] == 0))})")
+    return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+
+def check_keyed_embeddings(keys, embeddings, name: str) -> tuple[list[str], np.ndarray]:
+    """One embedding per image id: (keys as str, check_embeddings(embeddings)); ids must be unique, since a
+    repeated id makes the lookup by id ambiguous."""
+    embeddings = check_embeddings(embeddings, name)
+    keys = [str(k) for k in keys]
+    if len(keys) != len(embeddings):
+        raise ModelError(f"{name}: {len(embeddings)} embeddings but {len(keys)} keys")
+    if len(set(keys)) != len(keys):
+        duplicate = next(k for k, count in Counter(keys).items() if count > 1)
+        raise ModelError(f"{name}: image id {duplicate!r} occurs more than once")
+    return keys, embeddings
+
+
 class PrecomputedEmbeddings:
+    """An ``.npz`` of L2-normalised embeddings looked up by image key (see the module docstring)."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"embeddings file not found: {self.path}")
         try:
             with np.load(self.path, allow_pickle=False) as data:
+                if "keys" not in data or "embeddings" not in data:
+                    raise ModelError(f"{self.path}: expected an .npz with arrays 'keys' and 'embeddings' "
+                                     f"(found {', '.join(data.files) or 'none'})")
                 keys, embeddings = data["keys"], data["embeddings"]
-        except (OSError, ValueError, KeyError) as error:
-            raise ModelError(f"{self.path}: expected an .npz with arrays 'keys' and 'embeddings' ({error})") from None
-        if embeddings.ndim != 2 or len(keys) != len(embeddings):
-            raise ModelError(f"{self.path}: 'embeddings' must be [N, D] with one row per key")
-        if not np.isfinite(embeddings).all():
-            raise ModelError(f"{self.path}: embeddings contain NaN or infinite values")
-        self.index = {str(k): i for i, k in enumerate(keys.tolist())}
-        self.embeddings = F.normalize(torch.from_numpy(embeddings.astype(np.float32)), dim=1)
-        self.embed_dim = int(embeddings.shape[1])
+                self.labels = data["labels"] if "labels" in data else None
+        except (OSError, ValueError) as error:
+            raise ModelError(f"{self.path}: not a readable .npz ({error})") from None
+        self.keys, normalised = check_keyed_embeddings(np.atleast_1d(keys).tolist(), embeddings, str(self.path))
+        self.index = {k: i for i, k in enumerate(self.keys)}
+        self.embeddings = torch.from_numpy(normalised)
+        self.embed_dim = int(normalised.shape[1])
         self.preprocess = None  # needs no pixels
 
     def lookup(self, keys: list[str]) -> torch.Tensor:

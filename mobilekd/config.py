@@ -3,6 +3,11 @@
 Values come from, in increasing priority: the defaults below, a YAML/JSON file (``--config``), and command
 line flags (every field is a flag: ``embed_dim`` -> ``--embed-dim``). ``Config.validate`` turns bad values into
 one clear error.
+
+The loss keys (``NAME_weight`` and each loss's options, e.g. ``kl_weight``, ``kl_temperature``) are not written
+here: they are generated from the loss registry (:mod:`mobilekd.losses.registry`), and regenerated in place
+when a loss is registered later, so ``Config(rkd_angle_weight=2.0)``, ``--rkd-angle-weight`` and the YAML key
+``rkd_angle_weight`` exist for every registered loss.
 """
 
 from __future__ import annotations
@@ -18,16 +23,14 @@ from pathlib import Path
 import yaml
 
 from mobilekd.errors import MobileKDError
-from mobilekd.losses.metric import METRIC_LOSSES
-from mobilekd.losses.relative import REDUCTIONS
-
-
-TEACHER_LOSS_WEIGHTS = ("absolute_weight", "relative_weight", "rkd_distance_weight", "rkd_angle_weight",
-                        "kl_weight", "hint_weight", "attention_weight")
+from mobilekd.losses import get_loss, loss_specs
+from mobilekd.losses.registry import LossSpec, on_change
 
 
 @dataclass
 class Config:
+    """Every option of a training or distillation run (see the module docstring)."""
+
     # --- data
     data: str = ""  # data set: folder, CUB/Cars/SOP root or .zip (see mobilekd.data.datasets)
     layout: str = "auto"  # auto | folder | cub | cars | sop | zip
@@ -40,7 +43,11 @@ class Config:
     embed_dim: int = 128  # 0 = the backbone's pooled features
     head_bn: bool = False
     student_size: int = 224  # input resolution of the student
-    pretrained: bool = False  # start from ImageNet weights (teachers, timm:<name> with a hub)
+    pretrained: bool = False  # start from ImageNet weights (teachers; mobilenetv1_025 -> shipped tf_mobilenetv1_025)
+    student_weights: str | None = None  # backbone weights for --student: a .tflite ImageNet classifier, or a
+    #                                     timm-style .safetensors / .pth state dict (see mobilekd.weights)
+    init_from: str | None = None  # weight selection (Xu et al. 2024) of the student's backbone from a larger model
+    #                               of its family: a name (efficientnet_lite0), checkpoint folder or .safetensors/.pth
     # --- teacher
     teacher: str | None = "efficientnet_lite0"  # name, checkpoint folder, .onnx, .npz embeddings, or none;
     #                                              A,B,C = a multi-branch master (ensemble of the branches)
@@ -51,20 +58,8 @@ class Config:
     teacher_cache: str | None = None  # a cache folder from `python -m mobilekd.embed` (default: OUT/teacher_cache)
     lowres: int | None = None  # cross-quality: the student sees the image down-sampled to this size
     jpeg_quality: int | None = None  # cross-quality: the student sees a JPEG of this quality
-    # --- losses (total = sum of weight x loss)
-    metric_loss: str = "normalized_softmax"  # triplet | multi_similarity | proxy_anchor | normalized_softmax | none
-    metric_weight: float = 1.0
-    absolute_weight: float = 0.0  # absolute teacher loss (Yu et al. 2019)
-    absolute_squared: bool = False
-    relative_weight: float = 0.0  # relative teacher loss (Yu et al. 2019)
-    relative_reduction: str = "frobenius"  # frobenius | mean_sq | mean_abs
-    rkd_distance_weight: float = 0.0  # RKD distance loss (Park et al. 2019)
-    rkd_angle_weight: float = 0.0  # RKD angle loss (Park et al. 2019)
-    kl_weight: float = 0.0  # distance-distribution KL (Feng et al. 2020)
-    kl_temperature: float = 0.1
-    hint_weight: float = 0.0  # hint regression of feature maps through 1x1 adapters (Yu et al. 2019)
-    attention_weight: float = 0.0  # attention-map transfer (Zagoruyko & Komodakis 2017; Yu et al. 2019)
-    feature_layers: str = "-2=-2,-1=-1"  # student=teacher stage pairs for hint/attention: index or module name
+    # --- losses (total = sum of weight x loss): the registry's keys go here, see _add_loss_fields
+    feature_layers: str = "-2=-2,-1=-1"  # student=teacher stage pairs of the feature-map losses: index or module name
     # --- optimisation
     epochs: int = 30
     batch_classes: int = 16  # P classes per batch
@@ -81,7 +76,7 @@ class Config:
     out: str = "runs/distill"
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | cuda:N
-    threads: int = 0  # torch CPU threads (0 = torch's default)
+    threads: int = 0  # CPU threads (0 = the cores idle when the run starts; see mobilekd.threads)
     eval_every: int = 5  # evaluate on the test split every N epochs (and after the last)
     resume: bool = False  # continue from OUT/train_state.pt
     num_workers: int = 0  # DataLoader worker processes
@@ -92,14 +87,16 @@ class Config:
         problems = []
         if not self.data:
             problems.append("no data set given (--data PATH)")
-        if self.metric_loss not in METRIC_LOSSES:
-            problems.append(f"--metric-loss must be one of {', '.join(METRIC_LOSSES)}")
-        if self.relative_reduction not in REDUCTIONS:
-            problems.append(f"--relative-reduction must be one of {', '.join(REDUCTIONS)}")
+        for spec in loss_specs():
+            for option in spec.options:
+                key = spec.option_key(option)
+                problem = option.problem(getattr(self, key), _flag(key))
+                if problem:
+                    problems.append(problem)
         for name in ("epochs", "batch_classes", "images_per_class", "student_size", "eval_every"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1")
-        for name in (*TEACHER_LOSS_WEIGHTS, "metric_weight", "kl_temperature", "teacher_budget", "mixup_alpha",
+        for name in (*(spec.weight_key for spec in loss_specs()), "teacher_budget", "mixup_alpha",
                      "unlabeled_per_batch", "lr", "weight_decay", "views",
                      "steps_per_epoch", "preload", "threads", "num_workers", "embed_dim", "warmup_epochs"):
             if getattr(self, name) < 0:
@@ -110,8 +107,15 @@ class Config:
             problems.append("--jpeg-quality must be in 1..95")
         if self.uses_teacher and not self.teacher:
             problems.append("teacher losses are weighted but no --teacher is given")
-        if self.metric_loss == "none" and not self.uses_teacher:
-            problems.append("nothing to train: --metric-loss none and no teacher loss weight")
+        if not self.active_losses():
+            off = [f"{_flag(spec.option_key(o))} {o.off}" for spec in loss_specs() for o in spec.options
+                   if o.off is not None]
+            problems.append(f"nothing to train: every loss weight is 0 (or switched off: {', '.join(off)})"
+                            if off else "nothing to train: every loss weight is 0")
+        given = [flag for flag, value in (("--student-weights", self.student_weights), ("--pretrained", self.pretrained),
+                                          ("--init-from", self.init_from)) if value]
+        if len(given) > 1:
+            problems.append(f"{' and '.join(given)} each give the student its weights: choose one")
         if self.teacher in ("none", ""):
             self.teacher = None
         if (self.teacher_budget or self.mixup_alpha) and not self.uses_teacher:
@@ -139,13 +143,20 @@ class Config:
         return {"path": os.path.abspath(self.data), "layout": self.layout, "split": split,
                 "train_fraction": self.train_fraction}
 
+    def active_losses(self) -> list[LossSpec]:
+        """The registered losses this configuration switches on (weight > 0)."""
+        return [spec for spec in loss_specs() if spec.is_on(self)]
+
+    def loss_weight(self, name: str) -> float:
+        return getattr(self, get_loss(name).weight_key)
+
     @property
     def uses_teacher(self) -> bool:
-        return any(getattr(self, name) > 0 for name in TEACHER_LOSS_WEIGHTS)
+        return any(spec.needs_teacher for spec in self.active_losses())
 
     @property
     def uses_feature_maps(self) -> bool:
-        return self.hint_weight > 0 or self.attention_weight > 0
+        return any(spec.inputs == "maps" for spec in self.active_losses())
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -186,14 +197,18 @@ class Config:
             kind = hints[field.name]
             optional = isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
             base = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind
-            help_text = f"(default: {defaults[field.name]})"
+            described = field.metadata.get("help")
+            help_text = f"{described} " if described else ""
+            help_text += f"(default: {defaults[field.name]})"
             if base is bool:
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
             elif typing.get_origin(base) is list:
                 parser.add_argument(flag, action="append", metavar=field.name.upper(), help=help_text + " (repeatable)")
             else:
                 convert = _optional(base) if optional else base
-                parser.add_argument(flag, type=convert, metavar=field.name.upper(), help=help_text)
+                choices = field.metadata.get("choices")  # shown, checked by validate() (one error line)
+                metavar = "{" + ",".join(map(str, choices)) + "}" if choices else field.name.upper()
+                parser.add_argument(flag, type=convert, metavar=metavar, help=help_text)
         return parser
 
     @classmethod
@@ -205,6 +220,45 @@ class Config:
             values.update(cls.from_file(args.pop("config")))
         values.update(args)
         return cls.from_dict(values).validate()
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+_LOSS_KEYS_AFTER = "jpeg_quality"  # the generated loss keys follow this field (config files, --help)
+_BASE_FIELDS = [(f.name, f.type, f.default) for f in fields(Config)]
+_GENERATED_METHODS = ("__init__", "__repr__", "__eq__", "__match_args__", "__hash__")
+
+
+def _add_loss_fields(specs: list[LossSpec]) -> None:
+    """(Re)generate Config's loss keys from ``specs`` *in place*: every module that imported ``Config`` sees a
+    loss registered after it. The dataclass is rebuilt from the base fields plus the losses' keys."""
+    base = {name for name, _, _ in _BASE_FIELDS}
+    generated = []
+    for spec in specs:
+        options = {spec.option_key(o): o for o in spec.options}
+        for key, kind, default, help_text in spec.config_fields():
+            if key in base or any(key == other for other, *_ in generated):
+                raise ValueError(f"loss {spec.name!r}: configuration key {key!r} already exists")
+            choices = options[key].choices if key in options else None
+            generated.append((key, kind, dataclasses.field(default=default,
+                                                           metadata={"help": help_text, "choices": choices})))
+    at = next(i for i, (name, _, _) in enumerate(_BASE_FIELDS) if name == _LOSS_KEYS_AFTER) + 1
+    ordered = [*_BASE_FIELDS[:at], *generated, *_BASE_FIELDS[at:]]
+    for name in _GENERATED_METHODS:
+        if name in Config.__dict__:
+            delattr(Config, name)
+    for name in set(Config.__dataclass_fields__) - {name for name, _, _ in ordered}:
+        if name in Config.__dict__:
+            delattr(Config, name)  # the class default of a loss that was unregistered
+    Config.__annotations__ = {name: kind for name, kind, _ in ordered}
+    for name, _, default in ordered:
+        setattr(Config, name, default)
+    dataclass(Config)
+
+
+on_change(_add_loss_fields)
 
 
 def _optional(base):

@@ -4,6 +4,9 @@ Example (CUB-100, MobileNetV1-0.25 student, EfficientNet-Lite0 ImageNet teacher,
 
     python -m mobilekd.distill --data ../shared/data/cub100-227 --student mobilenetv1_025 \\
         --teacher efficientnet_lite0 --absolute-weight 1 --relative-weight 0.3 --epochs 90 --out runs/cub
+
+The total loss is the sum of weight x loss over every registered loss (``mobilekd.losses``): ``--help`` lists
+each one's ``--NAME-weight`` flag and options; the absolute teacher loss is on by default (weight 1).
 """
 
 from __future__ import annotations
@@ -12,10 +15,15 @@ import sys
 
 from mobilekd.config import Config
 from mobilekd.errors import cli_entry
+from mobilekd.losses import loss_specs
 from mobilekd.metrics import format_table
 
-DESCRIPTION = ("Distil a teacher (name, checkpoint, ONNX file or precomputed embeddings) into a student. "
-               "Total loss = metric_weight*metric + absolute_weight*absolute + relative_weight*relative.")
+
+def description() -> str:
+    """The --help description, its loss formula generated from the loss registry (so it names every loss)."""
+    total = " + ".join(f"{spec.weight_key}*{spec.name}" for spec in loss_specs())
+    return ("Distil a teacher (name, checkpoint, ONNX file or precomputed embeddings) into a student. "
+            f"Total loss = {total}.")
 
 
 def summary_table(summary: dict, student_name: str) -> str:
@@ -31,7 +39,7 @@ def summary_table(summary: dict, student_name: str) -> str:
 
 @cli_entry
 def main(argv=None) -> int:
-    config = Config.from_args(argv, "python -m mobilekd.distill", DESCRIPTION,
+    config = Config.from_args(argv, "python -m mobilekd.distill", description(),
                               overrides={"absolute_weight": 1.0, "out": "runs/distill"})
     from mobilekd.engine import train
 

@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     from mobilekd.data.datasets import load_image_set
     from mobilekd.errors import MobileKDError, cli_entry
     from mobilekd.teachers import resolve_teacher
+    from mobilekd.threads import set_threads
 
     @cli_entry
     def run(args) -> int:
@@ -74,9 +75,8 @@ def main(argv=None) -> int:
         if config.effective_views == 0:
             raise MobileKDError("--views 0 means a live teacher: nothing to cache")
         images = load_image_set(config.data, "train", config.layout, config.train_fraction)
-        teacher = resolve_teacher(config.teacher, config.teacher_size, config.threads or None)
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        threads = set_threads(config.threads)  # 0: the idle cores
+        teacher = resolve_teacher(config.teacher, config.teacher_size, threads)
         inputs = {"teacher": teacher.preprocess} if teacher.preprocess is not None else {}
         dataset = ViewDataset(images, inputs, config.view_sampler(), preload_side=config.preload,
                               progress=config.progress)

@@ -6,9 +6,11 @@ targets, class-balanced sampler and metric loss: the primary domain is ``--data`
 universal student). Each epoch interleaves the domains' batches round-robin, so every step distils one
 domain's batch from that domain's teacher.
 
-Per step: total = sum over active losses of weight x loss (``metric`` on labeled rows; ``absolute``,
-``relative``, ``rkd_distance``, ``rkd_angle``, ``kl`` on (student, teacher) embeddings of all rows, mixed
-rows included; ``hint``/``attention`` on feature maps of a live teacher).
+Per step: total = sum of weight x loss over the registered losses the configuration switches on
+(``mobilekd.losses.registry``): a loss on ``labels`` (``metric``) sees the labeled rows; a loss on
+``embeddings`` (``absolute``, ``relative``, ``rkd_distance``, ``rkd_angle``, ``kl``) the (student, teacher)
+embeddings of all rows, mixed rows included; a loss on ``maps`` (``hint``, ``attention``) the feature maps of a
+live teacher.
 Per epoch: a checkpoint (``OUT/model.safetensors`` + ``model.json`` for users and exporters,
 ``OUT/train_state.pt`` for ``--resume``), evaluation every ``eval_every`` epochs, ``OUT/history.json``.
 Batches, views, mixup and dropout are seeded per (seed, epoch), so a run resumed after a kill reaches the same
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,22 +42,36 @@ from mobilekd.embed import embed_image_set
 from mobilekd.errors import MobileKDError
 from mobilekd.features import parse_layer_pairs
 from mobilekd.io import atomic_path, write_json
-from mobilekd.losses import (AbsoluteTeacherLoss, AttentionTransferLoss, DistanceKLLoss, HintLoss, MetricLoss,
-                             RelativeTeacherLoss, RKDAngleLoss, RKDDistanceLoss)
+from mobilekd.losses import LossContext, get_loss
 from mobilekd.metrics import retrieval_metrics
 from mobilekd.models import EmbeddingNet, save_model
 from mobilekd.teachers import resolve_model, resolve_teacher, teacher_dim
+from mobilekd.threads import set_threads
+from mobilekd.weight_selection import initialise_from
 
 STATE_FILE = "train_state.pt"
 # options that must not change between a run and its --resume
-RESUME_KEYS = ("data", "layout", "train_fraction", "unlabeled", "student", "embed_dim", "head_bn", "student_size",
-               "teacher", "teacher_size", "views", "teacher_budget", "domain", "metric_loss", "batch_classes",
-               "images_per_class", "seed")
-MAP_LOSSES = ("hint", "attention")
+RESUME_KEYS = ("data", "layout", "train_fraction", "unlabeled", "student", "student_weights", "pretrained", "embed_dim",
+               "head_bn", "student_size", "teacher", "teacher_size", "views", "teacher_budget", "domain", "metric_loss",
+               "batch_classes", "images_per_class", "seed", "init_from")
+BN_UNFOLD_IMAGES = 256  # training images whose statistics unfold a folded-BN student's BatchNorm
 
 
 def log(message: str) -> None:
     tqdm.write(message)
+
+
+def load_teacher_projections(run_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The absolute teacher loss's learned student->teacher projections ([teacher_dim, student_dim]; a domain
+    has one when its teacher's dims differ from the student's) saved in a run's ``STATE_FILE``, keyed by their
+    state-dict name ``<domain>.absolute.projection.weight``; {} when the run left no state or no projection.
+    Public so that tools mapping a distilled student into its teacher's space (``mobilekd.compat teacher``)
+    need not know the state file's layout."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        return {}
+    losses = torch.load(path, map_location="cpu", weights_only=True).get("losses", {})
+    return {k: v.float() for k, v in losses.items() if k.endswith(".absolute.projection.weight") and v.ndim == 2}
 
 
 @dataclass
@@ -88,14 +104,21 @@ class Trainer:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise MobileKDError("--device cuda requested but torch sees no CUDA GPU")
-        if c.threads:
-            torch.set_num_threads(c.threads)
+        self.threads = set_threads(c.threads)  # 0: the idle cores (mobilekd.threads)
         torch.manual_seed(c.seed)
-        self.student = resolve_model(c.student, c.embed_dim, c.student_size, c.pretrained, c.head_bn).to(self.device)
+        self.student_source = None  # where --student-weights came from, for model.json
+        self.student = self._build_student()
+        # before anything is written: a source of another family fails here and leaves OUT untouched
+        self.init_from = initialise_from(self.student, c.init_from) if c.init_from else None
+        self.student.to(self.device)
         self.num_views = c.effective_views
 
         specs = [(c.data, c.teacher)] + [tuple(spec.split("=")) for spec in (c.domain or [])]
         self.domains = [self._build_domain(i, data, teacher) for i, (data, teacher) in enumerate(specs)]
+        self.bn_unfolded = None
+        resuming = c.resume and (self.out / STATE_FILE).is_file()
+        if self.student.spec.bn_folded and not resuming:  # a resumed run restores the unfolded weights
+            self._unfold_batchnorm()
 
         self.losses = torch.nn.ModuleDict({domain.name: self._domain_losses(domain) for domain in self.domains})
         self.losses.to(self.device)
@@ -118,6 +141,36 @@ class Trainer:
             self._resume()
 
     # ------------------------------------------------------------------ set-up
+    def _build_student(self) -> EmbeddingNet:
+        c = self.config
+        if not c.student_weights:
+            return resolve_model(c.student, c.embed_dim, c.student_size, c.pretrained, c.head_bn)
+        if Path(c.student).exists():
+            raise MobileKDError("--student-weights needs --student to name an architecture, not a checkpoint folder")
+        from mobilekd.weights import student_with_weights
+
+        student, self.student_source = student_with_weights(c.student_weights, c.student, c.embed_dim, c.student_size,
+                                                            c.head_bn, c.data, c.threads or 1)
+        check = self.student_source.get("self_check")
+        if check:
+            log(f"--student-weights {c.student_weights} -> {student.spec.arch}; self-check vs LiteRT: {check}")
+        return student
+
+    def _unfold_batchnorm(self) -> None:
+        """Folded BatchNorm (imported weights) -> running statistics of real training images, function
+        unchanged (``mobilekd.bn_unfold``); train-mode BN then starts where ImageNet left it."""
+        from mobilekd.bn_unfold import unfold_batchnorm
+
+        c = self.config
+        count = min(BN_UNFOLD_IMAGES, len(self.train_set))
+        chosen = np.sort(np.random.default_rng([c.seed, 1717]).permutation(len(self.train_set))[:count])
+        dataset = self.train_set.with_inputs({"x": self.student.preprocess})  # view 0: the evaluation view
+        loader = DataLoader(torch.utils.data.Subset(dataset, [(int(i), 0) for i in chosen]), batch_size=64)
+        seen = unfold_batchnorm(self.student, (batch["x"].to(self.device) for batch in loader))
+        self.student.spec.bn_folded = False
+        self.bn_unfolded = {"images": seen, "source": "training split, evaluation view"}
+        log(f"BatchNorm unfolded from {seen} training images (folded-BN student; eval-mode function unchanged)")
+
     @property
     def primary(self) -> Domain:
         return self.domains[0]
@@ -159,7 +212,7 @@ class Trainer:
             train_images = train_images.subset(chosen).without_labels()  # label-free: the teacher is the only signal
         teacher = None
         if teacher_name and c.uses_teacher:
-            teacher = resolve_teacher(teacher_name, c.teacher_size, c.threads or None)
+            teacher = resolve_teacher(teacher_name, c.teacher_size, self.threads)
         # hint/attention need the teacher's feature maps, which are not cached: they keep the teacher live
         live_teacher = teacher is not None and (self.num_views == 0 or c.uses_feature_maps)
         if teacher is not None:
@@ -191,28 +244,22 @@ class Trainer:
         return domain
 
     def _domain_losses(self, domain: Domain) -> torch.nn.ModuleDict:
-        c = self.config
-        losses = torch.nn.ModuleDict()
-        if c.metric_loss != "none" and c.metric_weight > 0 and domain.train_images.num_classes > 0:
-            losses["metric"] = MetricLoss(c.metric_loss, domain.train_images.num_classes, self.student.embed_dim)
-        if domain.teacher is None:
-            return losses
-        makers = {
-            "absolute": lambda: AbsoluteTeacherLoss(self.student.embed_dim, teacher_dim(domain.teacher),
-                                                    squared=c.absolute_squared),
-            "relative": lambda: RelativeTeacherLoss(c.relative_reduction),
-            "rkd_distance": RKDDistanceLoss,
-            "rkd_angle": RKDAngleLoss,
-            "kl": lambda: DistanceKLLoss(c.kl_temperature),
-            "attention": AttentionTransferLoss,
-        }
-        for name, make in makers.items():
-            if getattr(c, f"{name}_weight") > 0:
-                losses[name] = make()
-        if c.hint_weight > 0:
+        """The registered losses the configuration switches on, built for this domain (a loss that needs a
+        teacher only with one, a loss on labels only where there are labels)."""
+        teacher = domain.teacher
+        known_dim = teacher is not None and teacher.embed_dim is not None  # an ONNX teacher's may be dynamic
+        context = LossContext(self.student.embed_dim, teacher_dim(teacher) if known_dim else None,
+                              domain.train_images.num_classes)
+        if domain.feature_stages is not None:
             student_stages, teacher_stages = domain.feature_stages
-            losses["hint"] = HintLoss([self.student.feature_info[i]["num_chs"] for i in student_stages],
-                                      [domain.teacher.feature_info[i]["num_chs"] for i in teacher_stages])
+            context = replace(
+                context, student_channels=tuple(self.student.feature_info[i]["num_chs"] for i in student_stages),
+                teacher_channels=tuple(teacher.feature_info[i]["num_chs"] for i in teacher_stages))
+        losses = torch.nn.ModuleDict()
+        for spec in self.config.active_losses():
+            if (teacher is None and spec.needs_teacher) or (spec.inputs == "labels" and not context.num_classes):
+                continue
+            losses[spec.name] = spec.build(context, self.config)
         return losses
 
     # ------------------------------------------------------------------ checkpoints
@@ -233,15 +280,24 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch = int(state["epoch"]) + 1
         self.history = json.loads(state["history"])
+        self.student.spec.bn_folded = False  # the saved weights were unfolded before the run's first step
+        self.bn_unfolded = state.get("bn_unfolded")
         log(f"resumed from {path} after epoch {self.start_epoch}")
 
     def save(self, epoch: int) -> None:
         metadata = {"epoch": epoch + 1, "config": self.config.to_dict(),
                     "metrics": next((h["test"] for h in reversed(self.history) if "test" in h), None)}
+        if self.bn_unfolded:
+            metadata["bn_unfolded"] = self.bn_unfolded
+        if self.student_source:
+            metadata["student_weights"] = self.student_source
+        if self.init_from:
+            metadata["init_from"] = self.init_from
         save_model(self.student, self.out, metadata)
         state = {"epoch": epoch, "config": self.config.to_dict(), "student": self.student.state_dict(),
                  "losses": self.losses.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "history": json.dumps(self.history)}
+                 "scheduler": self.scheduler.state_dict(), "history": json.dumps(self.history),
+                 "bn_unfolded": self.bn_unfolded}
         with atomic_path(self.out / STATE_FILE) as tmp:
             torch.save(state, tmp)
         write_json(self.out / "history.json", self.history)
@@ -298,7 +354,7 @@ class Trainer:
             student_in, teacher_out = mix_inputs_and_targets(student_in, teacher_out, c.mixup_alpha)
         stages = domain.feature_stages[0] if domain.feature_stages is not None else None
         parts = self.step_module(domain.name, student_in, labels, teacher_out, teacher_maps, stages)
-        total = sum(getattr(c, f"{name}_weight") * value for name, value in parts.items())
+        total = sum(c.loss_weight(name) * value for name, value in parts.items())
         bad = [name for name, value in parts.items() if not torch.isfinite(value)]
         if bad:  # stop before the step: the last checkpoint on disk stays the last good one
             raise MobileKDError(f"loss term {', '.join(bad)} became {parts[bad[0]].item()} at step "
@@ -381,10 +437,11 @@ class StepModule(torch.nn.Module):
         labeled = labels >= 0
         parts = {}
         for name, loss in self.losses[domain].items():
-            if name == "metric":
+            inputs = get_loss(name).inputs  # what each kind of loss is called with: see mobilekd.losses.registry
+            if inputs == "labels":
                 if labeled.sum() > 1:
                     parts[name] = loss(originals[labeled], labels[labeled])
-            elif name in MAP_LOSSES:
+            elif inputs == "maps":
                 parts[name] = loss(student_maps, teacher_maps)
             else:
                 parts[name] = loss(embeddings, teacher_out)

@@ -6,9 +6,15 @@ the backbone's intermediate feature maps available for hint / attention losses (
 ``ModelSpec`` -- the checkpoint format is ``model.safetensors`` + ``model.json``.
 
 Names:
-* students (from scratch; no ImageNet weights for them exist offline): ``mobilenetv1_025`` (MobileNetV1,
-  width 0.25 -- the seed's student), ``mobilenetv2_035``, ``mobilenetv2_050``, ``mobilenetv3_small_050``,
-  ``lcnet_035``, ``lcnet_050``;
+* students: ``mobilenetv1_025`` (MobileNetV1, width 0.25 -- the seed's student), ``mobilenetv2_035``,
+  ``mobilenetv2_050``, ``mobilenetv3_small_050``, ``lcnet_035``, ``lcnet_050`` (symmetric padding, from
+  scratch), ``efficientnet_lite_025`` / ``efficientnet_lite_035`` (EfficientNet-Lite at width 0.25 / 0.35,
+  TF-Lite preprocessing; ``--init-from efficientnet_lite0`` weight-selects them from ImageNet Lite0, see
+  ``mobilekd.weight_selection``); and the TensorFlow-compatible ``tf_mobilenetv1_025/050/075``, ``tf_mobilenetv2_100`` (timm's
+  convention: TF "SAME" padding, ReLU6, BN eps 1e-3, input ``(x - 127.5) / 127.5``) that compute the same
+  function as Google's ImageNet ``.tflite`` classifiers (``mobilekd.tflite_import``). ``pretrained=True``
+  loads the ImageNet weights shipped in ``mobilekd/assets`` (``tf_mobilenetv1_025``; ``mobilenetv1_025``
+  with ``pretrained`` becomes it, so old from-scratch checkpoints keep their own architecture);
 * teachers with real ImageNet weights from PyPI wheels: ``efficientnet_lite0/1/2`` (timm
   ``tf_efficientnet_lite0..2``; see ``mobilekd.weights``);
 * ``timm:<name>``: any timm model (``pretrained=True`` needs the Hugging Face hub).
@@ -29,7 +35,8 @@ from torch import nn
 
 from mobilekd.errors import ModelError
 from mobilekd.io import atomic_path, write_json
-from mobilekd.preprocess import IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN, TF_LITE_STD, Preprocess
+from mobilekd.preprocess import (IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN, TF_LITE_STD, TF_MOBILENET_MEAN,
+                                 TF_MOBILENET_STD, Preprocess)
 
 CHECKPOINT_FORMAT = "mobilekd-model/1"
 
@@ -42,20 +49,65 @@ def _mobilenetv1_025(**kwargs) -> nn.Module:
     return _gen_mobilenet_v1("mobilenetv1_100", 0.25, **kwargs)
 
 
-# name -> (timm name or builder, default input size, default preprocessing mean/std)
+def _tf_mobilenet(version: int, width: float):
+    """A TensorFlow-compatible MobileNet (timm's ``tf_`` convention): TF "SAME" padding (the extra row/column of
+    a stride-2 layer at the bottom/right), ReLU6 (timm's default for both generators), BN eps 1e-3 as TF-slim."""
+    from timm.models.efficientnet import _gen_mobilenet_v1, _gen_mobilenet_v2
+
+    generator = _gen_mobilenet_v1 if version == 1 else _gen_mobilenet_v2
+
+    def build(**kwargs) -> nn.Module:
+        return generator(f"mobilenetv{version}_100", width, pad_type="same", bn_eps=1e-3, **kwargs)
+
+    return build
+
+
+def _efficientnet_lite(width: float):
+    """EfficientNet-Lite at ``width`` x Lite0's channels, depth 1.0, built like timm's ``tf_efficientnet_lite0``
+    (TF "SAME" padding, BN eps 1e-3, ReLU6) so every tensor has a same-named counterpart in the ImageNet Lite0
+    for ``--init-from efficientnet_lite0``. timm rounds channels to multiples of 8 and keeps the family's fixed
+    32-channel stem and 1280-channel head conv (at width 0.25 the head is 105k of 359k parameters; the pooled
+    features are 1280-d like the Lite teachers')."""
+
+    def build(**kwargs) -> nn.Module:
+        from timm.models._efficientnet_builder import BN_EPS_TF_DEFAULT
+        from timm.models.efficientnet import _gen_efficientnet_lite
+
+        return _gen_efficientnet_lite("tf_efficientnet_lite0", channel_multiplier=width, depth_multiplier=1.0,
+                                      bn_eps=BN_EPS_TF_DEFAULT, pad_type="same", **kwargs)
+
+    return build
+
+
+TF_MOBILENET = (TF_MOBILENET_MEAN, TF_MOBILENET_STD)
+# name -> (timm name or builder, default input size[, preprocessing (mean, std)]); without the third entry the
+# mean/std follow from the family (ImageNet for students, TF-Lite's for teachers, the pretrained cfg for
+# timm:<name>): see default_preprocess
 STUDENTS = {
     "mobilenetv1_025": (_mobilenetv1_025, 224),
+    "tf_mobilenetv1_025": (_tf_mobilenet(1, 0.25), 224, TF_MOBILENET),
+    "tf_mobilenetv1_050": (_tf_mobilenet(1, 0.5), 224, TF_MOBILENET),
+    "tf_mobilenetv1_075": (_tf_mobilenet(1, 0.75), 224, TF_MOBILENET),
+    "tf_mobilenetv2_100": (_tf_mobilenet(2, 1.0), 224, TF_MOBILENET),
     "mobilenetv2_035": ("mobilenetv2_035", 224),
     "mobilenetv2_050": ("mobilenetv2_050", 224),
     "mobilenetv3_small_050": ("mobilenetv3_small_050", 224),
     "lcnet_035": ("lcnet_035", 224),
     "lcnet_050": ("lcnet_050", 224),
+    # the Lite teachers' family at MobileNet-0.25 size, for weight selection from ImageNet Lite0 (--init-from)
+    "efficientnet_lite_025": (_efficientnet_lite(0.25), 224, (TF_LITE_MEAN, TF_LITE_STD)),
+    "efficientnet_lite_035": (_efficientnet_lite(0.35), 224, (TF_LITE_MEAN, TF_LITE_STD)),
 }
 TEACHERS = {
     "efficientnet_lite0": ("tf_efficientnet_lite0", 224),
     "efficientnet_lite1": ("tf_efficientnet_lite1", 240),
     "efficientnet_lite2": ("tf_efficientnet_lite2", 260),
 }
+# ImageNet weights shipped in mobilekd/assets (backbone only, BatchNorm folded: identity + bias), and the
+# TF-compatible architecture a student name means when --pretrained asks for them
+SHIPPED_WEIGHTS = {"tf_mobilenetv1_025": "tf_mobilenetv1_025_imagenet.safetensors"}
+PRETRAINED_ARCH = {"mobilenetv1_025": "tf_mobilenetv1_025"}
+ASSETS = Path(__file__).parent / "assets"
 
 
 @dataclass
@@ -68,6 +120,7 @@ class ModelSpec:
     normalize: bool = True
     pretrained: bool = False
     preprocess: Preprocess = field(default_factory=Preprocess)
+    bn_folded: bool = False  # BatchNorms are identity + folded bias (imported weights): unfold before training
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -85,7 +138,8 @@ def default_preprocess(arch: str, size: int | None = None) -> Preprocess:
     if arch in TEACHERS:
         return Preprocess(size or TEACHERS[arch][1], TF_LITE_MEAN, TF_LITE_STD)
     if arch in STUDENTS:
-        return Preprocess(size or STUDENTS[arch][1], IMAGENET_MEAN, IMAGENET_STD)
+        mean, std = STUDENTS[arch][2] if len(STUDENTS[arch]) > 2 else (IMAGENET_MEAN, IMAGENET_STD)
+        return Preprocess(size or STUDENTS[arch][1], mean, std)
     if arch.startswith("timm:"):
         cfg = timm.get_pretrained_cfg(arch[5:])
         mean = tuple(255 * m for m in cfg.mean) if cfg else IMAGENET_MEAN
@@ -103,12 +157,14 @@ def unknown_model_message(name: str) -> str:
 def build_backbone(arch: str, pretrained: bool = False, num_classes: int = 0) -> nn.Module:
     """The timm network behind ``arch`` with ``num_classes`` outputs (0 = pooled features)."""
     if arch in STUDENTS:
-        builder, _ = STUDENTS[arch]
-        if pretrained:
-            raise ModelError(f"no offline pretrained weights exist for student {arch}; train it from scratch")
+        builder = STUDENTS[arch][0]
         if callable(builder):
-            return builder(num_classes=num_classes)
-        return timm.create_model(builder, pretrained=False, num_classes=num_classes)
+            model = builder(num_classes=num_classes)
+        else:
+            model = timm.create_model(builder, pretrained=False, num_classes=num_classes)
+        if pretrained:
+            load_shipped_weights(arch, model)
+        return model
     if arch in TEACHERS:
         model = timm.create_model(TEACHERS[arch][0], pretrained=False, num_classes=1000 if pretrained else num_classes)
         if pretrained:
@@ -125,8 +181,25 @@ def build_backbone(arch: str, pretrained: bool = False, num_classes: int = 0) ->
             raise ModelError(f"timm could not create {arch[5:]!r} (pretrained={pretrained}): {error}") from None
         except Exception as error:  # huggingface_hub offline / connection errors
             raise ModelError(f"timm could not fetch weights for {arch[5:]!r}: {type(error).__name__}: {error}. "
-                             "Offline machines: set pretrained off or use a local checkpoint") from None
+                             "Offline machines: set pretrained off or use a local checkpoint (and HF_HUB_OFFLINE=1 "
+                             "to fail at once instead of after the hub's retries)") from None
     raise ModelError(unknown_model_message(arch))
+
+
+def load_shipped_weights(arch: str, backbone: nn.Module) -> None:
+    """Load the ImageNet backbone shipped in ``mobilekd/assets`` for ``arch`` (the classifier stays as built)."""
+    if arch not in SHIPPED_WEIGHTS:
+        raise ModelError(f"no ImageNet weights are shipped for student {arch} (shipped: "
+                         f"{', '.join(SHIPPED_WEIGHTS)}; 'mobilenetv1_025 --pretrained' means tf_mobilenetv1_025). "
+                         "Import Google's .tflite classifier: --student-weights FILE.tflite, or "
+                         "python -m mobilekd.weights import FILE.tflite --arch ARCH --out DIR; or weight-select it from a larger "
+                         "model of its family with --init-from MODEL")
+    path = ASSETS / SHIPPED_WEIGHTS[arch]
+    if not path.is_file():
+        raise ModelError(f"the shipped weights {path} are missing from this installation")
+    missing, unexpected = backbone.load_state_dict(load_file(str(path)), strict=False)
+    if unexpected or [k for k in missing if not k.startswith("classifier.")]:
+        raise ModelError(f"{path} does not fit {arch}: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
 class EmbeddingNet(nn.Module):
@@ -176,8 +249,14 @@ class EmbeddingNet(nn.Module):
 
 def create_model(arch: str, embed_dim: int = 128, pretrained: bool = False, size: int | None = None,
                  head_bn: bool = False) -> EmbeddingNet:
-    """A student or teacher by name, with its default preprocessing (``size`` overrides the input size)."""
-    spec = ModelSpec(arch, embed_dim, head_bn, True, pretrained, default_preprocess(arch, size))
+    """A student or teacher by name, with its default preprocessing (``size`` overrides the input size).
+
+    ``pretrained`` students take the shipped ImageNet weights of their TF-compatible architecture
+    (``PRETRAINED_ARCH``); the spec records that architecture, and that their BatchNorm is folded."""
+    if pretrained:
+        arch = PRETRAINED_ARCH.get(arch, arch)
+    spec = ModelSpec(arch, embed_dim, head_bn, True, pretrained, default_preprocess(arch, size),
+                     bn_folded=pretrained and arch in SHIPPED_WEIGHTS)
     return EmbeddingNet(spec)
 
 

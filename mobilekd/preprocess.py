@@ -19,6 +19,9 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 TF_LITE_MEAN = (127.0, 127.0, 127.0)
 TF_LITE_STD = (128.0, 128.0, 128.0)
+# Google's TF MobileNet classifiers (TF-slim, tflite): (x - 127.5) / 127.5, i.e. [-1, 1]
+TF_MOBILENET_MEAN = (127.5, 127.5, 127.5)
+TF_MOBILENET_STD = (127.5, 127.5, 127.5)
 
 
 @dataclass(frozen=True)

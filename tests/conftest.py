@@ -1,5 +1,7 @@
 import os
 
+# The tests never need the Hugging Face hub: without internet, look-ups then fail at once instead of after the
+# hub's retries. Set here for the test session (`import mobilekd` leaves the environment alone).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import mobilekd  # noqa: E402,F401  (torchvision workaround before anything imports timm)

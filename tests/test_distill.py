@@ -234,3 +234,20 @@ def test_train_cli_fine_tunes_a_pretrained_teacher(folder_dataset, tmp_path, cap
     # the fine-tuned teacher is a checkpoint folder distillation accepts as --teacher
     trainer = Trainer(tiny_config(folder_dataset, tmp_path / "kd", teacher=str(out), epochs=1))
     assert trainer.teacher.embed_dim == 32 and not any(p.requires_grad for p in trainer.teacher.parameters())
+
+
+def test_teacher_projection_is_readable_from_a_saved_run(folder_dataset, tmp_path):
+    """What Trainer.save writes, engine.load_teacher_projections (and compat's student -> teacher check) reads."""
+    from mobilekd.compat import absolute_projection
+    from mobilekd.engine import load_teacher_projections
+
+    assert load_teacher_projections(tmp_path / "none") == {}
+    trainer = Trainer(tiny_config(folder_dataset, tmp_path / "run", relative_weight=0.0, epochs=1))
+    trainer.save(0)
+    weight = trainer.losses["main"]["absolute"].projection.weight
+    projections = load_teacher_projections(tmp_path / "run")
+    assert list(projections) == ["main.absolute.projection.weight"]
+    assert torch.equal(projections["main.absolute.projection.weight"], weight.detach().cpu())
+    name, array = absolute_projection(str(tmp_path / "run" / "model.safetensors"), weight.shape[0])
+    assert name == "main.absolute.projection.weight" and array.shape == (weight.shape[0], 16)
+    assert absolute_projection(str(tmp_path / "run"), weight.shape[0] + 1) is None

@@ -71,8 +71,8 @@ def test_checkpoint_round_trip(tmp_path):
 def test_bad_models(tmp_path):
     with pytest.raises(ModelError, match="unknown model 'resnet9000'"):
         create_model("resnet9000")
-    with pytest.raises(ModelError, match="no offline pretrained weights"):
-        create_model("mobilenetv1_025", pretrained=True)
+    with pytest.raises(ModelError, match="no ImageNet weights are shipped for student lcnet_050"):
+        create_model("lcnet_050", pretrained=True)
     (tmp_path / "model.json").write_text("{not json")
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ModelError, match="not a valid mobilekd model description"):
@@ -99,6 +99,14 @@ def test_precomputed_embeddings_teacher(tmp_path):
     assert torch.allclose(teacher.lookup(["b/2.png", "a/1.png"]), torch.tensor([[0.0, 1.0], [0.6, 0.8]]))
     with pytest.raises(ModelError, match="no embedding for image 'c.png'"):
         teacher.lookup(["c.png"])
+    assert teacher.keys == ["a/1.png", "b/2.png"] and teacher.labels is None
+    # one reader and one validation for teachers and compat: ambiguous ids and direction-less rows are errors
+    np.savez(tmp_path / "dup.npz", keys=np.array(["a", "a"]), embeddings=np.eye(2, dtype=np.float32))
+    with pytest.raises(ModelError, match="'a' occurs more than once"):
+        resolve_teacher(str(tmp_path / "dup.npz"))
+    np.savez(tmp_path / "zero.npz", keys=np.array(["a", "b"]), embeddings=np.array([[1.0, 0.0], [0.0, 0.0]]))
+    with pytest.raises(ModelError, match="all zeros"):
+        resolve_teacher(str(tmp_path / "zero.npz"))
 
 
 def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path):

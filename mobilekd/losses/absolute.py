@@ -19,7 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobilekd.losses.registry import LossContext, Option, register_loss
 
+
+@register_loss("absolute", inputs="embeddings", help="absolute teacher loss (Yu et al. 2019)",
+               options=[Option("squared", bool, False, "squared L2 distance (the cosine loss up to scale)")])
 class AbsoluteTeacherLoss(nn.Module):
     def __init__(self, student_dim: int, teacher_dim: int, squared: bool = False, eps: float = 1e-6):
         super().__init__()
@@ -27,6 +31,10 @@ class AbsoluteTeacherLoss(nn.Module):
                            if student_dim != teacher_dim else None)
         self.squared = squared
         self.eps = eps
+
+    @classmethod
+    def from_context(cls, context: LossContext, squared: bool = False) -> "AbsoluteTeacherLoss":
+        return cls(context.student_dim, context.teacher_dim, squared=squared)
 
     def project(self, student: torch.Tensor) -> torch.Tensor:
         if self.projection is None:

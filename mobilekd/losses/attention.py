@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobilekd.losses.registry import register_loss
+
 
 def attention_map(x: torch.Tensor, size: torch.Size | tuple[int, int] | None = None) -> torch.Tensor:
     """[N, C, H, W] -> [N, H'*W'] L2-normalised sum_c x_c^2, optionally resized to ``size`` before normalising."""
@@ -38,6 +40,8 @@ def attention_map(x: torch.Tensor, size: torch.Size | tuple[int, int] | None = N
     return F.normalize(attention.flatten(1), p=2, dim=1)
 
 
+@register_loss("attention", inputs="maps",
+               help="attention-map transfer (Zagoruyko & Komodakis 2017; Yu et al. 2019)")
 class AttentionTransferLoss(nn.Module):
     def forward(self, student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         if len(student_maps) != len(teacher_maps):

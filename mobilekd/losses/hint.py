@@ -24,7 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobilekd.losses.registry import LossContext, register_loss
 
+
+@register_loss("hint", inputs="maps",
+               help="hint regression of feature maps through 1x1 adapters (Romero et al. 2015; Yu et al. 2019)")
 class HintLoss(nn.Module):
     def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int]):
         super().__init__()
@@ -42,6 +46,10 @@ class HintLoss(nn.Module):
                                         for s, t in zip(self.student_channels, self.teacher_channels))
         for regressor in self.regressors:
             nn.init.uniform_(regressor.weight, -0.005, 0.005)
+
+    @classmethod
+    def from_context(cls, context: LossContext) -> "HintLoss":
+        return cls(context.student_channels, context.teacher_channels)
 
     def forward(self, student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         if len(student_maps) != len(teacher_maps):

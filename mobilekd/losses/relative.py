@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mobilekd.losses.registry import Option, register_loss
+
 REDUCTIONS = ("frobenius", "mean_sq", "mean_abs")
 
 
@@ -37,6 +39,9 @@ def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
     return d2.clamp_min(1e-12).sqrt()
 
 
+@register_loss("relative", inputs="embeddings", help="relative teacher loss (Yu et al. 2019)",
+               options=[Option("reduction", str, "frobenius", "how the distance differences are reduced",
+                               choices=REDUCTIONS)])
 class RelativeTeacherLoss(nn.Module):
     def __init__(self, reduction: str = "frobenius"):
         super().__init__()

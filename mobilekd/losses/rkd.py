@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobilekd.losses.registry import register_loss
 from mobilekd.losses.relative import check_embedding_pair, pairwise_distances
 
 
@@ -55,6 +56,7 @@ def triplet_angles(x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(differences, differences.transpose(1, 2))
 
 
+@register_loss("rkd_distance", inputs="embeddings", help="RKD distance loss (Park et al. 2019)")
 class RKDDistanceLoss(nn.Module):
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         _check(student, teacher)
@@ -63,6 +65,7 @@ class RKDDistanceLoss(nn.Module):
         return F.smooth_l1_loss(normalized_distances(student), target, reduction="mean", beta=1.0)
 
 
+@register_loss("rkd_angle", inputs="embeddings", help="RKD angle loss (Park et al. 2019)")
 class RKDAngleLoss(nn.Module):
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         _check(student, teacher)

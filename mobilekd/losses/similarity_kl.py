@@ -29,11 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobilekd.losses.registry import Option, register_loss
 from mobilekd.losses.relative import check_embedding_pair, pairwise_distances
 
 DISTANCES = ("euclidean", "cosine")
 
 
+@register_loss("kl", inputs="embeddings", help="distance-distribution KL (Feng et al. 2020)",
+               options=[Option("temperature", float, 0.1, "softmax temperature tau over the distances", above=0)])
 class DistanceKLLoss(nn.Module):
     def __init__(self, temperature: float = 0.1, distance: str = "euclidean"):
         super().__init__()

@@ -1,0 +1,162 @@
+"""How fast does a student train on this CPU? Images/s of one distillation step, per setting.
+
+    python -m benchmarks.train_speed --sizes 128,224 --threads 1,2 \\
+        --settings eager,channels_last,bf16,compile --out benchmarks/results/train_speed
+
+One step is what ``mobilekd.engine`` does per batch with a cached teacher: the student's forward and backward
+on a P x K batch (default 16 x 4 = 64 images), the normalised-softmax metric loss plus the distance-
+distribution KL to 1280-d teacher targets, and an AdamW update. The settings:
+
+  eager          float32, NCHW, PyTorch eager (today's default)
+  channels_last  the student and its inputs in channels-last memory format
+  bf16           torch.autocast("cpu", bfloat16) around the forward (this CPU may have AVX-512 BF16)
+  compile        torch.compile(student) (Inductor; compile time excluded by the warm-up)
+
+Rounds are interleaved (every size x threads x setting once per round, in a shuffled order) so background
+load shows up as spread, not as bias; reported: median and min images/s over the rounds. With ``--data`` it
+also measures the data side: views rendered per second from the decoded-image cache (crop + resize +
+normalise), which bounds the step rate from the loader's side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+
+from benchmarks import comma_choices
+from mobilekd.errors import cli_entry
+
+SETTINGS = ("eager", "channels_last", "bf16", "compile", "compile+channels_last")
+
+
+def build_step(student_name: str, size: int, setting: str, batch: int, classes: int, seed: int = 0):
+    """A closure running one training step of ``setting`` on fixed random inputs."""
+    import torch
+    import torch.nn.functional as F
+
+    from mobilekd.losses import DistanceKLLoss, MetricLoss
+    from mobilekd.models import create_model
+
+    torch.manual_seed(seed)
+    student = create_model(student_name, embed_dim=128, size=size).train()
+    metric = MetricLoss("normalized_softmax", classes, student.embed_dim)
+    kl = DistanceKLLoss(0.1)
+    inputs = torch.randn(batch, 3, size, size)
+    labels = torch.arange(batch) % classes
+    targets = F.normalize(torch.randn(batch, 1280), dim=1)
+    if "channels_last" in setting:
+        student = student.to(memory_format=torch.channels_last)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    forward = torch.compile(student) if "compile" in setting else student
+    optimizer = torch.optim.AdamW([*student.parameters(), *metric.parameters()], lr=1e-4)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=setting == "bf16"):
+            embeddings = forward(inputs)
+        embeddings = embeddings.float()
+        loss = metric(embeddings, labels) + kl(embeddings, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def render_rate(data: str, size: int, seconds: float = 5.0) -> float:
+    """Views rendered per second from the decoded-image cache (one process)."""
+    from mobilekd.data import ViewDataset, load_image_set
+    from mobilekd.data.views import ViewSampler
+    from mobilekd.preprocess import Preprocess
+
+    images = load_image_set(data, "train")
+    dataset = ViewDataset(images, {"student": Preprocess(size)}, ViewSampler(0), preload_side=320, progress=False)
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        dataset[(count % len(dataset), 1 + count % 7)]
+        count += 1
+    return count / (time.perf_counter() - started)
+
+
+@cli_entry
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_speed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--student", default="mobilenetv1_025")
+    parser.add_argument("--sizes", default="128,224")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--settings", default="eager,channels_last,bf16,compile")
+    parser.add_argument("--batch", type=int, default=64, help="images per step (P x K)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--data", help="also measure the view-rendering rate on this data set")
+    parser.add_argument("--out", help="write OUT.json and OUT.md")
+    args = parser.parse_args(argv)
+    settings = comma_choices(args.settings, SETTINGS, "setting")
+    from mobilekd.errors import MobileKDError
+
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        raise MobileKDError("--sizes and --threads take comma-separated integers") from None
+    if min(sizes) < 32 or min(threads) < 1 or min(args.batch, args.steps, args.rounds) < 1:
+        raise MobileKDError("--sizes must be >= 32; --threads, --batch, --steps, --rounds >= 1")
+    import torch
+
+    from benchmarks.machine import describe
+
+    cases = [(size, thread, setting) for size in sizes for thread in threads for setting in settings]
+    steps = {}
+    for size, thread, setting in cases:
+        torch.set_num_threads(thread)
+        step = build_step(args.student, size, setting, args.batch, classes=16)
+        for _ in range(args.warmup):
+            step()
+        steps[(size, thread, setting)] = step
+        print(f"warmed up {size} px, {thread} thread(s), {setting}", file=sys.stderr, flush=True)
+    rates = {case: [] for case in cases}
+    for round_index in range(args.rounds):
+        order = list(cases)
+        random.Random(round_index).shuffle(order)
+        for case in order:
+            torch.set_num_threads(case[1])
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                steps[case]()
+            rates[case].append(args.batch * args.steps / (time.perf_counter() - started))
+    rows = [{"size": size, "threads": thread, "setting": setting,
+             "images_per_s_median": round(statistics.median(rates[(size, thread, setting)]), 2),
+             "images_per_s_min": round(min(rates[(size, thread, setting)]), 2)}
+            for size, thread, setting in cases]
+    render = {size: round(render_rate(args.data, size), 1) for size in sizes} if args.data else None
+    command = "python -m benchmarks.train_speed " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [f"# Training-step speed ({args.student}, batch {args.batch})", "", f"Command: `{command}`", "",
+             "| size | threads | setting | images/s (median) | images/s (min) | vs eager |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        base = next((r["images_per_s_median"] for r in rows if r["size"] == row["size"] and
+                     r["threads"] == row["threads"] and r["setting"] == "eager"), None)
+        ratio = f"{row['images_per_s_median'] / base:.2f}x" if base else "n/a"
+        lines.append(f"| {row['size']} | {row['threads']} | {row['setting']} | {row['images_per_s_median']} | "
+                     f"{row['images_per_s_min']} | {ratio} |")
+    if render:
+        lines += ["", "View rendering from the decoded-image cache (1 process): " +
+                  ", ".join(f"{size} px {rate} views/s" for size, rate in render.items())]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        from pathlib import Path
+
+        from mobilekd.io import atomic_path, write_json
+
+        write_json(args.out + ".json", {"command": command, "machine": describe(), "args": vars(args),
+                                        "rows": rows, "render_views_per_s": render})
+        with atomic_path(args.out + ".md") as tmp:
+            Path(tmp).write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

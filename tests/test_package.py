@@ -1,0 +1,62 @@
+"""mobilekd behaves like a library: importing it changes nothing around it, and the files it ships work."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import mobilekd
+from mobilekd.config import Config
+from mobilekd.demo import DEMO, DISTILL_WEIGHTS
+
+CONFIGS = Path(mobilekd.__file__).parent / "configs"
+
+
+IMPORTS_CHANGE = """
+import json, os
+def changes(before):
+    return sorted(set(os.environ.items()) ^ set(before.items()))
+before = dict(os.environ)
+import mobilekd, mobilekd.config
+own = changes(before)
+import timm  # third-party imports may set their own variables (torch's TORCHINDUCTOR_CACHE_DIR): not ours
+before = dict(os.environ)
+import mobilekd.engine, mobilekd.distill, mobilekd.train
+print(json.dumps([own, changes(before), "HF_HUB_OFFLINE" in os.environ]))
+"""
+
+
+def test_import_leaves_the_environment_unchanged():
+    environment = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    result = subprocess.run([sys.executable, "-c", IMPORTS_CHANGE], env=environment, capture_output=True, text=True,
+                            timeout=300, cwd=Path(mobilekd.__file__).parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[[], [], false]"
+
+
+def test_package_data_globs_match_shipped_recipes():
+    recipes = sorted(path.name for path in CONFIGS.glob("*.yaml"))
+    assert recipes == ["cub.yaml", "demo.yaml"]
+    assert '"configs/*.yaml"' in (Path(mobilekd.__file__).parent.parent / "pyproject.toml").read_text()
+
+
+@pytest.mark.parametrize("name", ["cub.yaml", "demo.yaml"])
+def test_shipped_recipes_load_into_a_valid_config(name, capsys):
+    from mobilekd.distill import description
+
+    path = CONFIGS / name
+    keys = yaml.safe_load(path.read_text())
+    config = Config.from_args(["--config", str(path), "--data", "elsewhere"], "python -m mobilekd.distill",
+                              description(), overrides={"absolute_weight": 1.0})
+    assert config.data == "elsewhere" and config.uses_teacher
+    assert {key: getattr(config, key) for key in keys if key != "data"} == {k: v for k, v in keys.items() if k != "data"}
+
+
+def test_demo_recipe_is_the_demo():
+    keys = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
+    assert keys["data"] == os.path.relpath(DEMO["data"], Path(mobilekd.__file__).parent.parent)
+    recipe = {**DEMO, **DISTILL_WEIGHTS}
+    assert {k: v for k, v in keys.items() if k not in ("data", "out")} == {k: v for k, v in recipe.items() if k != "data"}
