@@ -20,7 +20,7 @@ import numpy as np
 
 from benchmarks import RESULT_FORMAT
 from benchmarks.machine import describe, load_average, usable_cores
-from benchmarks.runtimes import RunnerEmbedder, load_target, make_runner
+from benchmarks.runtimes import load_target
 from mobilekd.errors import MobileKDError, ModelError, cli_entry
 from mobilekd.io import check_writable_file, write_json
 from mobilekd.metrics import format_table, retrieval_metrics
@@ -44,9 +44,12 @@ def make_embedder(spec: str, threads: int | None = None, label: str | None = Non
     target = load_target(spec, size=size, label=label)
     if target.model is not None:
         return target.label, target.kind, "torch-eager", target.model
+    from mobilekd.blackbox import FileEmbedder
+
     runtime = target.runtimes(compile=False)[0]
-    runner = make_runner(target, runtime, threads or usable_cores())
-    return target.label, target.kind, runtime, RunnerEmbedder(target, runner)
+    # the exported file through export.runtimes, exactly as export parity and a black-box teacher run it
+    embedder = FileEmbedder(target.path, threads or usable_cores(), runtime, target.contract)
+    return target.label, target.kind, runtime, embedder
 
 
 def evaluate(specs: list[str], data: str, split: str = "test", gallery_model: str | None = None,

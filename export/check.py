@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 
 from export.common import (GATE_FAILED, ExportArgumentParser, add_parity_options, gates_from_args, load_parity,
-                           load_student, path_size, runner_from, sha256_path)
+                           load_student, path_size, sha256_path)
 from export.contract import ModelContract
+from export.runtimes import runtimes_for
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import write_json
 from mobilekd.preprocess import Preprocess
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model_file, manifest = locate(args.file)
     contract = ModelContract.from_dict(json.loads(manifest.read_text()))
-    fmt = importlib.import_module(f"export.{contract.runtime}").FORMAT
+    runtime = runtimes_for(model_file)[0]
     model, meta = load_student(args.against, contract.preprocess.size, args.threads)
     if int(model.embed_dim) != contract.embed_dim:
         raise MobileKDError(f"{args.against} embeds to {model.embed_dim} dims but {model_file.name} to "
@@ -99,10 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         model.spec.preprocess = file_pre
     gates = gates_from_args(args, contract.precision)
 
-    runner = runner_from(fmt, model_file, contract, args.threads, model.preprocess)
-    if runner is None:
-        report = fmt.structural_check(model_file, contract)
-    else:
+    unavailable = runtime.why_unavailable()
+    structural_check = importlib.import_module(f"export.{contract.runtime}").FORMAT.structural_check
+    if unavailable and structural_check is None:
+        raise MobileKDError(f"cannot measure parity of {model_file.name}: {unavailable}")
+    if unavailable:
+        report = structural_check(model_file, contract)
+    else:  # fed the float model's pixels; the runner converts them where the file folds another normalisation
+        runner = runtime.open(model_file, contract, args.threads, pixels=model.preprocess)
         data = load_parity(args, model, Path(args.against), meta)
         report = compute_parity(runner, model, data, gates, embed_torch(model, data.pixels))
     digest = sha256_path(model_file)

@@ -48,7 +48,7 @@ import torch
 
 from mobilekd.data.dataset import unreadable_error
 from mobilekd.data.datasets import ImageSet, load_image_set, unreadable_reason
-from mobilekd.data.views import center_view, render
+from mobilekd.data.views import render_evaluation
 from mobilekd.errors import DataError, MobileKDError
 from mobilekd.metrics import nearest_neighbors, retrieval_metrics
 from mobilekd.preprocess import Preprocess
@@ -112,8 +112,8 @@ def choose_images(images: ImageSet, limit: int, seed: int = 0, whole_classes: bo
 
 
 def render_images(images: ImageSet, preprocess: Preprocess) -> np.ndarray:
-    """View 0 (central crop, bilinear resize, normalise) of every image: float32 [N, 3, H, W], exactly the
-    evaluation view ``mobilekd.embed`` gives the float student."""
+    """The evaluation view (``mobilekd.data.views.evaluation_view``: central crop, bilinear resize, normalise) of
+    every image: float32 [N, 3, H, W], exactly what ``mobilekd.embed`` gives the float student."""
     out = np.empty((len(images), 3, preprocess.size, preprocess.size), dtype=np.float32)
     unreadable = []  # every broken file is reported at once, not one per run
     for i in range(len(images)):
@@ -122,7 +122,7 @@ def render_images(images: ImageSet, preprocess: Preprocess) -> np.ndarray:
         except DataError as error:
             unreadable.append(f"{images.name}\t{unreadable_reason(error)}")
             continue
-        out[i] = render(image, center_view(*image.size, preprocess.crop), preprocess).numpy()
+        out[i] = render_evaluation(image, preprocess).numpy()
     if unreadable:
         raise unreadable_error(unreadable, None)
     return out

@@ -10,7 +10,6 @@ from tqdm.auto import tqdm
 from mobilekd.blackbox import PrecomputedEmbeddings
 from mobilekd.data.dataset import ViewDataset
 from mobilekd.data.datasets import ImageSet
-from mobilekd.data.views import ViewSampler
 
 
 @torch.inference_mode()
@@ -34,15 +33,16 @@ def embed_views(model, dataset: ViewDataset, keys: list, input_name: str, device
 def embed_image_set(model, images: ImageSet, device: str = "cpu", batch_size: int = 64, progress: bool = True,
                     preload_side: int = 0, desc: str | None = None,
                     decoded: ViewDataset | None = None) -> np.ndarray:
-    """View-0 (evaluation view) embeddings of every image, float32 [N, D]. ``decoded``: a ViewDataset of
+    """Embeddings of every image's evaluation view (``mobilekd.data.views.evaluation_view`` of the model's own
+    preprocess: the view export parity and the phone use), float32 [N, D]. ``decoded``: a ViewDataset of
     ``images`` whose decoded-image cache is reused (repeated evaluations decode the images once)."""
     if isinstance(model, PrecomputedEmbeddings):
         return model.lookup(images.keys).numpy()
     if decoded is not None:
-        dataset = decoded.with_inputs({"x": model.preprocess})
+        dataset = decoded.with_inputs({"x": model.preprocess}, evaluation=True)
     else:
-        dataset = ViewDataset(images, {"x": model.preprocess}, ViewSampler(), preload_side=preload_side,
-                              progress=progress)
+        dataset = ViewDataset(images, {"x": model.preprocess}, preload_side=preload_side, progress=progress,
+                              evaluation=True)
     keys = [(i, 0) for i in range(len(images))]
     if isinstance(model, torch.nn.Module):
         model.to(device)

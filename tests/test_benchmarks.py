@@ -141,14 +141,14 @@ def test_exported_runners_agree_with_checkpoint(tiny_models):
 
 
 def test_int8_quantize_roundtrip():
-    from benchmarks.runtimes import _qparams
     from export.contract import dequantize as _dequantize, quantize as _quantize
+    from export.runtimes import qparams
 
-    scale, zero = _qparams((0.05, -3))
+    scale, zero = qparams((0.05, -3)).values()
     q = _quantize(np.array([-1.0, 0.0, 1.0, 100.0], np.float32), scale, zero, np.int8)
     assert q.dtype == np.int8 and q[-1] == 127
     assert np.allclose(_dequantize(q[:3], scale, zero), [-1.0, 0.0, 1.0], atol=0.03)
-    assert _qparams((0.0, 0)) is None and _qparams({"scale": 0.1, "zero_point": 2}) == (0.1, 2)
+    assert qparams((0.0, 0)) is None and qparams({"scale": 0.1, "zero_point": 2}) == {"scale": 0.1, "zero_point": 2}
 
 
 # ------------------------------------------------------------------------------------------------ recall

@@ -57,7 +57,7 @@ def one_error_line(capsys) -> str:
 def test_int8_outputs_are_renormalised_before_search():
     """A dequantized int8 embedding is not unit-norm; searching with the raw vectors ranks by norm error
     (measured: Recall@1 25.0 -> 6.2 on a 1280-d CUB student), so the runner renormalises them."""
-    from export.common import dequantize_output
+    from export.runtimes import dequantize_output
     from export.contract import TensorSpec
 
     spec = TensorSpec("embedding", [1, 4], "int8", quantization={"scale": 0.1, "zero_point": 0}, l2_normalized=True)
@@ -272,6 +272,43 @@ def test_tflite_fp32_and_int8(workspace):
     assert run("tflite", ckpt, "--integer-io", "--out", workspace["root"] / "never") == 2
 
 
+def test_one_runner_for_parity_recall_and_black_box_teacher(workspace):
+    """One file, one way to run it: ONNX fp32, TFLite int8 with int8 I/O and TFLite fp32 NHWC give the same
+    embeddings through export parity's runner (as export.check opens it: the float student's pixels),
+    benchmarks.recall and the black-box teacher path (``resolve_teacher(file)``). The fp32 TFLite file folds the
+    student's per-channel normalisation into its graph, so parity converts its pixels first (float rounding
+    only); every other route feeds the contract's own pixels: bit-identical."""
+    from benchmarks.recall import make_embedder
+    from export.contract import ModelContract
+    from export.parity import render_images
+    from export.runtimes import runtimes_for
+    from mobilekd.data import load_image_set
+    from mobilekd.embed import embed_image_set
+    from mobilekd.models import load_model
+    from mobilekd.teachers import resolve_teacher
+
+    root, ckpt = workspace["root"], workspace["ckpt"]
+    model = load_model(ckpt).eval()
+    images = load_image_set(str(workspace["data"]), "test")
+    exports = {"onnx32": ("onnx",), "tfl8-int-io": ("tflite", "--quantize", "int8", "--integer-io", "--calib-images",
+                                                    8, "--max-r1-drop", 100), "tfl32": ("tflite",)}
+    for folder, (fmt, *options) in exports.items():
+        if not (root / folder / "model.json").exists():  # when run alone
+            assert run(fmt, ckpt, "--out", root / folder, *options) == 0
+        contract = ModelContract.from_dict(manifest(root / folder))
+        path = root / folder / contract.model_file
+        runner = runtimes_for(path)[0].open(path, contract, 1, pixels=model.preprocess)
+        parity = runner(render_images(images, model.preprocess))
+        recall = embed_image_set(make_embedder(str(path), 1)[3], images, progress=False)
+        teacher = embed_image_set(resolve_teacher(str(path), threads=1), images, progress=False)
+        assert parity.shape == (len(images), DIM) and np.isfinite(parity).all()
+        np.testing.assert_array_equal(recall, teacher)
+        if contract.preprocess == model.preprocess:
+            np.testing.assert_array_equal(parity, recall)
+        else:
+            assert folder == "tfl32" and np.abs(parity - recall).max() < 1e-5
+
+
 def test_int8_float_convs_keep_the_leading_convolutions_float(workspace):
     """--float-convs N: the first N convolutions (and every op before them) stay float in both runtimes; the
     rest is int8; a model with fewer convolutions, or a precision other than int8, is refused (exit 2)."""
@@ -313,7 +350,7 @@ def test_int8_calibration_uses_global_min_max(workspace):
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import quantizer, recipe
 
-    from export.tflite import _signature_input, calibrate_min_max
+    from export.tflite import calibrate_min_max, signature_input
 
     fp32 = workspace["root"] / "tfl32" / "model.tflite"
     if not fp32.exists():
@@ -323,7 +360,7 @@ def test_int8_calibration_uses_global_min_max(workspace):
     rng = np.random.default_rng(0)
     samples = [rng.normal(0, 1, (1, SIZE, SIZE, 3)).astype(np.float32) for _ in range(3)]
     samples.append(np.full((1, SIZE, SIZE, 3), 9.0, np.float32))  # the widest input comes first or last:
-    key, signature_name = _signature_input(fp32)
+    key, signature_name = signature_input(fp32)
     name = Interpreter(model_path=str(fp32)).get_input_details()[0]["name"]  # the input tensor's name
     for order in (samples, samples[::-1]):  # either way the input range must reach it
         ranges = calibrate_min_max(qt, fp32, order)

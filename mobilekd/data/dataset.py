@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mobilekd.data.datasets import ImageSet, check_split, unreadable_reason
-from mobilekd.data.views import Degradation, ViewSampler, render
+from mobilekd.data.views import Degradation, ViewSampler, evaluation_view, render
 from mobilekd.errors import DataError
 from mobilekd.io import atomic_path
 from mobilekd.preprocess import Preprocess
@@ -27,13 +27,15 @@ class ViewDataset(Dataset):
     ``preprocess`` maps an input name ('student', 'teacher', ...) to that model's preprocessing; every
     input of an item shows the same view. ``preload_side`` decodes all images once into memory, shrunk so
     the longer side is at most that many pixels (0 = decode from disk every time); that decode pass also
-    records every unreadable file (``unreadable``), which ``check_readable`` reports before training starts.
+    records every unreadable file (``unreadable``), which ``check_readable`` reports before training starts. ``evaluation``: every item
+    is each input's own evaluation view (``evaluation_view`` of its Preprocess), whatever the view id.
     """
 
     def __init__(self, images: ImageSet, preprocess: Mapping[str, Preprocess], views: ViewSampler | None = None,
                  degradation: Mapping[str, Degradation] | None = None, preload_side: int = 0,
-                 progress: bool = True):
+                 progress: bool = True, evaluation: bool = False):
         self.images = images
+        self.evaluation = evaluation
         self.preprocess = dict(preprocess)
         self.views = views or ViewSampler()
         self.degradation = dict(degradation or {})
@@ -64,9 +66,11 @@ class ViewDataset(Dataset):
         other._cache = None if self._cache is None else [self._cache[i] for i in keep]
         return other
 
-    def with_inputs(self, preprocess: Mapping[str, Preprocess]) -> "ViewDataset":
-        """The same images, views and decoded-image cache, rendered for other inputs."""
-        other = ViewDataset(self.images, preprocess, self.views, self.degradation)
+    def with_inputs(self, preprocess: Mapping[str, Preprocess], evaluation: bool | None = None) -> "ViewDataset":
+        """The same images, views and decoded-image cache, rendered for other inputs (``evaluation``: see the
+        class; None keeps this dataset's)."""
+        other = ViewDataset(self.images, preprocess, self.views, self.degradation,
+                            evaluation=self.evaluation if evaluation is None else evaluation)
         other._cache = self._cache
         return other
 
@@ -90,8 +94,12 @@ class ViewDataset(Dataset):
     def __getitem__(self, key):
         index, view_id = key if isinstance(key, (tuple, list)) else (int(key), 0)
         image = self.image(index)
-        view = self.views(image.size[0], image.size[1], index, view_id)
-        item = {name: render(image, view, pp, self.degradation.get(name)) for name, pp in self.preprocess.items()}
+        if self.evaluation:
+            item = {name: render(image, evaluation_view(*image.size, pp), pp, self.degradation.get(name))
+                    for name, pp in self.preprocess.items()}
+        else:
+            view = self.views(image.size[0], image.size[1], index, view_id)
+            item = {name: render(image, view, pp, self.degradation.get(name)) for name, pp in self.preprocess.items()}
         item.update(index=index, view=view_id, label=int(self.images.labels[index]))
         return item
 
