@@ -7,9 +7,9 @@ Runs ``export.onnx`` (fp32, fp16, int8, int8 ``--float-convs 2``), ``export.tfli
 with float I/O, with ``--integer-io`` and with ``--float-convs 2``) and ``export.coreml``
 (fp32, fp16, int8) on CKPT with ``--force`` (so a file that fails its gate is kept, marked failing, and still
 measured) and the same parity images, then tabulates what each ``model.json`` recorded: file size, mean/min
-cosine and top-10 neighbour overlap vs the float student, Recall@1 exported vs float, cross-model Recall@1
-against the teacher's gallery and mean cosine to the teacher (when the dims match), the gate verdict and
-the wall time of the export. Nothing is computed here that the exporters did not measure: the table is their
+cosine, top-10 neighbour overlap and noise-to-spread ratio vs the float student, Recall@1 exported vs
+float, cross-model Recall@1 against the teacher's gallery and mean cosine to the teacher (when the dims
+match), the gate verdict and the wall time of the export. Nothing is computed here that the exporters did not measure: the table is their
 parity reports side by side. Writes ``RESULTS.md`` and ``RESULTS.json`` (with the machine description).
 
 Pass a teacher as an ``.npz`` of precomputed embeddings (``python -m mobilekd.compat embed``) to embed it
@@ -55,7 +55,8 @@ def row_of(runtime: str, quantize: str, manifest: dict, seconds: float, code: in
     return {"format": runtime, "precision": PRECISION[quantize], "quantization": manifest.get("quantization", {})
             .get("scheme"), "file_mb": (parity.get("file_bytes") or 0) / 1e6, "scope": parity.get("scope"),
             "mean_cos": vs_float.get("mean_cos"), "min_cos": vs_float.get("min_cos"),
-            "top10_overlap": vs_float.get("top10_overlap"), "r1_float": vs_float.get("r1_float"),
+            "top10_overlap": vs_float.get("top10_overlap"), "noise_ratio": vs_float.get("noise_ratio"),
+            "float_pairwise_cos": vs_float.get("float_pairwise_cos"), "r1_float": vs_float.get("r1_float"),
             "r1_exported": vs_float.get("r1_exported"), "r1_drop": vs_float.get("r1_drop"),
             "r1_drop_ci95": vs_float.get("r1_drop_ci95"),
             "cross_r1_float": vs_teacher.get("cross_r1_float"),
@@ -67,21 +68,22 @@ def row_of(runtime: str, quantize: str, manifest: dict, seconds: float, code: in
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| Format | Precision | File MB | mean cos | min cos | top-10 overlap | R@1 float -> exported "
-            "| cross R@1 vs teacher gallery (float -> exported) | cos to teacher | gate | export s |")
-    lines = [head, "|" + "---|" * 11]
+    head = ("| Format | Precision | File MB | mean cos | min cos | top-10 overlap | noise/spread "
+            "| R@1 float -> exported | cross R@1 vs teacher gallery (float -> exported) | cos to teacher | gate "
+            "| export s |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         if r.get("error"):
             lines.append(f"| {r['format']} | {r['precision']} | | error: {r['error']} |||||||| |")
             continue
         if r["scope"] == "structural":
-            measured = "not measured (Core ML runs on macOS only) | | |"
+            measured = "not measured (Core ML runs on macOS only) | | | |"
         else:
             interval = r.get("r1_drop_ci95")
             drop = (f" (drop {r['r1_drop']:+.2f}, 95% {interval[0]:+.2f}..{interval[1]:+.2f})"
                     if interval and r.get("r1_drop") is not None and r["r1_exported"] != r["r1_float"] else "")
             measured = (f"{_fmt(r['mean_cos'], '.6f')} | {_fmt(r['min_cos'], '.4f')} | {_fmt(r['top10_overlap'], '.3f')} "
-                        f"| {_fmt(r['r1_float'], '.2f')} -> {_fmt(r['r1_exported'], '.2f')}{drop}")
+                        f"| {_fmt(r.get('noise_ratio'), '.2g')} | {_fmt(r['r1_float'], '.2f')} -> {_fmt(r['r1_exported'], '.2f')}{drop}")
         cross = (f"{_fmt(r['cross_r1_float'], '.2f')} -> {_fmt(r['cross_r1_exported'], '.2f')}"
                  if r.get("cross_r1_exported") is not None else "n/a")
         gate = ("PASS" if r["passed"] else "**FAIL**") + (" (structural)" if r["scope"] == "structural" else "")

@@ -54,7 +54,7 @@ def quantized_tflite(fp32: Path, dst: Path, name: str, calib: list[np.ndarray]) 
     from ai_edge_quantizer import quantizer, recipe
     from ai_edge_quantizer.recipe_manager import AlgorithmName
 
-    from export.tflite import _signature_input, calibrate_min_max, graph_ops, keep_float, leading_ops
+    from export.tflite import calibrate_min_max, graph_ops, keep_float, leading_ops, signature_input
 
     base, _, variant = name.partition(":")
     qt = quantizer.Quantizer(str(fp32))
@@ -68,7 +68,7 @@ def quantized_tflite(fp32: Path, dst: Path, name: str, calib: list[np.ndarray]) 
         keep_float(qt, leading_ops(graph_ops(fp32), int(variant.partition("=")[2])))
     calibration = None
     if base.startswith("static") and variant == "moving_average":
-        key, input_name = _signature_input(fp32)
+        key, input_name = signature_input(fp32)
         calibration = qt.calibrate({key: [{input_name: x} for x in calib]})
     elif base.startswith("static"):
         calibration = calibrate_min_max(qt, fp32, calib)
@@ -147,11 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=6, help="most sensitive layers to list")
     parser.add_argument("--results", default="benchmarks/results/int8_sensitivity")
     args = parser.parse_args(argv)
-    from ai_edge_litert.interpreter import Interpreter
-
     from benchmarks.machine import describe
-    from export.common import ExportJob, load_student, to_layout
+    from export.common import ExportJob, load_student
     from export.parity import calibration_images, embed_torch, load_parity_data, resolve_data_path
+    from export.runtimes import open_runtime, to_layout
     from export.tflite import export_fp32
 
     model, meta = load_student(args.checkpoint, None, 1)
@@ -174,17 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = work / "fp32.tflite"
     export_fp32(ExportJob(Path(args.checkpoint), model, meta, "fp32", "NHWC", work), fp32)
 
-    def run_tflite(path: Path) -> np.ndarray:
-        interpreter = Interpreter(model_path=str(path))
-        interpreter.allocate_tensors()
-        inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-        rows = []
-        for i in range(len(parity.pixels)):  # every recipe here keeps float32 I/O
-            interpreter.set_tensor(inp["index"], to_layout(parity.pixels[i:i + 1], "NHWC"))
-            interpreter.invoke()
-            y = interpreter.get_tensor(out["index"]).astype(np.float32).reshape(-1)
-            rows.append(y / max(np.linalg.norm(y), 1e-12))
-        return np.stack(rows)
+    def run_tflite(path: Path) -> np.ndarray:  # no model.json: NHWC float32 I/O read from the file itself
+        return open_runtime(path, threads=1, preprocess=model.preprocess)(parity.pixels)
 
     def row(embeddings: np.ndarray) -> dict:
         cos = np.sum(embeddings * reference, axis=1)

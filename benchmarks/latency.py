@@ -24,7 +24,6 @@ MobileNets are memory-bound and sit far above it).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import resource
 import shutil
@@ -39,6 +38,7 @@ from benchmarks import RESULT_FORMAT
 from benchmarks.machine import describe, load_average, usable_cores
 from benchmarks.runtimes import NotRunnable, count_params_macs, input_hw, load_target, make_runner
 from mobilekd.errors import MobileKDError, cli_entry
+from mobilekd.io import check_writable_file, write_json
 
 
 def warn(message: str) -> None:
@@ -389,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.out:
+        check_writable_file(args.out)  # before the measurement, not after it
     if args.adb is not None:
         threads = [int(v) for v in args.threads.split(",")]
         result = benchmark_adb(args.models, threads, args.adb, args.runs, args.warmup, args.adb_binary, args.adb_gpu)
@@ -406,8 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     for e in result["errors"]:
         warn(f"{e['model']}{' [' + e['runtime'] + ']' if 'runtime' in e else ''}: {e['error']}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_json(args.out, result)
     print(format_results(result))
     load = result.get("load_average", {})
     print(f"\nload average before/after: {load.get('before')} / {load.get('after')} "

@@ -13,7 +13,6 @@ MODEL may also be an ``.npz`` of precomputed embeddings (arrays ``keys``, ``embe
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,8 +20,9 @@ import numpy as np
 
 from benchmarks import RESULT_FORMAT
 from benchmarks.machine import describe, load_average, usable_cores
-from benchmarks.runtimes import RunnerEmbedder, load_target, make_runner
+from benchmarks.runtimes import load_target
 from mobilekd.errors import MobileKDError, ModelError, cli_entry
+from mobilekd.io import check_writable_file, write_json
 from mobilekd.metrics import format_table, retrieval_metrics
 
 
@@ -44,9 +44,12 @@ def make_embedder(spec: str, threads: int | None = None, label: str | None = Non
     target = load_target(spec, size=size, label=label)
     if target.model is not None:
         return target.label, target.kind, "torch-eager", target.model
+    from mobilekd.blackbox import FileEmbedder
+
     runtime = target.runtimes(compile=False)[0]
-    runner = make_runner(target, runtime, threads or usable_cores())
-    return target.label, target.kind, runtime, RunnerEmbedder(target, runner)
+    # the exported file through export.runtimes, exactly as export parity and a black-box teacher run it
+    embedder = FileEmbedder(target.path, threads or usable_cores(), runtime, target.contract)
+    return target.label, target.kind, runtime, embedder
 
 
 def evaluate(specs: list[str], data: str, split: str = "test", gallery_model: str | None = None,
@@ -118,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise MobileKDError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.out:
+        check_writable_file(args.out)  # before the measurement, not after it
     threads = args.threads
     if threads and threads > usable_cores():
         print(f"warning: --threads {threads} exceeds the {usable_cores()} usable core(s): capped", file=sys.stderr)
@@ -130,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     for e in result["errors"]:
         print(f"warning: {e['model']}: {e['error']}", file=sys.stderr)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_json(args.out, result)
     print(format_recall(result))
     return 0
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from benchmarks.machine import short_name
 from mobilekd.errors import MobileKDError, cli_entry
+from mobilekd.io import check_writable_dir
 
 
 def load_results(paths: list[str]) -> list[dict]:
@@ -77,6 +78,32 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def model_labels(results: list[dict]) -> list[str]:
+    """Every model label the results name (latency models and rows, recall rows), in first-seen order."""
+    labels: dict[str, None] = {}
+    for r in results:
+        for row in r.get("models", []):
+            labels.setdefault(row["label"], None)
+        for row in r["results"]:
+            labels.setdefault(row["model"], None)
+    return list(labels)
+
+
+def compare_pairs(compare: list[str], labels: list[str]) -> list[tuple[str, str]]:
+    """``BASE:OTHER`` strings as label pairs; refuses (before any work) a malformed pair or a label that no
+    result names -- an unknown label would otherwise give an empty row that looks like a measurement."""
+    pairs = []
+    for pair in compare:
+        if ":" not in pair:
+            raise MobileKDError(f"--compare expects BASE:OTHER model labels, got {pair!r}")
+        pairs.append(tuple(pair.split(":", 1)))
+    unknown = list(dict.fromkeys(label for pair in pairs for label in pair if label not in labels))
+    if unknown:
+        raise MobileKDError(f"--compare names unknown model label(s) {', '.join(unknown)}; the results have: "
+                            f"{', '.join(labels) or 'none'}")
+    return pairs
+
+
 def build_report(results: list[dict], out: Path, compare: list[str] | None = None,
                  allow_mixed: bool = False, title: str = "mobilekd benchmark report") -> Path:
     import matplotlib
@@ -86,6 +113,7 @@ def build_report(results: list[dict], out: Path, compare: list[str] | None = Non
     import matplotlib.pyplot as plt
 
     machines = check_machines(results, allow_mixed)
+    compare_pairs(compare or [], model_labels(results))
     mixed = len(machines) > 1
     out.mkdir(parents=True, exist_ok=True)
     latency, models, recall, notes = [], {}, {}, []
@@ -151,10 +179,7 @@ def build_report(results: list[dict], out: Path, compare: list[str] | None = Non
     if compare:
         lines += ["", "## Comparisons", "", "| other vs base | runtime | threads | speed-up (base / other median) "
                   "| R@1 base | R@1 other | R@1 change (points) | R@1 ratio |", "|---|---|---|---|---|---|---|---|"]
-        for pair in compare:
-            if ":" not in pair:
-                raise MobileKDError(f"--compare expects BASE:OTHER model labels, got {pair!r}")
-            base, other = pair.split(":", 1)
+        for base, other in compare_pairs(compare, model_labels(results)):
             r_base = recall.get(base, {}).get("symmetric", {}).get("R@1")
             r_other = recall.get(other, {}).get("symmetric", {}).get("R@1")
             rows_base = {(r["runtime"], r["threads"]): r for r in latency if r["model"] == base}
@@ -248,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", default="mobilekd benchmark report")
     parser.add_argument("--allow-mixed-machines", action="store_true")
     args = parser.parse_args(argv)
+    check_writable_dir(args.out)
     report = build_report(load_results(args.results), Path(args.out), args.compare, args.allow_mixed_machines, args.title)
     print(report)
     return 0

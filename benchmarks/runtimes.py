@@ -1,37 +1,29 @@
 """Load what the user named (a checkpoint, a model name, an .onnx / .tflite / .mlpackage) and run it.
 
 ``load_target`` turns a command-line MODEL into a ``Target`` (kind, preprocessing, contract, size on disk,
-the PyTorch model when there is one); ``make_runner`` gives a ``Runner`` for one runtime at a fixed thread
-count, whose ``run`` takes preprocessed NCHW float32 pixels and returns float32 embeddings [N, D] --
-quantizing the input and de-quantizing the output of int8 models with the tensor's own parameters.
+the PyTorch model when there is one); ``make_runner`` gives a runner for one runtime at a fixed thread count,
+whose ``run`` takes preprocessed NCHW float32 pixels and returns float32 embeddings [N, D].
 
-Runtimes: ``torch-eager``, ``torch-compile`` (checkpoints and names), ``onnxruntime-cpu`` (+ one entry per
-other execution provider installed, e.g. ``onnxruntime-cuda``), ``litert-xnnpack`` (ai-edge-litert
-Interpreter, default op resolver = XNNPACK), ``coreml`` (macOS only; elsewhere ``NotRunnable``).
+Runtimes: ``torch-eager``, ``torch-compile`` (checkpoints and names), and for exported files the registry of
+``export.runtimes`` -- the one runner export parity uses too: ``onnxruntime-cpu`` (+ one entry per other
+execution provider installed, e.g. ``onnxruntime-cuda``), ``litert-xnnpack`` (ai-edge-litert Interpreter,
+default op resolver = XNNPACK), ``coreml`` (macOS only; elsewhere ``NotRunnable``).
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from export.common import path_size
-from export.contract import dequantize, quantize
+from export.runtimes import NotRunnable, file_kind, find_contract, open_runtime, runtimes_for
 from mobilekd.errors import MobileKDError, ModelError
 from mobilekd.preprocess import Preprocess
 
-EXPORTED = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml"}
-EXTRA = {"onnx": "pip install onnxruntime (a mobilekd core dependency: pip install mobilekd)",
-         "tflite": "pip install mobilekd[litert]", "coreml": "pip install mobilekd[export]"}
-
-
-class NotRunnable(MobileKDError):
-    """This runtime cannot run here (wrong OS, compiler missing...): reported, not fatal."""
+__all__ = ["NotRunnable", "Target", "load_target", "make_runner", "input_hw", "count_params_macs"]
 
 
 @dataclass
@@ -55,11 +47,9 @@ class Target:
     def runtimes(self, compile: bool = True) -> list[str]:
         if self.kind in ("checkpoint", "name"):
             return ["torch-eager"] + (["torch-compile"] if compile else [])
-        if self.kind == "onnx":
-            return ["onnxruntime-cpu"] + [f"onnxruntime-{p}" for p in _extra_ort_providers()]
-        if self.kind == "tflite":
-            return ["litert-xnnpack"]
-        return ["coreml"]
+        # the default runtime of the file (reported as not runnable when it cannot run here) + any other available
+        default, *others = runtimes_for(self.path)
+        return [default.name] + [r.name for r in others if r.available()]
 
     def describe(self) -> dict:
         model = self.torch_model
@@ -70,54 +60,23 @@ class Target:
                 "arch": getattr(getattr(model, "spec", None), "arch", None), "notes": list(self.notes)}
 
 
-def _extra_ort_providers() -> list[str]:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return []
-    names = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt",
-             "CoreMLExecutionProvider": "coreml", "DmlExecutionProvider": "directml", "OpenVINOExecutionProvider": "openvino"}
-    return [names[p] for p in ort.get_available_providers() if p in names]
-
-
 def default_label(spec: str) -> str:
     path = Path(spec)
-    if path.suffix.lower() in EXPORTED:
+    if file_kind(path):
         return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
     if path.exists():
         return path.resolve().name
     return spec
 
 
-def find_contract(path: Path):
-    """The ``model.json`` (export contract) describing an exported file: ``<file>.json`` or ``model.json``
-    beside it whose ``model_file`` names it. None when there is none."""
-    from export.contract import FORMAT, ModelContract
-
-    for candidate in (path.with_suffix(".json"), path.parent / "model.json"):
-        if not candidate.is_file():
-            continue
-        try:
-            data = json.loads(candidate.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ModelError(f"{candidate} (contract of {path.name}) is not valid JSON: {error}") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            continue
-        if data.get("model_file") not in (path.name, None) and candidate.name == "model.json":
-            continue
-        return ModelContract.from_dict(data)
-    return None
-
-
 def load_target(spec: str, size: int | None = None, label: str | None = None) -> Target:
     """What ``spec`` names, loaded far enough to know its preprocessing; ModelError if it cannot be."""
     path = Path(spec).expanduser()
-    suffix = path.suffix.lower()
     label = label or default_label(spec)
-    if suffix in EXPORTED:
+    kind = file_kind(path)
+    if kind:
         if not path.exists():
             raise ModelError(f"model file not found: {path}")
-        kind = EXPORTED[suffix]
         contract = find_contract(path)
         target = Target(spec, label, kind, path, Preprocess(), contract=contract, file_bytes=path_size(path))
         if contract is not None:
@@ -166,42 +125,15 @@ def _try_load_checkpoint(checkpoint: str, base: Path):
 # -------------------------------------------------------------------------------------------- runners
 
 
-def _qparams(quantization) -> tuple[float, int] | None:
-    """(scale, zero_point) from a tensor-details tuple/dict or a contract dict; None if not quantized."""
-    if quantization is None:
-        return None
-    if isinstance(quantization, dict):
-        scale, zero = quantization.get("scale"), quantization.get("zero_point", 0)
-    else:
-        scale, zero = quantization
-    scale = float(np.asarray(scale).reshape(-1)[0]) if np.size(scale) else 0.0
-    return (scale, int(np.asarray(zero).reshape(-1)[0]) if np.size(zero) else 0) if scale else None
+class TorchRunner:
+    """A PyTorch model at a fixed thread count, eager or ``torch.compile``d: ``run``: NCHW float32 -> [N, D]."""
 
-
-class Runner:
-    """One model on one runtime at a fixed thread count. ``run``: NCHW float32 -> float32 [N, D]."""
-
-    runtime = "?"
     device = "cpu"
 
-    def __init__(self, threads: int):
-        self.threads = threads
-
-    def run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def run_batch(self, x: np.ndarray) -> np.ndarray:
-        """Any batch size, looping where the model has a fixed batch of 1."""
-        if getattr(self, "fixed_batch", None) == 1 and len(x) != 1:
-            return np.concatenate([self.run(x[i:i + 1]) for i in range(len(x))])
-        return self.run(x)
-
-
-class TorchRunner(Runner):
     def __init__(self, model, threads: int, compiled: bool, example: np.ndarray):
         import torch
 
-        super().__init__(threads)
+        self.threads = threads
         self.torch = torch
         self.runtime = "torch-compile" if compiled else "torch-eager"
         self.model = model.eval()
@@ -224,127 +156,10 @@ class TorchRunner(Runner):
         with torch.inference_mode():
             return self.fn(torch.from_numpy(x)).float().numpy()
 
-
-class OrtRunner(Runner):
-    def __init__(self, path: Path, threads: int, contract=None, provider: str = "cpu"):
-        super().__init__(threads)
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise MobileKDError(f"onnxruntime is not installed, cannot run {path.name}: {EXTRA['onnx']}") from None
-        self.runtime = f"onnxruntime-{provider}"
-        providers = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-                     "tensorrt": ["TensorrtExecutionProvider", "CPUExecutionProvider"]}.get(
-            provider, [f"{provider}ExecutionProvider", "CPUExecutionProvider"])
-        self.device = "cpu" if provider == "cpu" else provider
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # no busy-waiting after a run: with interleaved runtimes a spinning pool would steal the next one's CPU
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as error:  # onnxruntime has its own exception classes
-            raise ModelError(f"onnxruntime cannot load {path}: {str(error).strip().splitlines()[0][:300]}") from None
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise ModelError(f"{path}: an image embedder has one input, this model has {len(inputs)}")
-        self.input = inputs[0]
-        shape = self.input.shape
-        self.nhwc = (contract.input.layout == "NHWC") if contract else (len(shape) == 4 and shape[-1] == 3)
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
-        self.input_dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8,
-                            "tensor(int8)": np.int8}.get(self.input.type, np.float32)
-        self.in_q = _qparams(contract.input.quantization) if contract else None
-        self.out_q = _qparams(contract.output.quantization) if contract else None
-        spatial = shape[1:3] if self.nhwc else shape[2:4]
-        self.input_hw = tuple(spatial) if all(isinstance(s, int) for s in spatial) else None
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        if self.nhwc:
-            x = x.transpose(0, 2, 3, 1)
-        if self.input_dtype != np.float32:
-            if self.in_q is None:
-                raise ModelError(f"{self.input.name} is {self.input_dtype.__name__} but no quantization is known")
-            x = quantize(x, *self.in_q, self.input_dtype)
-        out = self.session.run(None, {self.input.name: np.ascontiguousarray(x)})[0]
-        if out.dtype != np.float32:
-            out = dequantize(out, *self.out_q) if self.out_q else out.astype(np.float32)
-        return out.reshape(len(out), -1)
+    run_batch = run
 
 
-class LiteRtRunner(Runner):
-    runtime = "litert-xnnpack"
-
-    def __init__(self, path: Path, threads: int, contract=None):
-        super().__init__(threads)
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError:
-            raise MobileKDError(f"ai-edge-litert is not installed, cannot run {path.name}: {EXTRA['tflite']}") from None
-        try:  # default op resolver (AUTO) applies the XNNPACK delegate
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
-            self.interpreter.allocate_tensors()
-        except Exception as error:  # LiteRT raises ValueError / RuntimeError with long texts
-            raise ModelError(f"LiteRT cannot load {path}: {str(error).strip().splitlines()[0][:300]}") from None
-        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
-        if len(inputs) != 1:
-            raise ModelError(f"{path}: an image embedder has one input, this model has {len(inputs)}")
-        self.inp, self.out = inputs[0], outputs[0]
-        shape = [int(s) for s in self.inp["shape"]]
-        self.nhwc = (contract.input.layout == "NHWC") if contract else (len(shape) == 4 and shape[-1] in (1, 3))
-        self.fixed_batch = shape[0]
-        self.input_hw = tuple(shape[1:3] if self.nhwc else shape[2:4])
-        self.in_dtype = np.dtype(self.inp["dtype"])
-        # the tensor's own quantization parameters win over the contract's (they are what the kernels use)
-        self.in_q = _qparams(self.inp.get("quantization")) or (_qparams(contract.input.quantization) if contract else None)
-        self.out_q = _qparams(self.out.get("quantization")) or (_qparams(contract.output.quantization) if contract else None)
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        if self.nhwc:
-            x = x.transpose(0, 2, 3, 1)
-        if self.in_dtype != np.float32:
-            if self.in_q is None:
-                raise ModelError(f"input is {self.in_dtype} but has no quantization parameters")
-            x = quantize(x, *self.in_q, self.in_dtype)
-        self.interpreter.set_tensor(self.inp["index"], np.ascontiguousarray(x))
-        self.interpreter.invoke()
-        out = self.interpreter.get_tensor(self.out["index"])
-        if out.dtype != np.float32:
-            out = dequantize(out, *self.out_q) if self.out_q else out.astype(np.float32)
-        return out.reshape(len(out), -1)
-
-
-class CoreMLRunner(Runner):
-    runtime = "coreml"
-
-    def __init__(self, path: Path, threads: int, contract=None):
-        super().__init__(threads)
-        if sys.platform != "darwin":
-            raise NotRunnable("Core ML models (.mlpackage) run only on macOS: not runnable here")
-        try:
-            import coremltools as ct
-        except ImportError:
-            raise MobileKDError(f"coremltools is not installed, cannot run {path.name}: {EXTRA['coreml']}") from None
-        try:
-            self.model = ct.models.MLModel(str(path))
-        except Exception as error:
-            raise ModelError(f"coremltools cannot load {path}: {error}") from None
-        spec = self.model.get_spec()
-        self.input_name = contract.input.name if contract else spec.description.input[0].name
-        self.nhwc = bool(contract and contract.input.layout == "NHWC")
-        self.fixed_batch = 1
-        self.input_hw = None
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        if self.nhwc:
-            x = x.transpose(0, 2, 3, 1)
-        out = self.model.predict({self.input_name: x})
-        return np.asarray(next(iter(out.values())), dtype=np.float32).reshape(len(x), -1)
-
-
-def make_runner(target: Target, runtime: str, threads: int, example: np.ndarray | None = None) -> Runner:
+def make_runner(target: Target, runtime: str, threads: int, example: np.ndarray | None = None):
     """A ready runner (session created, compiled where needed). NotRunnable / MobileKDError otherwise."""
     if runtime in ("torch-eager", "torch-compile"):
         if target.model is None:
@@ -352,16 +167,12 @@ def make_runner(target: Target, runtime: str, threads: int, example: np.ndarray 
         if example is None:
             example = np.zeros((1, 3, target.preprocess.size, target.preprocess.size), np.float32)
         return TorchRunner(target.model, threads, runtime == "torch-compile", example)
-    if runtime.startswith("onnxruntime-"):
-        return OrtRunner(target.path, threads, target.contract, runtime.split("-", 1)[1])
-    if runtime == "litert-xnnpack":
-        return LiteRtRunner(target.path, threads, target.contract)
-    if runtime == "coreml":
-        return CoreMLRunner(target.path, threads, target.contract)
-    raise MobileKDError(f"unknown runtime {runtime!r}")
+    if target.path is None:
+        raise NotRunnable(f"{target.label} is not an exported file: {runtime} does not apply")
+    return open_runtime(target.path, target.contract, threads, runtime=runtime)
 
 
-def input_hw(target: Target, runner: Runner | None = None, size: tuple[int, int] | None = None) -> tuple[int, int]:
+def input_hw(target: Target, runner=None, size: tuple[int, int] | None = None) -> tuple[int, int]:
     """The spatial input size to time: the exported file's fixed shape, else --size, else the model's own."""
     fixed = getattr(runner, "input_hw", None)
     if fixed:
@@ -372,29 +183,6 @@ def input_hw(target: Target, runner: Runner | None = None, size: tuple[int, int]
     if size:
         return size
     return target.preprocess.size, target.preprocess.size
-
-
-# -------------------------------------------------------------------------------- embedding (for recall)
-
-
-class RunnerEmbedder:
-    """Duck-typed like a mobilekd model for ``mobilekd.embed.embed_image_set``: ``preprocess``,
-    ``embed_dim``, ``eval()``, and ``__call__(pixels NCHW tensor) -> L2-normalised [N, D] tensor``."""
-
-    def __init__(self, target: Target, runner: Runner):
-        self.target, self.runner = target, runner
-        self.preprocess = target.preprocess
-        self.embed_dim = target.contract.embed_dim if target.contract else None
-
-    def eval(self):
-        return self
-
-    def __call__(self, pixels):
-        import torch
-        import torch.nn.functional as F
-
-        out = self.runner.run_batch(pixels.detach().cpu().numpy().astype(np.float32))
-        return F.normalize(torch.from_numpy(np.asarray(out, np.float32)), dim=1)
 
 
 def count_params_macs(model, hw: tuple[int, int]) -> tuple[int | None, int | None]:

@@ -5,21 +5,48 @@ FILE is a model file (``model.onnx`` / ``model.tflite`` / ``model.mlpackage``) o
 ``model.json`` beside it says how to feed it. The file is embedded through its runtime and compared with the
 float student CKPT (and the teacher) by the same core the exporters use (``export.parity``), with the gates
 of its precision (overridable). Also verified: the file's sha256 against model.json (a file changed after
-export fails). ``--write`` stores the new report in model.json. Exit 0 = pass, 1 = gate failed, 2 = bad input.
+export fails), and the source checkpoint's sha256 recorded in model.json against CKPT's ``model.safetensors``
+(a file exported from another checkpoint fails unless ``--allow-other-source``: its parity against CKPT
+measures two different models). Where the file's runtime cannot run here (Core ML off macOS) the verdict is
+structure only and says so. ``--write`` stores the new report in model.json. Exit 0 = pass, 1 = gate failed,
+2 = bad input.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import sys
 from pathlib import Path
 
 from export.common import (GATE_FAILED, ExportArgumentParser, add_parity_options, gates_from_args, load_parity,
-                           load_student, path_size, runner_from, sha256_path)
+                           load_student, path_size, sha256_path)
 from export.contract import ModelContract
+from export.runtimes import runtimes_for
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import write_json
 from mobilekd.preprocess import Preprocess
+
+
+def source_check(contract: ModelContract, against: Path) -> dict:
+    """Whether the file was exported from ``against``: the sha256 of its ``model.safetensors`` next to the one
+    the exporter recorded in model.json ``source.sha256`` (``matches`` None when model.json records none)."""
+    recorded = (contract.source or {}).get("sha256")
+    actual = sha256_path(against / "model.safetensors")
+    return {"recorded_sha256": recorded, "against_sha256": actual, "against": str(against),
+            "matches": None if not recorded else recorded == actual}
+
+
+def source_failure(source: dict, model_file: Path) -> str | None:
+    """The plain failure message when ``source_check`` cannot confirm the file came from --against."""
+    if source["matches"]:
+        return None
+    if source["matches"] is None:
+        return (f"model.json of {model_file.name} records no source checkpoint sha256: cannot confirm it was "
+                f"exported from {source['against']}")
+    return (f"{model_file.name} was exported from another checkpoint: model.json records source sha256 "
+            f"{source['recorded_sha256'][:12]}..., {source['against']}/model.safetensors is "
+            f"{source['against_sha256'][:12]}...")
 
 
 def locate(file: str) -> tuple[Path, Path]:
@@ -49,12 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file", help="exported model file or its folder (with model.json)")
     parser.add_argument("--against", required=True, help="the float student checkpoint it was exported from")
     parser.add_argument("--write", action="store_true", help="store the report in model.json")
+    parser.add_argument("--allow-other-source", action="store_true",
+                        help="compare with --against even when it is not the checkpoint model.json says the file "
+                             "was exported from (the difference is still reported)")
     add_parity_options(parser)
     args = parser.parse_args(argv)
 
     model_file, manifest = locate(args.file)
     contract = ModelContract.from_dict(json.loads(manifest.read_text()))
-    fmt = importlib.import_module(f"export.{contract.runtime}").FORMAT
+    runtime = runtimes_for(model_file)[0]
     model, meta = load_student(args.against, contract.preprocess.size, args.threads)
     if int(model.embed_dim) != contract.embed_dim:
         raise MobileKDError(f"{args.against} embeds to {model.embed_dim} dims but {model_file.name} to "
@@ -70,10 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         model.spec.preprocess = file_pre
     gates = gates_from_args(args, contract.precision)
 
-    runner = runner_from(fmt, model_file, contract, args.threads, model.preprocess)
-    if runner is None:
-        report = fmt.structural_check(model_file, contract)
-    else:
+    unavailable = runtime.why_unavailable()
+    structural_check = importlib.import_module(f"export.{contract.runtime}").FORMAT.structural_check
+    if unavailable and structural_check is None:
+        raise MobileKDError(f"cannot measure parity of {model_file.name}: {unavailable}")
+    if unavailable:
+        report = structural_check(model_file, contract)
+    else:  # fed the float model's pixels; the runner converts them where the file folds another normalisation
+        runner = runtime.open(model_file, contract, args.threads, pixels=model.preprocess)
         data = load_parity(args, model, Path(args.against), meta)
         report = compute_parity(runner, model, data, gates, embed_torch(model, data.pixels))
     digest = sha256_path(model_file)
@@ -81,8 +115,19 @@ def main(argv: list[str] | None = None) -> int:
         report["passed"] = False
         report.setdefault("failures", []).append(f"{model_file.name} sha256 {digest[:12]}... differs from "
                                                  f"model.json's {contract.model_sha256[:12]}...: changed after export")
+    report["source"] = source = source_check(contract, Path(args.against))
+    mismatch = source_failure(source, model_file)
+    if mismatch and not args.allow_other_source:
+        mismatch += " (--allow-other-source to compare them anyway)"
+        report["passed"] = False
+        report.setdefault("failures", []).append(mismatch)
+    elif mismatch:
+        mismatch += "; compared anyway (--allow-other-source)"
+        source["note"] = mismatch
     report["file_bytes"] = path_size(model_file)
     print(format_report(report, f"{contract.runtime} {contract.precision}: {model_file}"))
+    if mismatch:
+        print(f"{'warning' if args.allow_other_source else 'error'}: {mismatch}", file=sys.stderr)
     if args.write:
         contract.parity = report
         write_json(manifest, contract.to_dict())

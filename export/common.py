@@ -1,9 +1,10 @@
 """Shared plumbing of the exporters: options, checkpoint/data resolution, the build -> parity -> publish flow.
 
 Every exporter (``export.onnx``, ``export.tflite``, ``export.coreml``) is a ``Format``: a ``convert`` that writes
-the model file into a private work folder, and a ``make_runner`` that embeds images through the file's own
-runtime (or ``None`` where that runtime cannot run here -- then ``structural_check`` reports structure only).
-``run_export`` does the rest identically for all of them:
+the model file into a private work folder, its own command-line options (``add_options`` / ``read_options``,
+kept in ``ExportJob.options``: this module names no format's flag), and a ``structural_check`` for files whose
+runtime cannot run here (Core ML off macOS). The file is run through ``export.runtimes``, the one runner every
+consumer of exported files uses. ``run_export`` does the rest identically for all of them:
 
 1. load the checkpoint (``mobilekd.models.load_model``; wrong arch / damaged weights -> one clear error),
 2. check the output folder before any work, load the parity images (``--data`` or the test split of the
@@ -29,9 +30,10 @@ from typing import Callable
 
 import numpy as np
 
-from export.contract import ModelContract, TensorSpec, dequantize, quantize
+from export.contract import ModelContract, TensorSpec
+from export.runtimes import runtimes_for, to_layout
 from mobilekd.errors import MobileKDError, ModelError
-from mobilekd.io import write_json
+from mobilekd.io import check_writable_dir, lock_folder, write_json
 
 # --quantize value -> model.json precision
 PRECISION = {"none": "fp32", "fp32": "fp32", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}
@@ -61,31 +63,39 @@ def add_parity_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-mean-cos", type=float, help="gate: minimum mean cosine vs the float student")
     group.add_argument("--min-cos", type=float, help="gate: minimum per-image cosine vs the float student")
     group.add_argument("--max-r1-drop", type=float, help="gate: maximum Recall@1 drop (points) vs float")
+    group.add_argument("--min-topk-overlap", type=float,
+                       help="gate: minimum mean top-10 neighbour overlap with the float student, 0..1")
+    group.add_argument("--max-noise-ratio", type=float,
+                       help="gate: maximum noise-to-spread ratio (mean squared distance to the float embedding / "
+                            "mean squared distance between float embeddings of different images)")
     group.add_argument("--threads", type=int, default=1, help="CPU threads for torch and the runtimes (default 1)")
     group.add_argument("--seed", type=int, default=0, help="seed for choosing parity/calibration images")
 
 
-def build_parser(runtime: str, quantize_choices: tuple[str, ...], default_quantize: str,
-                 default_layout: str, description: str) -> ExportArgumentParser:
-    parser = ExportArgumentParser(prog=f"python -m export.{runtime}", description=description)
+def build_parser(fmt: "Format") -> ExportArgumentParser:
+    """The options every exporter shares, then the format's own (``fmt.add_options``)."""
+    runtime, default_quantize = fmt.runtime, fmt.default_quantize
+    parser = ExportArgumentParser(prog=f"python -m export.{runtime}", description=fmt.description)
     parser.add_argument("checkpoint", help="student checkpoint folder (model.json + model.safetensors)")
-    parser.add_argument("--quantize", default=default_quantize, choices=quantize_choices,
+    parser.add_argument("--quantize", default=default_quantize, choices=fmt.quantize_choices,
                         help=f"precision (default {default_quantize})")
     parser.add_argument("--out", help=f"output folder (default CHECKPOINT/export/{runtime}-<precision>)")
     parser.add_argument("--size", type=int, help="input size in pixels (default: the checkpoint's)")
-    parser.add_argument("--layout", default=default_layout, choices=("NHWC", "NCHW"),
-                        help=f"input layout (default {default_layout})")
+    parser.add_argument("--layout", default=fmt.default_layout, choices=("NHWC", "NCHW"),
+                        help=f"input layout (default {fmt.default_layout})")
     parser.add_argument("--calib", help="calibration images for int8 (default: the training split of config.data)")
     parser.add_argument("--calib-images", type=int, default=128, help="number of calibration images (default 128)")
-    if runtime in ("onnx", "tflite"):  # formats with calibrated int8 activations
-        parser.add_argument("--float-convs", type=int, default=0, metavar="N",
-                            help="int8: keep the first N convolutions (and every op before them) in float, so "
-                                 "the input and the most sensitive early layers are not rounded (default 0: "
-                                 "full integer)")
+    if fmt.add_options is not None:
+        fmt.add_options(parser)
     parser.add_argument("--force", action="store_true",
                         help="write the file even if it fails its gate (marked failing in model.json; exit 1)")
     add_parity_options(parser)
     return parser
+
+
+def export_main(fmt: "Format", argv: list[str] | None = None) -> int:
+    """``python -m export.<format>``: parse the shared and the format's own options, then ``run_export``."""
+    return run_export(fmt, build_parser(fmt).parse_args(argv))
 
 
 # ------------------------------------------------------------------------------------------ the job
@@ -102,10 +112,7 @@ class ExportJob:
     calib: np.ndarray | None = None  # NCHW float32 calibration images
     calib_info: dict | None = None
     threads: int = 1
-    keep_normalization: bool = False  # tflite: never fold per-channel mean/std into the graph
-    image_input: bool = False  # coreml: ImageType input
-    integer_io: bool = False  # tflite int8: int8 input/output tensors instead of float32
-    float_convs: int = 0  # int8: the first N convolutions, and every op before them, stay float
+    options: dict = field(default_factory=dict)  # the format's own options (its ``read_options``)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -138,76 +145,23 @@ class BuildResult:
 
 @dataclass
 class Format:
+    """One exporter: its runtime name and file extension, ``convert``, the packages recorded in model.json, its
+    command line (precisions, default layout, its own options) and, where its runtime may be missing, a
+    ``structural_check``."""
+
     runtime: str
     extension: str
     convert: Callable[[ExportJob, Path], BuildResult]
-    make_runner: Callable[[Path, ModelContract, int], Callable[[np.ndarray], np.ndarray] | None]
     tools: tuple[str, ...]
+    quantize_choices: tuple[str, ...]
+    default_quantize: str
+    default_layout: str
+    description: str
+    calibrated: bool = False  # int8 calibrates activations on real images
     structural_check: Callable[[Path, ModelContract], dict] | None = None
-
-
-def to_layout(x_nchw: np.ndarray, layout: str) -> np.ndarray:
-    return np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1) if layout == "NHWC" else x_nchw)
-
-
-def quantize_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """Float model input -> the file's input dtype (int8/uint8 via its scale and zero point)."""
-    if spec.dtype in ("int8", "uint8"):
-        q = spec.quantization or {}
-        return quantize(x, q["scale"], q["zero_point"], spec.dtype)
-    return x.astype(np.float32 if spec.dtype == "float32" else spec.dtype)
-
-
-def dequantize_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """Raw model output -> float32 [N, D] unit vectors. A quantized output is L2-normalised only up to its
-    int8 grid, so it is renormalised after dequantizing, like a model that does not normalise at all (the
-    Android core's ``needsL2Normalize`` does the same): inner-product search on the raw dequantized vectors
-    would rank by their norm errors."""
-    y = np.asarray(y)
-    quantized = spec.dtype in ("int8", "uint8")
-    if quantized:
-        q = spec.quantization or {}
-        y = dequantize(y, q["scale"], q["zero_point"])
-    y = y.astype(np.float32).reshape(len(y), -1)
-    if spec.l2_normalized is not True or quantized:
-        y = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
-    return y
-
-
-def same_normalization(a, b) -> bool:
-    return tuple(a.mean) == tuple(b.mean) and tuple(a.std) == tuple(b.std)
-
-
-def renormalize(pixels: np.ndarray, src, dst) -> np.ndarray:
-    """NCHW inputs normalised with ``src`` (a Preprocess) -> the same pixels normalised with ``dst``:
-    ``((x * std_src + mean_src) - mean_dst) / std_dst`` per channel."""
-    shape = (1, 3, 1, 1)
-    src_mean, src_std, dst_mean, dst_std = (np.asarray(v, np.float32).reshape(shape)
-                                            for v in (src.mean, src.std, dst.mean, dst.std))
-    return ((pixels * src_std + src_mean - dst_mean) / dst_std).astype(np.float32)
-
-
-def runner_from(fmt: "Format", path: Path, contract: ModelContract, threads: int, model_preprocess):
-    """``fmt``'s runner for ``path``, taking inputs normalised as the float model's (``model_preprocess``) even
-    when the file folds another normalisation into its graph (``contract.preprocess``); None if not runnable."""
-    runner = fmt.make_runner(path, contract, threads)
-    if runner is None or same_normalization(contract.preprocess, model_preprocess):
-        return runner
-    return lambda pixels: runner(renormalize(pixels, model_preprocess, contract.preprocess))
-
-
-def batch_one_runner(run_one: Callable[[np.ndarray], np.ndarray], contract: ModelContract
-                     ) -> Callable[[np.ndarray], np.ndarray]:
-    """Wrap a batch-1 ``run_one(model_input) -> raw output`` into ``embed(nchw float [N,3,H,W]) -> [N, D]``."""
-
-    def embed(pixels: np.ndarray) -> np.ndarray:
-        out = []
-        for i in range(len(pixels)):
-            x = quantize_input(to_layout(pixels[i:i + 1], contract.input.layout), contract.input)
-            out.append(dequantize_output(run_one(x), contract.output))
-        return np.concatenate(out)
-
-    return embed
+    add_options: Callable[[argparse.ArgumentParser], None] | None = None  # the format's own flags
+    read_options: Callable[[argparse.Namespace, str], dict] | None = None  # (args, precision) -> job.options
+    gate_hint: Callable[[ExportJob], str] | None = None  # advice after a failed gate
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -310,7 +264,12 @@ def gates_from_args(args, precision: str):
         value = getattr(args, name)
         if value is not None and not -1.0 <= value <= 1.0:
             raise MobileKDError(f"--{name.replace('_', '-')} must be a cosine in [-1, 1], got {value}")
-    return gates_for(precision, args.min_mean_cos, args.min_cos, args.max_r1_drop)
+    if args.min_topk_overlap is not None and not 0.0 <= args.min_topk_overlap <= 1.0:
+        raise MobileKDError(f"--min-topk-overlap must be a fraction in [0, 1], got {args.min_topk_overlap}")
+    if args.max_noise_ratio is not None and not args.max_noise_ratio >= 0.0:
+        raise MobileKDError(f"--max-noise-ratio must be >= 0, got {args.max_noise_ratio}")
+    return gates_for(precision, min_mean_cos=args.min_mean_cos, min_cos=args.min_cos, max_r1_drop=args.max_r1_drop,
+                     min_topk_overlap=args.min_topk_overlap, max_noise_ratio=args.max_noise_ratio)
 
 
 def check_out_folder(out: Path) -> None:
@@ -322,11 +281,7 @@ def check_out_folder(out: Path) -> None:
         if entries and "model.json" not in entries:
             raise MobileKDError(f"--out {out} is a non-empty folder that is not an export (no model.json); "
                                 "refusing to replace it")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise MobileKDError(f"output folder {out} is not writable")
+    check_writable_dir(out.parent, f"--out {out}: its folder")  # the work folder is made beside --out, then renamed onto it
 
 
 def publish(work: Path, out: Path) -> None:
@@ -348,30 +303,28 @@ def default_out(checkpoint: Path, runtime: str, precision: str, layout: str, def
 # ------------------------------------------------------------------------------------------ the flow
 
 
-def run_export(fmt: Format, args, default_layout: str) -> int:
+def run_export(fmt: Format, args) -> int:
     from export.parity import calibration_images, compute_parity, embed_torch, format_report
 
     precision = PRECISION[args.quantize]
-    float_convs = getattr(args, "float_convs", 0) or 0
-    if float_convs < 0 or (float_convs and precision != "int8"):
-        raise MobileKDError("--float-convs takes N >= 0 and applies to --quantize int8 only")
+    options = fmt.read_options(args, precision) if fmt.read_options is not None else {}
     gates = gates_from_args(args, precision)
     if args.calib_images < 1 or args.parity_images < 0:
         raise MobileKDError("--calib-images must be >= 1 and --parity-images >= 0")
     model, meta = load_student(args.checkpoint, args.size, args.threads)
     checkpoint = Path(args.checkpoint)
     out = Path(args.out) if args.out else default_out(checkpoint, fmt.runtime, precision, args.layout,
-                                                     default_layout)
+                                                     fmt.default_layout)
     check_out_folder(out)
-    job = ExportJob(checkpoint, model, meta, precision, args.layout, out, threads=args.threads,
-                    keep_normalization=bool(getattr(args, "keep_normalization", False)),
-                    image_input=bool(getattr(args, "image_input", False)),
-                    integer_io=bool(getattr(args, "integer_io", False)),
-                    float_convs=int(getattr(args, "float_convs", 0) or 0))
+    lock_folder(out, beside=True)  # one export per --out at a time; released when this process ends
+    job = ExportJob(checkpoint, model, meta, precision, args.layout, out, threads=args.threads, options=options)
 
-    parity_data = load_parity(args, model, checkpoint, meta) if fmt.structural_check is None or \
-        _runtime_available(fmt) else None
-    if precision == "int8" and fmt.runtime != "coreml":
+    runtime = runtimes_for(fmt.extension)[0]
+    unavailable = runtime.why_unavailable()
+    if unavailable and fmt.structural_check is None:
+        raise MobileKDError(f"cannot measure parity of {fmt.extension} files: {unavailable}")
+    parity_data = None if unavailable else load_parity(args, model, checkpoint, meta)
+    if precision == "int8" and fmt.calibrated:
         config = meta.get("config") or {}
         from export.parity import resolve_data_path
 
@@ -394,10 +347,10 @@ def run_export(fmt: Format, args, default_layout: str) -> int:
             quantization={**result.quantization, "calibration": job.calib_info},
             build={"tools": tool_versions(fmt.tools), "exporter": result.exporter,
                    "notes": job.notes + result.notes, **result.build})
-        runner = runner_from(fmt, model_path, contract, args.threads, model.preprocess)
-        if runner is None:
+        if unavailable:
             report = fmt.structural_check(model_path, contract)
-        else:
+        else:  # fed the float model's pixels; the runner converts them where the file folds another normalisation
+            runner = runtime.open(model_path, contract, args.threads, pixels=model.preprocess)
             reference = embed_torch(model, parity_data.pixels)
             report = compute_parity(runner, model, parity_data, gates, reference)
         report["file_bytes"] = path_size(model_path)
@@ -411,9 +364,7 @@ def run_export(fmt: Format, args, default_layout: str) -> int:
             hint = ""
             if precision in ("int8", "dynamic"):
                 hint = (f"; `python -m benchmarks.int8_sensitivity {checkpoint}` shows where int8 loses fidelity"
-                        + ("; --float-convs 2 keeps the input and first layers float, which is often enough"
-                           if precision == "int8" and fmt.runtime in ("onnx", "tflite") and not job.float_convs
-                           else ""))
+                        + (fmt.gate_hint(job) if fmt.gate_hint is not None else ""))
             print(f"error: {fmt.runtime} {precision} export failed its parity gate "
                   f"({'; '.join(report['failures'])}); nothing written to {out} (use --force to keep it){hint}",
                   file=sys.stderr)
@@ -429,7 +380,3 @@ def run_export(fmt: Format, args, default_layout: str) -> int:
         return GATE_FAILED
     print(f"wrote {out / contract.model_file} and {out / 'model.json'}")
     return 0
-
-
-def _runtime_available(fmt: Format) -> bool:
-    return fmt.runtime != "coreml" or sys.platform == "darwin"

@@ -25,12 +25,14 @@ cosine or Recall number is written). On macOS the same shared parity core runs `
 
 from __future__ import annotations
 
+import argparse
+import platform
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from export.common import BuildResult, ExportJob, Format, batch_one_runner, build_parser, run_export
+from export.common import BuildResult, ExportJob, Format, export_main
 from export.contract import ModelContract, TensorSpec
 from export.normalization import FoldedNormalization, scalar_preprocess
 from export.onnx import layout_module
@@ -47,7 +49,8 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
     import torch
 
     pre = job.model.preprocess
-    if job.image_input:
+    image_input = job.options.get("image_input", False)
+    if image_input:
         if job.layout != "NCHW":
             raise MobileKDError("--image-input makes a Core ML ImageType, which is NCHW: drop --layout NHWC")
         module = FoldedNormalization(job.model, scalar_preprocess(pre), pre).eval()
@@ -86,13 +89,13 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
     dim = int(job.model.embed_dim)
     raw_pixels = Preprocess(pre.size, (0.0,) * 3, (1.0,) * 3, pre.crop, pre.interpolation, pre.channels)
     notes = ["ImageType input: RGB 0..255 pixels; Core ML applies scale 1/127.5, bias -1, and the student's "
-             "normalisation is folded into the graph"] if job.image_input else []
-    return BuildResult("model.mlpackage", TensorSpec(INPUT, job.input_shape(), "image" if job.image_input
+             "normalisation is folded into the graph"] if image_input else []
+    return BuildResult("model.mlpackage", TensorSpec(INPUT, job.input_shape(), "image" if image_input
                                                      else "float32", job.layout),
                        TensorSpec(OUTPUT, [1, dim], "float32", l2_normalized=bool(job.model.spec.normalize)),
                        info, "coremltools.convert(torch.jit.trace) mlprogram iOS16"
-                       + (" + ImageType input" if job.image_input else ""), notes,
-                       preprocess=raw_pixels if job.image_input else None)
+                       + (" + ImageType input" if image_input else ""), notes,
+                       preprocess=raw_pixels if image_input else None)
 
 
 def structure(path: Path) -> dict:
@@ -151,36 +154,27 @@ def structural_check(path: Path, contract: ModelContract) -> dict:
     }
     s["weight_share_expected"] = round(share, 4)
     reason = "Core ML predict() runs only on macOS; run python -m export.check there"
-    return structural_report(checks, s, reason)
+    return structural_report(checks, s, reason, f"no Core ML runtime on {platform.system() or sys.platform}")
 
 
-def make_runner(path: Path, contract: ModelContract, threads: int = 1):
-    if sys.platform != "darwin":
-        return None
-    import coremltools as ct
-
-    model = ct.models.MLModel(str(path))
-    if contract.input.dtype == "image":  # inputs arrive as raw 0..255 pixels (preprocess mean 0, std 1)
-        from PIL import Image
-
-        def run_image(x):
-            pixels = np.clip(np.round(x[0].transpose(1, 2, 0)), 0, 255).astype(np.uint8)
-            return model.predict({contract.input.name: Image.fromarray(pixels)})[contract.output.name]
-
-        return batch_one_runner(run_image, contract)
-    return batch_one_runner(lambda x: model.predict({contract.input.name: x})[contract.output.name], contract)
+def add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-input", action="store_true",
+                        help="Core ML ImageType input (RGB pixels, scale 1/127.5, bias -1; the student's own "
+                             "normalisation folded into the graph) instead of a float32 tensor")
 
 
-FORMAT = Format("coreml", ".mlpackage", convert, make_runner, ("coremltools",), structural_check)
+def read_options(args: argparse.Namespace, precision: str) -> dict:
+    return {"image_input": bool(args.image_input)}
+
+
+FORMAT = Format("coreml", ".mlpackage", convert, ("coremltools",), ("fp32", "fp16", "int8"), "fp32", "NCHW",
+                __doc__.splitlines()[0], structural_check=structural_check, add_options=add_options,
+                read_options=read_options)
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser("coreml", ("fp32", "fp16", "int8"), "fp32", "NCHW", __doc__.splitlines()[0])
-    parser.add_argument("--image-input", action="store_true",
-                        help="Core ML ImageType input (RGB pixels, scale 1/127.5, bias -1; the student's own "
-                             "normalisation folded into the graph) instead of a float32 tensor")
-    return run_export(FORMAT, parser.parse_args(argv), "NCHW")
+    return export_main(FORMAT, argv)
 
 
 if __name__ == "__main__":

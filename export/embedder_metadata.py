@@ -268,19 +268,13 @@ def embed_tflite_metadata(path: Path, job, input_detail: dict, notes: list[str],
 
 
 def model_pixels(image, preprocess) -> "np.ndarray":
-    """An RGB PIL image as the uint8 [size, size, 3] pixels the model sees: mobilekd's central crop and
-    bilinear resize (``mobilekd.data.views.render`` before normalisation)."""
+    """An RGB PIL image as the uint8 [size, size, 3] pixels the model sees: its evaluation view, resized
+    (``mobilekd.data.views.render_evaluation`` before normalisation)."""
     import numpy as np
-    from PIL import Image
 
-    from mobilekd.data.views import center_view
+    from mobilekd.data.views import evaluation_view, resize_view
 
-    width, height = image.size
-    left, top, right, bottom = center_view(width, height, preprocess.crop).box
-    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[preprocess.interpolation]
-    out = image.resize((preprocess.size, preprocess.size), resample,
-                       box=(left * width, top * height, right * width, bottom * height))
-    return np.asarray(out, dtype=np.uint8)
+    return np.asarray(resize_view(image, evaluation_view(*image.size, preprocess), preprocess), dtype=np.uint8)
 
 
 def mediapipe_embeddings(model_path: Path, images, l2_normalize: bool = False, roi=None) -> "np.ndarray":
@@ -309,7 +303,7 @@ def mediapipe_embeddings(model_path: Path, images, l2_normalize: bool = False, r
 
 def compare_with_mediapipe(export_dir: Path, images, threads: int = 1) -> dict:
     """Run an exported .tflite through MediaPipe's ImageEmbedder and through our LiteRT interpreter path
-    (``export.tflite.make_runner``, model.json's preprocessing) on the same pixels.
+    (``export.runtimes``, model.json's preprocessing) on the same pixels.
 
     ``images``: RGB PIL images. ``same_pixels``: both get ``model_pixels(image)`` (already at the input size,
     so MediaPipe's resize is the identity). ``mediapipe_resize``: MediaPipe gets the original image with the
@@ -318,15 +312,15 @@ def compare_with_mediapipe(export_dir: Path, images, threads: int = 1) -> dict:
     import numpy as np
 
     from export.contract import ModelContract
-    from export.tflite import make_runner
-    from mobilekd.data.views import center_view, normalize
+    from export.runtimes import open_runtime
+    from mobilekd.data.views import evaluation_view, normalize
 
     export_dir = Path(export_dir)
     contract = ModelContract.from_dict(json.loads((export_dir / "model.json").read_text()))
     path = export_dir / contract.model_file
     pre = contract.preprocess
     pixels = [model_pixels(image, pre) for image in images]
-    ours = make_runner(path, contract, threads)(
+    ours = open_runtime(path, contract, threads)(
         np.stack([normalize(p.astype(np.float32), pre).numpy() for p in pixels]))
     l2 = not contract.output.l2_normalized
 
@@ -338,7 +332,7 @@ def compare_with_mediapipe(export_dir: Path, images, threads: int = 1) -> dict:
 
     same = mediapipe_embeddings(path, pixels, l2)
     native = mediapipe_embeddings(path, [np.asarray(image) for image in images], l2,
-                                  [center_view(*image.size, pre.crop).box for image in images])
+                                  [evaluation_view(*image.size, pre).box for image in images])
     return {"images": len(images), "size": pre.size, "same_pixels": compare(same),
             "mediapipe_resize": compare(native)}
 

@@ -9,6 +9,7 @@ normalisation inside the graph with one multiply-add per channel, kept in float 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from mobilekd.preprocess import Preprocess
@@ -23,6 +24,19 @@ def is_per_channel(mean, std) -> bool:
 def scalar_preprocess(pre: Preprocess) -> Preprocess:
     """``pre`` with the scalar (127.5, 127.5) normalisation instead of its mean/std."""
     return Preprocess(pre.size, SCALAR_MEAN, SCALAR_STD, pre.crop, pre.interpolation, pre.channels)
+
+
+def same_normalization(a: Preprocess, b: Preprocess) -> bool:
+    return tuple(a.mean) == tuple(b.mean) and tuple(a.std) == tuple(b.std)
+
+
+def renormalize(pixels: np.ndarray, src: Preprocess, dst: Preprocess) -> np.ndarray:
+    """NCHW inputs normalised with ``src`` -> the same pixels normalised with ``dst``:
+    ``((x * std_src + mean_src) - mean_dst) / std_dst`` per channel."""
+    shape = (1, 3, 1, 1)
+    src_mean, src_std, dst_mean, dst_std = (np.asarray(v, np.float32).reshape(shape)
+                                            for v in (src.mean, src.std, dst.mean, dst.std))
+    return ((pixels * src_std + src_mean - dst_mean) / dst_std).astype(np.float32)
 
 
 class FoldedNormalization(torch.nn.Module):

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from export.common import (BuildResult, ExportJob, Format, batch_one_runner, build_parser, run_export)
-from export.contract import ModelContract, TensorSpec
+import argparse
+
+from export.common import BuildResult, ExportJob, Format, export_main
+from export.contract import TensorSpec
 from mobilekd.errors import MobileKDError, cli_entry
 
 INPUT, OUTPUT = "input", "embedding"
@@ -156,7 +158,8 @@ def quantize_int8(job: ExportJob, fp32: Path, dst: Path) -> dict:
 
     pre = fp32.with_name("pre.onnx")
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    exclude = head_nodes(pre) + (leading_nodes(pre, job.float_convs) if job.float_convs else [])
+    float_convs = job.options.get("float_convs", 0)
+    exclude = head_nodes(pre) + (leading_nodes(pre, float_convs) if float_convs else [])
 
     class Reader(CalibrationDataReader):
         def __init__(self, batches):
@@ -170,7 +173,7 @@ def quantize_int8(job: ExportJob, fp32: Path, dst: Path) -> dict:
                     per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude)
     pre.unlink(missing_ok=True)
-    return {"scheme": "int8-static" + (f"+float-convs-{job.float_convs}" if job.float_convs else ""),
+    return {"scheme": "int8-static" + (f"+float-convs-{float_convs}" if float_convs else ""),
             "weights": "int8 symmetric per-channel", "activations":
             "int8 per-tensor (MinMax calibration), QDQ", "float_ops": exclude,
             "tool": "onnxruntime.quantization.quantize_static"}
@@ -198,27 +201,34 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
                        quant, exporter, notes)
 
 
-def make_runner(path: Path, contract: ModelContract, threads: int = 1):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, threads)
-    options.inter_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own exception classes
-        raise MobileKDError(f"onnxruntime cannot load {path}: {error}") from None
-    name = session.get_inputs()[0].name
-    return batch_one_runner(lambda x: session.run(None, {name: x})[0], contract)
+def add_float_convs(parser: argparse.ArgumentParser) -> None:
+    """``--float-convs N``: the int8 option of the formats with calibrated int8 activations (ONNX, TFLite)."""
+    parser.add_argument("--float-convs", type=int, default=0, metavar="N",
+                        help="int8: keep the first N convolutions (and every op before them) in float, so "
+                             "the input and the most sensitive early layers are not rounded (default 0: "
+                             "full integer)")
 
 
-FORMAT = Format("onnx", ".onnx", convert, make_runner, ("onnx", "onnxruntime", "onnxscript", "onnxslim"))
+def read_float_convs(args: argparse.Namespace, precision: str) -> dict:
+    if args.float_convs < 0 or (args.float_convs and precision != "int8"):
+        raise MobileKDError("--float-convs takes N >= 0 and applies to --quantize int8 only")
+    return {"float_convs": int(args.float_convs)}
+
+
+def float_convs_hint(job: ExportJob) -> str:
+    if job.precision == "int8" and not job.options.get("float_convs"):
+        return "; --float-convs 2 keeps the input and first layers float, which is often enough"
+    return ""
+
+
+FORMAT = Format("onnx", ".onnx", convert, ("onnx", "onnxruntime", "onnxscript", "onnxslim"), ("none", "fp16", "int8"),
+                "none", "NCHW", __doc__.splitlines()[0], calibrated=True, add_options=add_float_convs,
+                read_options=read_float_convs, gate_hint=float_convs_hint)
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser("onnx", ("none", "fp16", "int8"), "none", "NCHW", __doc__.splitlines()[0])
-    return run_export(FORMAT, parser.parse_args(argv), "NCHW")
+    return export_main(FORMAT, argv)
 
 
 if __name__ == "__main__":

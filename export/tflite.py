@@ -23,21 +23,23 @@ Route (see ../shared/notes/export.md section 3):
   one scalar mean/std only, can load them; ``--keep-normalization`` keeps the student's input. Their
   MediaPipe metadata is written by ``export.embedder_metadata``.
 
-Everything is run through ``ai_edge_litert.interpreter.Interpreter`` for parity.
+Parity runs the file through ``export.runtimes`` (``litert-xnnpack``: the ``ai_edge_litert`` interpreter).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 from pathlib import Path
 
 import numpy as np
 
-from export.common import (BuildResult, ExportJob, Format, batch_one_runner, build_parser, renormalize, run_export,
-                           same_normalization, to_layout)
-from export.contract import ModelContract, TensorSpec
-from export.normalization import FoldedNormalization, is_per_channel, scalar_preprocess
+from export.common import BuildResult, ExportJob, Format, export_main
+from export.contract import TensorSpec
+from export.normalization import FoldedNormalization, is_per_channel, renormalize, same_normalization, scalar_preprocess
+from export.onnx import add_float_convs, float_convs_hint, read_float_convs
+from export.runtimes import to_layout
 from mobilekd.errors import MobileKDError, cli_entry
 
 SIGNATURE = "serving_default"
@@ -57,7 +59,8 @@ def file_preprocess(job: ExportJob):
     per-channel student, unless ``--keep-normalization`` -- the scalar (127.5, 127.5) with the model's folded in
     (``export.normalization``; MediaPipe's Image Embedder accepts only one mean/std)."""
     pre = job.model.preprocess
-    if job.keep_normalization or job.layout != "NHWC" or job.integer_io or not is_per_channel(pre.mean, pre.std):
+    keep, integer_io = job.options.get("keep_normalization", False), job.options.get("integer_io", False)
+    if keep or job.layout != "NHWC" or integer_io or not is_per_channel(pre.mean, pre.std):
         return pre
     return scalar_preprocess(pre)
 
@@ -80,7 +83,8 @@ def export_fp32(job: ExportJob, path: Path, preprocess=None) -> str:
     return f"litert_torch.convert {'+ to_channel_last_io ' if job.layout == 'NHWC' else ''}".strip()
 
 
-def _signature_input(path: Path) -> tuple[str, str]:
+def signature_input(path: Path) -> tuple[str, str]:
+    """(signature key, input name) of a .tflite file: what ai-edge-quantizer's calibration data is keyed by."""
     from ai_edge_litert.interpreter import Interpreter
 
     signatures = Interpreter(model_path=str(path)).get_signature_list()
@@ -99,7 +103,7 @@ def calibrate_min_max(qt, fp32: Path, samples: list[np.ndarray], threads: int = 
     and the ranges merged with the quantizer's own ``qsv_utils.min_max_update``."""
     from ai_edge_quantizer.utils import qsv_utils
 
-    key, name = _signature_input(fp32)
+    key, name = signature_input(fp32)
     ranges: dict = {}
     for sample in samples:
         with contextlib.redirect_stderr(io.StringIO()):  # a progress bar per sample
@@ -150,16 +154,17 @@ def int8_recipe(qt, job: ExportJob, fp32: Path) -> dict:
     qt.load_quantization_recipe(recipe.static_wi8_ai8())
     io_kind = "int8 input and output"
     ops = graph_ops(fp32)
-    if not job.integer_io:
+    if not job.options.get("integer_io", False):
         for boundary in ("INPUT", "OUTPUT"):
             qt.update_quantization_recipe(regex=".*", operation_name=boundary, algorithm_key=AlgorithmName.NO_QUANTIZE)
         # the folded normalisation (export.normalization) runs before the QUANTIZE op, in float, so the int8
         # graph sees exactly what the unfolded int8 file would (its own ops, not the wrapped model's)
         folded = keep_float(qt, [o for o in ops if f"{FoldedNormalization.__name__}_wrapped;" in o[1]])
         io_kind = "float32 input and output" + (f" ({folded} normalisation ops in float)" if folded else "")
-    leading = leading_ops(ops, job.float_convs) if job.float_convs else []
+    float_convs = job.options.get("float_convs", 0)
+    leading = leading_ops(ops, float_convs) if float_convs else []
     keep_float(qt, leading)
-    return {"scheme": "int8-static" + (f"+float-convs-{job.float_convs}" if leading else ""),
+    return {"scheme": "int8-static" + (f"+float-convs-{float_convs}" if leading else ""),
             "weights": "int8 symmetric per-channel",
             "activations": f"int8 asymmetric per-tensor (global min-max calibration); {io_kind}",
             "float_ops": [op for op, _ in leading], "tool": "ai_edge_quantizer recipe static_wi8_ai8"}
@@ -228,7 +233,7 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1:
         raise MobileKDError(f"converted TFLite model has {len(inputs)} inputs / {len(outputs)} outputs, expected 1/1")
-    if job.precision == "int8" and job.integer_io:
+    if job.precision == "int8" and job.options.get("integer_io", False):
         notes.append("int8 I/O (--integer-io): MediaPipe's Image Embedder accepts only float32/uint8 tensors, so "
                      "this file is for LiteRT/Interpreter callers that quantize the normalised input with "
                      "input.quantization")
@@ -243,24 +248,6 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
                        {"mediapipe_metadata": metadata}, preprocess)
 
 
-def make_runner(path: Path, contract: ModelContract, threads: int = 1):
-    from ai_edge_litert.interpreter import Interpreter
-
-    try:
-        interpreter = Interpreter(model_path=str(path), num_threads=max(1, threads))
-        interpreter.allocate_tensors()
-    except Exception as error:  # the interpreter raises ValueError/RuntimeError on bad files
-        raise MobileKDError(f"LiteRT cannot load {path}: {error}") from None
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-
-    def run_one(x: np.ndarray) -> np.ndarray:
-        interpreter.set_tensor(inp["index"], x)
-        interpreter.invoke()
-        return interpreter.get_tensor(out["index"]).copy()
-
-    return batch_one_runner(run_one, contract)
-
-
 def tensor_dtypes(path: Path) -> dict[str, int]:
     """Count of tensors per dtype in a .tflite file (the int8 test checks that int8 tensors exist)."""
     from ai_edge_litert.interpreter import Interpreter
@@ -272,12 +259,8 @@ def tensor_dtypes(path: Path) -> dict[str, int]:
     return counts
 
 
-FORMAT = Format("tflite", ".tflite", convert, make_runner, ("litert-torch", "ai-edge-quantizer", "ai-edge-litert"))
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser("tflite", ("none", "fp16", "dynamic", "int8"), "none", "NHWC", __doc__.splitlines()[0])
+def add_options(parser: argparse.ArgumentParser) -> None:
+    add_float_convs(parser)
     parser.add_argument("--keep-normalization", action="store_true",
                         help="keep the student's per-channel mean/std as the file's input normalisation (default: "
                              "fold it into the graph of float NHWC files so the input is (pixel - 127.5) / 127.5, "
@@ -285,10 +268,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--integer-io", action="store_true",
                         help="int8: int8 input and output tensors (scale/zero point in model.json) for integer-only "
                              "runtimes; default float32 I/O with int8 inside, which MediaPipe can load")
-    args = parser.parse_args(argv)
-    if args.integer_io and args.quantize != "int8":
+
+
+def read_options(args: argparse.Namespace, precision: str) -> dict:
+    if args.integer_io and precision != "int8":
         raise MobileKDError("--integer-io applies to --quantize int8 only")
-    return run_export(FORMAT, args, "NHWC")
+    return {**read_float_convs(args, precision), "keep_normalization": bool(args.keep_normalization),
+            "integer_io": bool(args.integer_io)}
+
+
+FORMAT = Format("tflite", ".tflite", convert, ("litert-torch", "ai-edge-quantizer", "ai-edge-litert"),
+                ("none", "fp16", "dynamic", "int8"), "none", "NHWC", __doc__.splitlines()[0], calibrated=True,
+                add_options=add_options, read_options=read_options, gate_hint=float_convs_hint)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    return export_main(FORMAT, argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Teachers given only as an embedding function: an ONNX file, or a file of precomputed embeddings.
+"""Teachers given only as an embedding function: an exported model file, or a file of precomputed embeddings.
 
-* ``OnnxEmbedder``: runs any ONNX image embedder with onnxruntime (a black-box teacher). Its preprocessing
-  comes from a ``<model>.json`` beside it (the file ``export`` writes, key ``preprocess``), else from the
-  model's static input size with ImageNet mean/std. NCHW or NHWC inputs are detected from the shape.
+* ``FileEmbedder``: any exported image embedder (``.onnx``, ``.tflite``) run through ``export.runtimes`` -- the
+  same runner export parity and ``benchmarks`` use (a black-box teacher, or ``benchmarks.recall``'s exported
+  file). How to feed it comes from its ``model.json`` contract when it has one, else from a ``<model>.json``
+  beside it (key ``preprocess``), else from the file's own input tensor with ImageNet mean/std.
 * ``PrecomputedEmbeddings``: a ``.npz`` with arrays ``keys`` (image keys as the data set names them, e.g.
   ``Black_footed_Albatross/0000.jpg``) and ``embeddings`` [N, D] (``labels`` [N] optional). Only one view per
   image exists, so such a teacher supports view 0 only (no random crops for the student either: consistency
@@ -12,54 +13,38 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mobilekd.errors import ModelError
-from mobilekd.preprocess import Preprocess
+
+# exported files a black-box teacher may be: single files (a teacher cache identifies the teacher by its sha256)
+BLACK_BOX_SUFFIXES = (".onnx", ".tflite")
 
 
-class OnnxEmbedder:
-    def __init__(self, path: str | Path, threads: int | None = None):
-        import onnxruntime as ort
+class FileEmbedder:
+    """Duck-typed like an EmbeddingNet for ``mobilekd.embed``: ``preprocess``, ``embed_dim``, ``eval()`` and
+    ``__call__(NCHW pixels) -> [N, D]`` unit vectors (the runner's, unchanged)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, runtime: str | None = None, contract=None):
+        from export.runtimes import open_runtime
 
         self.path = Path(path)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own exception classes
-            raise ModelError(f"onnxruntime cannot load {self.path}: {error}") from None
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise ModelError(f"{self.path}: an image embedder has one input, this model has {len(inputs)}")
-        self.input_name = inputs[0].name
-        shape = inputs[0].shape
-        self.channels_last = len(shape) == 4 and shape[-1] == 3
-        sidecar = self.path.with_suffix(".json")
-        if sidecar.is_file() and "preprocess" in json.loads(sidecar.read_text()):
-            self.preprocess = Preprocess.from_dict(json.loads(sidecar.read_text())["preprocess"])
-        else:
-            size = shape[1] if self.channels_last else shape[2]
-            self.preprocess = Preprocess(size if isinstance(size, int) else 224)
-        out = self.session.get_outputs()[0]
-        self.embed_dim = out.shape[-1] if isinstance(out.shape[-1], int) else None
+        self.runner = open_runtime(self.path, contract, threads, runtime=runtime)
+        self.preprocess = self.runner.contract.preprocess
+        self.embed_dim = self.runner.contract.embed_dim or None
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.detach().cpu().numpy().astype(np.float32)
-        if self.channels_last:
-            x = x.transpose(0, 2, 3, 1)
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x)})[0]
-        return F.normalize(torch.from_numpy(np.asarray(out, dtype=np.float32)).reshape(len(x), -1), dim=1)
+        return torch.from_numpy(self.runner(pixels.detach().cpu().numpy()))
 
     def eval(self):  # duck-typed like an nn.Module teacher
         return self
+
+
+OnnxEmbedder = FileEmbedder  # the name before .tflite teachers
 
 
 def check_embeddings(x, name: str = "embeddings") -> np.ndarray:

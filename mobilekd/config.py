@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -38,6 +39,7 @@ class Config:
     preload: int = 320  # decode all images into memory, longer side capped at this (0: read from disk)
     unlabeled: str | None = None  # extra unlabeled images (folder or .zip) for the teacher losses (semi-supervised)
     unlabeled_per_batch: int = 32  # unlabeled images added to every P x K batch when --unlabeled is given
+    skip_bad_images: bool = False  # train without unreadable images (counted in model.json) instead of stopping
     # --- student (for mobilekd.train: the model being fine-tuned)
     student: str = "mobilenetv1_025"  # a student/teacher name, timm:<name>, or a checkpoint folder
     embed_dim: int = 128  # 0 = the backbone's pooled features
@@ -123,6 +125,11 @@ class Config:
         for spec in self.domain or []:
             if spec.count("=") != 1 or not all(spec.split("=")):
                 problems.append(f"--domain expects DATA=TEACHER, got {spec!r}")
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):  # nan/inf pass every comparison above as False, then poison the run
+            value = getattr(self, f.name)
+            if float in _accepted(hints[f.name]) and isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
         if problems:
             raise MobileKDError("invalid configuration: " + "; ".join(problems))
         return self
@@ -168,7 +175,8 @@ class Config:
         unknown = sorted(set(data) - known)
         if unknown:
             raise MobileKDError(f"unknown configuration key(s): {', '.join(unknown)}")
-        return cls(**data)
+        hints = typing.get_type_hints(cls)
+        return cls(**{key: coerce(key, value, hints[key]) for key, value in data.items()})
 
     @classmethod
     def from_file(cls, path: str | Path) -> dict:
@@ -176,13 +184,18 @@ class Config:
         if not path.is_file():
             raise MobileKDError(f"config file not found: {path}")
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise MobileKDError(f"config file {path} is not a text file (expected YAML or JSON)") from None
+        except OSError as error:
+            raise MobileKDError(f"cannot read config file {path}: {error.strerror or error}") from None
+        try:
             data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as error:
             raise MobileKDError(f"cannot parse config file {path}: {error}") from None
         if not isinstance(data, dict):
             raise MobileKDError(f"config file {path} must hold a mapping of option: value")
-        return {k.replace("-", "_"): v for k, v in data.items()}
+        return {str(k).replace("-", "_"): v for k, v in data.items()}
 
     @classmethod
     def parser(cls, prog: str, description: str, overrides: dict | None = None) -> argparse.ArgumentParser:
@@ -220,6 +233,79 @@ class Config:
             values.update(cls.from_file(args.pop("config")))
         values.update(args)
         return cls.from_dict(values).validate()
+
+
+def _accepted(kind) -> tuple:
+    """The types a field's hint admits: ``float | None`` -> (float, NoneType); ``list[str]`` -> (list[str],)."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        return typing.get_args(kind)
+    return (kind,)
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def coerce(key: str, value, kind):
+    """``value`` (from YAML/JSON or Python) as the type the Config field's hint ``kind`` names.
+
+    Converts only what has one meaning -- YAML 1.1 reads ``1e-3`` as the *string* "1e-3", so "1e-3" -> 0.001,
+    "5" -> 5, 5.0 -> 5 for an int, "true"/"no" -> bool, a single string -> [string] for a list, "none"/"null" ->
+    None where None is allowed -- and refuses the rest naming the key, the value and the expected type."""
+    accepted = _accepted(kind)
+    if value is None and type(None) in accepted:
+        return None
+    if isinstance(value, str) and value.strip().lower() in ("none", "null", "~") and type(None) in accepted \
+            and str not in accepted:
+        return None
+    for base in accepted:
+        if base is type(None):
+            continue
+        converted = _convert(value, base)
+        if converted is not _NO:
+            return converted
+    names = " or ".join(_EXPECTED.get(b, "a list of strings" if typing.get_origin(b) is list else str(b))
+                        for b in accepted if b is not type(None))
+    raise MobileKDError(f"configuration key {key!r}: {value!r} is not {names}"
+                        + (" (or none)" if type(None) in accepted else ""))
+
+
+_NO = object()
+
+
+def _convert(value, base):
+    if typing.get_origin(base) is list:
+        (item,) = typing.get_args(base) or (str,)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        out = [_convert(v, item) for v in items]
+        return _NO if any(v is _NO for v in out) else out
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        return _NO
+    if isinstance(value, bool):  # True is an int to Python, never a number to a user
+        return _NO
+    if base is int:
+        if isinstance(value, int):
+            return value
+        number = _convert(value, float)
+        return int(number) if number is not _NO and math.isfinite(number) and number == int(number) else _NO
+    if base is float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                return _NO
+        return _NO
+    if base is str:
+        return value if isinstance(value, str) else str(value) if isinstance(value, (int, float)) else _NO
+    return value if isinstance(value, base) else _NO
 
 
 def _flag(key: str) -> str:

@@ -10,7 +10,6 @@ from tqdm.auto import tqdm
 from mobilekd.blackbox import PrecomputedEmbeddings
 from mobilekd.data.dataset import ViewDataset
 from mobilekd.data.datasets import ImageSet
-from mobilekd.data.views import ViewSampler
 
 
 @torch.inference_mode()
@@ -34,15 +33,16 @@ def embed_views(model, dataset: ViewDataset, keys: list, input_name: str, device
 def embed_image_set(model, images: ImageSet, device: str = "cpu", batch_size: int = 64, progress: bool = True,
                     preload_side: int = 0, desc: str | None = None,
                     decoded: ViewDataset | None = None) -> np.ndarray:
-    """View-0 (evaluation view) embeddings of every image, float32 [N, D]. ``decoded``: a ViewDataset of
+    """Embeddings of every image's evaluation view (``mobilekd.data.views.evaluation_view`` of the model's own
+    preprocess: the view export parity and the phone use), float32 [N, D]. ``decoded``: a ViewDataset of
     ``images`` whose decoded-image cache is reused (repeated evaluations decode the images once)."""
     if isinstance(model, PrecomputedEmbeddings):
         return model.lookup(images.keys).numpy()
     if decoded is not None:
-        dataset = decoded.with_inputs({"x": model.preprocess})
+        dataset = decoded.with_inputs({"x": model.preprocess}, evaluation=True)
     else:
-        dataset = ViewDataset(images, {"x": model.preprocess}, ViewSampler(), preload_side=preload_side,
-                              progress=progress)
+        dataset = ViewDataset(images, {"x": model.preprocess}, preload_side=preload_side, progress=progress,
+                              evaluation=True)
     keys = [(i, 0) for i in range(len(images))]
     if isinstance(model, torch.nn.Module):
         model.to(device)
@@ -58,8 +58,11 @@ def main(argv=None) -> int:
     ``python -m mobilekd.distill --teacher-cache DIR``. Re-running a killed build continues it.
     """
     import sys
+    from pathlib import Path
 
     from mobilekd.cache import TeacherCache
+    from mobilekd.data.dataset import check_readable
+    from mobilekd.io import check_writable_dir, lock_folder
     from mobilekd.config import Config
     from mobilekd.data.datasets import load_image_set
     from mobilekd.errors import MobileKDError, cli_entry
@@ -74,12 +77,16 @@ def main(argv=None) -> int:
             raise MobileKDError("--teacher-cache DIR (where to write the cache) is required")
         if config.effective_views == 0:
             raise MobileKDError("--views 0 means a live teacher: nothing to cache")
+        lock_folder(check_writable_dir(config.teacher_cache, "--teacher-cache"))  # one builder per cache
         images = load_image_set(config.data, "train", config.layout, config.train_fraction)
+        dataset = ViewDataset(images, {}, config.view_sampler(), preload_side=config.preload,
+                              progress=config.progress)
+        dataset = check_readable({"train": dataset}, Path(config.teacher_cache) / "unreadable_images.txt",
+                                 config.skip_bad_images, config.progress)[0]["train"]
+        images = dataset.images
         threads = set_threads(config.threads)  # 0: the idle cores
         teacher = resolve_teacher(config.teacher, config.teacher_size, threads)
-        inputs = {"teacher": teacher.preprocess} if teacher.preprocess is not None else {}
-        dataset = ViewDataset(images, inputs, config.view_sampler(), preload_side=config.preload,
-                              progress=config.progress)
+        dataset = dataset.with_inputs({"teacher": teacher.preprocess} if teacher.preprocess is not None else {})
         cache = TeacherCache.build(config.teacher_cache, teacher, dataset, config.effective_views,
                                    config.data_identity("train"), config.device, progress=config.progress)
         print(f"teacher cache: {cache.path} ({len(images)} images x {cache.num_views} views x {cache.embed_dim})")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 
 from mobilekd.cache import TeacherCache, expected_manifest
 from mobilekd.config import Config
-from mobilekd.data.dataset import ViewDataset
+from mobilekd.data.dataset import ViewDataset, check_readable
 from mobilekd.data.datasets import ImageSet, load_image_set
 from mobilekd.data.sampler import PKBatchSampler
 from mobilekd.data.views import Degradation
@@ -41,7 +42,7 @@ from mobilekd.distributed import Context, ShardedBatchSampler, init_from_env
 from mobilekd.embed import embed_image_set
 from mobilekd.errors import MobileKDError
 from mobilekd.features import parse_layer_pairs
-from mobilekd.io import atomic_path, write_json
+from mobilekd.io import atomic_path, check_writable_dir, lock_folder, unlock_folder, write_json
 from mobilekd.losses import LossContext, get_loss
 from mobilekd.metrics import retrieval_metrics
 from mobilekd.models import EmbeddingNet, save_model
@@ -96,8 +97,9 @@ class Domain:
 class Trainer:
     def __init__(self, config: Config):
         self.config = c = config.validate()
-        self.out = Path(c.out)
+        self.out = check_writable_dir(c.out)
         self.context = init_from_env(c.device)
+        self.skipped_images = 0
         device = c.device
         if self.context.enabled and device.startswith("cuda"):
             device = f"cuda:{self.context.local_rank}"
@@ -110,6 +112,8 @@ class Trainer:
         self.student = self._build_student()
         # before anything is written: a source of another family fails here and leaves OUT untouched
         self.init_from = initialise_from(self.student, c.init_from) if c.init_from else None
+        if self.context.is_main:  # the run owns its folder (and the teacher cache it builds there)
+            lock_folder(self.out)
         self.student.to(self.device)
         self.num_views = c.effective_views
 
@@ -120,6 +124,9 @@ class Trainer:
         if self.student.spec.bn_folded and not resuming:  # a resumed run restores the unfolded weights
             self._unfold_batchnorm()
 
+        # the losses' own parameters (proxies, projections) start from the run's seed alone: building a teacher
+        # cache draws from the global RNG (every DataLoader iterator takes a base seed), reusing one does not
+        torch.manual_seed(phase_seed(c.seed, "losses"))
         self.losses = torch.nn.ModuleDict({domain.name: self._domain_losses(domain) for domain in self.domains})
         self.losses.to(self.device)
         self.step_module = StepModule(self.student, self.losses)
@@ -150,7 +157,7 @@ class Trainer:
         from mobilekd.weights import student_with_weights
 
         student, self.student_source = student_with_weights(c.student_weights, c.student, c.embed_dim, c.student_size,
-                                                            c.head_bn, c.data, c.threads or 1)
+                                                            c.head_bn, c.data, self.threads)
         check = self.student_source.get("self_check")
         if check:
             log(f"--student-weights {c.student_weights} -> {student.spec.arch}; self-check vs LiteRT: {check}")
@@ -210,6 +217,17 @@ class Trainer:
                                     "training images")
             chosen = np.sort(np.random.default_rng([c.seed, 4242]).permutation(len(train_images))[:c.teacher_budget])
             train_images = train_images.subset(chosen).without_labels()  # label-free: the teacher is the only signal
+        degradation = Degradation(c.lowres, c.jpeg_quality) if (c.lowres or c.jpeg_quality) else None
+        # every image of both splits is decoded (--preload) or checked now, before any teacher or training work
+        train_set = ViewDataset(train_images, {}, c.view_sampler(), {"student": degradation},
+                                preload_side=c.preload, progress=c.progress)
+        test_set = ViewDataset(test_images, {}, preload_side=c.preload, progress=c.progress)
+        report = self.out / ("unreadable_images.txt" if position == 0 else f"unreadable_images_{name}.txt")
+        checked, skipped = check_readable({"train": train_set, "test": test_set}, report, c.skip_bad_images,
+                                          c.progress)
+        self.skipped_images += skipped
+        train_set, test_set = checked["train"], checked["test"]
+        train_images, test_images = train_set.images, test_set.images
         teacher = None
         if teacher_name and c.uses_teacher:
             teacher = resolve_teacher(teacher_name, c.teacher_size, self.threads)
@@ -224,16 +242,14 @@ class Trainer:
         inputs = {"student": self.student.preprocess}
         if live_teacher:
             inputs["teacher"] = teacher.preprocess
-        degradation = Degradation(c.lowres, c.jpeg_quality) if (c.lowres or c.jpeg_quality) else None
-        train_set = ViewDataset(train_images, inputs, c.view_sampler(), {"student": degradation},
-                                preload_side=c.preload, progress=c.progress)
+        train_set = train_set.with_inputs(inputs)
         sampler = PKBatchSampler(train_images.labels, c.batch_classes, c.images_per_class, self.num_views,
                                  c.seed + position, c.steps_per_epoch or None, c.unlabeled_per_batch)
         if self.context.enabled:
             sampler = ShardedBatchSampler(sampler, self.context)
         loader = DataLoader(train_set, batch_sampler=sampler, num_workers=c.num_workers,
                             persistent_workers=c.num_workers > 0)
-        domain = Domain(name, data, train_images, test_images, teacher, train_set, sampler, loader)
+        domain = Domain(name, data, train_images, test_images, teacher, train_set, sampler, loader, test_set=test_set)
         if teacher is not None and not live_teacher:
             cache_dir = c.teacher_cache if position == 0 else None
             domain.targets = open_or_build_cache(c, teacher, train_set, self.out / f"teacher_cache_{name}"
@@ -285,7 +301,7 @@ class Trainer:
         log(f"resumed from {path} after epoch {self.start_epoch}")
 
     def save(self, epoch: int) -> None:
-        metadata = {"epoch": epoch + 1, "config": self.config.to_dict(),
+        metadata = {"epoch": epoch + 1, "config": self.config.to_dict(), "skipped_images": self.skipped_images,
                     "metrics": next((h["test"] for h in reversed(self.history) if "test" in h), None)}
         if self.bn_unfolded:
             metadata["bn_unfolded"] = self.bn_unfolded
@@ -357,9 +373,12 @@ class Trainer:
         total = sum(c.loss_weight(name) * value for name, value in parts.items())
         bad = [name for name, value in parts.items() if not torch.isfinite(value)]
         if bad:  # stop before the step: the last checkpoint on disk stays the last good one
+            saved = self.out / "model.safetensors"  # written (or resumed from) by this run only if it has history
+            where = (f"the last good checkpoint is {saved} (epoch {self.history[-1]['epoch']})"
+                     if self.history and saved.is_file() else
+                     "no checkpoint was written: it failed in the first epoch")
             raise MobileKDError(f"loss term {', '.join(bad)} became {parts[bad[0]].item()} at step "
-                                f"{self.scheduler.last_epoch + 1}; the last good checkpoint is in {self.out} "
-                                "(try a lower --lr or weight)")
+                                f"{self.scheduler.last_epoch + 1}; {where} (try a lower --lr or weight)")
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
@@ -410,13 +429,14 @@ class Trainer:
             return {"out": str(self.out), "rank": self.context.rank}
         final = next((h for h in reversed(self.history) if "test" in h), {})
         summary = {"out": str(self.out), "test": final.get("test"), "student_to_teacher": final.get("student_to_teacher"),
-                   "teacher": final.get("teacher"), "epochs": c.epochs}
+                   "teacher": final.get("teacher"), "epochs": c.epochs, "skipped_images": self.skipped_images}
         if len(self.domains) > 1:
             summary["domains"] = {d.name: {"data": d.data,
                                            **(final.get(d.name, {}) if d is not self.primary else
                                               {"test": final.get("test"), "teacher": final.get("teacher")})}
                                   for d in self.domains}
         write_json(self.out / "metrics.json", summary)
+        unlock_folder(self.out)
         return summary
 
 
@@ -472,6 +492,11 @@ def open_or_build_cache(config: Config, teacher, train_set: ViewDataset, out_dir
         return TeacherCache.open(given, expected_manifest(teacher, teacher_set, config.effective_views, identity))
     return TeacherCache.build(out_dir, teacher, teacher_set, config.effective_views, identity, device,
                               progress=config.progress, context=context)
+
+
+def phase_seed(seed: int, phase: str) -> int:
+    """A seed for one phase of a run, derived from (seed, phase) alone, so what ran before cannot shift it."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(phase.encode())]).generate_state(1)[0])
 
 
 def _warmup_cosine(step: int, warmup: int, total: int) -> float:

@@ -32,3 +32,124 @@ def write_json(path: str | os.PathLike, data) -> None:
         with open(tmp, "w") as handle:
             json.dump(data, handle, indent=2, sort_keys=False)
             handle.write("\n")
+
+
+# ------------------------------------------------------------------------------------------ destinations
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Fail early, before any work, when ``path`` cannot become a writable folder.
+
+    Walks up to the nearest existing ancestor: every existing part must be a folder, and the deepest one must
+    accept a new file (probed by creating a temporary file: ``os.access`` says yes to root even on /proc or an
+    immutable folder). Creates nothing that stays behind."""
+    from mobilekd.errors import MobileKDError
+
+    path = Path(path).expanduser()
+    existing = path
+    while not existing.exists():
+        if existing.is_symlink():  # a dangling link: mkdir would fail on it
+            raise MobileKDError(f"{what} {path}: {existing} is a broken symbolic link")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MobileKDError(f"{what} {path}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(prefix=".mobilekd-probe.", dir=existing):
+            pass
+    except OSError as error:
+        raise MobileKDError(f"{what} {path} is not writable ({existing}: {error.strerror or error})") from None
+    return path
+
+
+def check_writable_file(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Fail early when the file ``path`` could not be written (its folder not creatable/writable, or a folder
+    in its place)."""
+    from mobilekd.errors import MobileKDError
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise MobileKDError(f"{what} {path} is a folder; give a file name")
+    check_writable_dir(path.parent, what)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ run locks
+
+LOCK_FILE = ".mobilekd.lock"
+_held: dict[str, int] = {}  # lock file -> open descriptor, for the life of this process
+
+
+def lock_folder(folder: str | os.PathLike, beside: bool = False) -> Path:
+    """Make ``folder`` this process's own: a second writer gets one error naming the holder.
+
+    An advisory ``fcntl.flock`` on ``FOLDER/.mobilekd.lock`` (``beside``: ``PARENT/.mobilekd.<name>.lock``,
+    for a folder that is replaced by a rename, like an export). The operating system drops the lock when the
+    process dies however it dies, so after a ``kill -9`` the next run (``--resume``) takes it at once; the
+    file holds pid, host, command and start time only to name the holder. Re-entrant within one process;
+    released (and the file removed) by ``unlock_folder`` or at exit. Returns the lock file's path."""
+    import atexit
+    import datetime
+    import fcntl
+    import socket
+    import sys
+
+    from mobilekd.errors import MobileKDError
+
+    folder = Path(folder).expanduser().absolute()
+    lock = folder.parent / f".mobilekd.{folder.name}.lock" if beside else folder / LOCK_FILE
+    if str(lock) in _held:
+        return lock
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise MobileKDError(
+                f"{folder} is in use by another run (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+                f"`{holder.get('command', '?')}`, since {holder.get('since', '?')}); one folder belongs to one "
+                "run at a time: wait for it to finish or choose another output folder") from None
+        try:  # the holder before us may have removed the file on release: lock the file that is there now
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+              "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+    _held[str(lock)] = fd
+    if len(_held) == 1:
+        atexit.register(_release_all)
+    return lock
+
+
+def unlock_folder(folder: str | os.PathLike, beside: bool = False) -> None:
+    """Release a lock taken by ``lock_folder`` in this process (no-op if not held)."""
+    folder = Path(folder).expanduser().absolute()
+    _release(str(folder.parent / f".mobilekd.{folder.name}.lock" if beside else folder / LOCK_FILE))
+
+
+def _release(lock: str) -> None:
+    fd = _held.pop(lock, None)
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(lock)  # while still locked, so no one else holds the inode being removed
+    os.close(fd)
+
+
+def _release_all() -> None:
+    for lock in list(_held):
+        _release(lock)
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        return {}

@@ -1,7 +1,7 @@
 """Resolve models from what the user typed, and the teacher's targets for the training views.
 
 ``resolve_model``: a student/teacher name, ``timm:<name>`` or a mobilekd checkpoint folder.
-``resolve_teacher``: the same, or an ``.onnx`` (black box) or ``.npz`` of precomputed embeddings.
+``resolve_teacher``: the same, or an ``.onnx`` / ``.tflite`` (black box) or ``.npz`` of precomputed embeddings.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 
-from mobilekd.blackbox import OnnxEmbedder, PrecomputedEmbeddings
+from mobilekd.blackbox import BLACK_BOX_SUFFIXES, FileEmbedder, PrecomputedEmbeddings
 from mobilekd.errors import ModelError
-from mobilekd.models import EmbeddingNet, create_model, is_checkpoint, load_model
+from mobilekd.models import EmbeddingNet, check_input_size, create_model, is_checkpoint, load_model
 
 
 def resolve_model(name: str, embed_dim: int = 128, size: int | None = None, pretrained: bool = False,
@@ -23,13 +23,13 @@ def resolve_model(name: str, embed_dim: int = 128, size: int | None = None, pret
             raise ModelError(f"{name} exists but is not a mobilekd checkpoint folder (model.json + model.safetensors)")
         model = load_model(name)
         if size and size != model.preprocess.size:
-            model.spec.preprocess = model.preprocess.with_size(size)
+            model.spec.preprocess = model.preprocess.with_size(check_input_size(model, size))
         return model
     return create_model(name, embed_dim=embed_dim, pretrained=pretrained, size=size, head_bn=head_bn)
 
 
 def resolve_teacher(name: str, size: int | None = None, threads: int | None = None):
-    """A frozen teacher: EmbeddingNet (names: ImageNet weights, pooled features), OnnxEmbedder,
+    """A frozen teacher: EmbeddingNet (names: ImageNet weights, pooled features), FileEmbedder (.onnx, .tflite),
     PrecomputedEmbeddings, or a MasterEnsemble for a comma-separated list."""
     if "," in name:
         branches = [resolve_teacher(part.strip(), size, threads) for part in name.split(",") if part.strip()]
@@ -39,10 +39,10 @@ def resolve_teacher(name: str, size: int | None = None, threads: int | None = No
         master.eval()
         return master
     path = Path(name)
-    if path.suffix.lower() == ".onnx":
+    if path.suffix.lower() in BLACK_BOX_SUFFIXES:
         if not path.is_file():
-            raise ModelError(f"teacher ONNX file not found: {path}")
-        return OnnxEmbedder(path, threads)
+            raise ModelError(f"teacher model file not found: {path}")
+        return FileEmbedder(path, threads)
     if path.suffix.lower() == ".npz":
         if not path.is_file():
             raise ModelError(f"teacher embeddings file not found: {path}")

@@ -1,7 +1,7 @@
 """android_demo/core (pure Kotlin/JVM) against Python: golden vectors and the model.json schema.
 
 Python writes real images (scikit-image sample photos as PNG, various sizes and aspect ratios), their model
-inputs as ``mobilekd.data.views.render(image, center_view(w, h, crop), preprocess)`` computes them, the
+inputs as ``mobilekd.data.views.render_evaluation(image, preprocess)`` (the evaluation view) computes them, the
 embeddings of a tiny model and faiss top-k results; ``android_demo/core/run-tests.sh`` then compiles ``core``
 with kotlinc and runs its JUnit tests on that folder (MOBILEKD_GOLDEN): the Kotlin preprocessing must
 reproduce the float32 tensors bit for bit (int8 inputs: within one quantisation step), its index must return
@@ -96,7 +96,7 @@ def _topk(gallery: np.ndarray, queries: np.ndarray, k: int):
 def write_golden(out: Path) -> dict:
     import torch
 
-    from mobilekd.data.views import ViewSampler, center_view, render
+    from mobilekd.data.views import ViewSampler, render, render_evaluation
     from mobilekd.models import create_model
 
     out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ def write_golden(out: Path) -> dict:
         for cname, contract in contracts.items():
             pre = contract.preprocess
             img = images[stem]
-            chw = render(img, center_view(img.width, img.height, pre.crop), pre).numpy()
+            chw = render_evaluation(img, pre).numpy()
             tensor = chw if contract.input.layout == "NCHW" else chw.transpose(1, 2, 0)
             case = {"image": file, "contract": cname, "width": img.width, "height": img.height,
                     "tensor": f"{stem}__{cname}.f32"}

@@ -141,14 +141,14 @@ def test_exported_runners_agree_with_checkpoint(tiny_models):
 
 
 def test_int8_quantize_roundtrip():
-    from benchmarks.runtimes import _qparams
     from export.contract import dequantize as _dequantize, quantize as _quantize
+    from export.runtimes import qparams
 
-    scale, zero = _qparams((0.05, -3))
+    scale, zero = qparams((0.05, -3)).values()
     q = _quantize(np.array([-1.0, 0.0, 1.0, 100.0], np.float32), scale, zero, np.int8)
     assert q.dtype == np.int8 and q[-1] == 127
     assert np.allclose(_dequantize(q[:3], scale, zero), [-1.0, 0.0, 1.0], atol=0.03)
-    assert _qparams((0.0, 0)) is None and _qparams({"scale": 0.1, "zero_point": 2}) == (0.1, 2)
+    assert qparams((0.0, 0)) is None and qparams({"scale": 0.1, "zero_point": 2}) == {"scale": 0.1, "zero_point": 2}
 
 
 # ------------------------------------------------------------------------------------------------ recall
@@ -247,6 +247,26 @@ def test_report_refuses_mixed_machines(tmp_path, latency_result, capsys):
     assert len(err) == 1 and "different machines" in err[0]
     assert main([*map(str, paths), "--out", str(tmp_path / "rep"), "--allow-mixed-machines"]) == 0
     assert "Some ARM board" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_report_compare_unknown_label_is_an_error(tmp_path, capsys):
+    """--compare with labels no result has: one error line naming them and the labels there are, exit 2,
+    and no report written (issue 14, defect 9: it used to exit 0 with an empty row)."""
+    from benchmarks.report import main
+
+    machine = {"cpu_model": "test cpu", "fingerprint": "f"}
+    recall = {"kind": "recall", "machine": machine, "data": {"path": "x", "split": "test", "images": 6},
+              "results": [{"model": name, "symmetric": {"R@1": 50.0}} for name in ("student", "teacher")]}
+    rec = tmp_path / "recall.json"
+    rec.write_text(json.dumps(recall))
+    out = tmp_path / "rep"
+    assert main([str(rec), "--out", str(out), "--compare", "studnet:teacher", "--compare", "teacher:nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
+    assert "studnet" in err[0] and "nope" in err[0] and "student, teacher" in err[0]
+    assert not out.exists()
+    assert main([str(rec), "--out", str(out), "--compare", "student:teacher"]) == 0
+    assert "| teacher vs student |" in (out / "report.md").read_text()
 
 
 def test_pareto_front():

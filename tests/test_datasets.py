@@ -145,8 +145,11 @@ def test_corrupt_image_is_named(folder_dataset):
     bad = folder_dataset / "class_2" / "3.png"
     bad.write_bytes(b"not a png")
     images = load_image_set(folder_dataset, "train")
+    dataset = ViewDataset(images, {"x": Preprocess(16)}, preload_side=64, progress=False)
+    (index, reason), = dataset.find_unreadable()  # the decode pass records it, for check_readable to report
+    assert "class_2/3.png" in reason
     with pytest.raises(DataError, match=r"cannot read image .*class_2/3\.png"):
-        ViewDataset(images, {"x": Preprocess(16)}, preload_side=64, progress=False)
+        dataset[index]
 
 
 def test_zip_folder_points_at_zips(tmp_path):
@@ -198,3 +201,31 @@ def test_low_resolution_view_degrades_only_the_student(folder_dataset):
     assert not (item["student"] == clean).all()
     # down-sampling removes high frequencies: neighbouring pixels differ less
     assert item["student"].diff(dim=2).abs().mean() < clean.diff(dim=2).abs().mean()
+
+
+def test_training_evaluation_and_parity_embed_the_same_evaluation_view(folder_dataset):
+    """A contract with crop 0.875 (timm's crop_pct): training evaluation (``embed_image_set``, fresh and with the
+    engine's decoded test set) feeds the model exactly the pixels export parity renders -- the central 87.5 %
+    square, not the full centre square of training's view 0."""
+    import torch
+
+    from export.parity import render_images
+    from mobilekd.embed import embed_image_set
+
+    class Pixels:  # a "model" whose embedding is its input
+        def __init__(self, preprocess):
+            self.preprocess = preprocess
+
+        def __call__(self, pixels):
+            return pixels.flatten(1)
+
+    images = load_image_set(folder_dataset, "test")
+    pre = Preprocess(16, crop=0.875)
+    parity = render_images(images, pre).reshape(len(images), -1)
+    fresh = embed_image_set(Pixels(pre), images, progress=False)
+    decoded = ViewDataset(images, {}, preload_side=64, progress=False)  # as the engine keeps its test set
+    cached = embed_image_set(Pixels(pre), images, progress=False, decoded=decoded)
+    np.testing.assert_array_equal(fresh, parity)
+    np.testing.assert_array_equal(cached, parity)
+    full_square = torch.stack([ViewDataset(images, {"x": pre}, progress=False)[i]["x"] for i in range(len(images))])
+    assert not np.allclose(full_square.flatten(1).numpy(), parity)  # training's view 0 is another view

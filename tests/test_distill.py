@@ -105,7 +105,7 @@ def test_cli_reports_corrupt_image_with_exit_code_2(folder_dataset, tmp_path):
                              str(tmp_path / "r"), "--no-progress", "--student-size", "32", "--teacher-size", "32"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "cannot read image" in result.stderr and "class_1/2.png" in result.stderr
+    assert "1 unreadable image(s)" in result.stderr and "class_1/2.png" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "r" / "model.safetensors").exists()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ def one_error_line(capsys) -> str:
 def test_int8_outputs_are_renormalised_before_search():
     """A dequantized int8 embedding is not unit-norm; searching with the raw vectors ranks by norm error
     (measured: Recall@1 25.0 -> 6.2 on a 1280-d CUB student), so the runner renormalises them."""
-    from export.common import dequantize_output
+    from export.runtimes import dequantize_output
     from export.contract import TensorSpec
 
     spec = TensorSpec("embedding", [1, 4], "int8", quantization={"scale": 0.1, "zero_point": 0}, l2_normalized=True)
@@ -84,6 +85,42 @@ def test_parity_core_detects_drift(workspace):
     assert not noisy["passed"] and noisy["vs_float"]["mean_cos"] < 0.99 and noisy["failures"]
     nan = compute_parity(lambda x: np.full((len(x), DIM), np.nan), model, data, Gates(0.0))
     assert not nan["passed"] and "NaN" in nan["failures"][0]
+
+
+def test_gates_refuse_a_collapsed_student_that_mean_cosine_passes():
+    """Issue 14, defect 11: when a student's embeddings crowd into a narrow cone, an export error that keeps
+    mean cosine at 0.997 (past the int8 gate of 0.99) still reorders every neighbour. The same error on a
+    student whose embeddings are spread out is harmless. The neighbour-overlap and noise-to-spread gates
+    must tell the two apart; the mean-cosine gate alone cannot."""
+    from export.parity import Gates, ParityData, compute_parity, embed_torch, gates_for
+
+    torch.manual_seed(0)
+    student = create_model("mobilenetv1_025", embed_dim=DIM, size=SIZE).eval()
+    pixels = np.random.default_rng(0).normal(0, 1, (300, 3, SIZE, SIZE)).astype(np.float32)
+    data = ParityData(pixels, None, "300 random images")  # unlabeled: the Recall@1 gate does not apply
+    head = student.head[0]
+    with torch.no_grad():  # centre the head on these images: the spread-out embeddings of a trained student
+        features = student.backbone(torch.from_numpy(pixels))
+        head.bias.copy_(-head.weight @ features.mean(0))
+        spread_out = embed_torch(student, pixels)
+        # collapse: a common offset ten times the typical embedding length before normalisation
+        head.bias[0] += 10 * (features - features.mean(0)).matmul(head.weight.T).norm(dim=1).mean()
+        collapsed = embed_torch(student, pixels)
+
+    noise = np.random.default_rng(1).normal(0, 0.0137, spread_out.shape).astype(np.float32)  # 1 - cos ~ 0.003
+    reports = {}
+    for name, reference in (("spread", spread_out), ("collapsed", collapsed)):
+        reports[name] = compute_parity(lambda x, ref=reference: ref + noise, student, data, gates_for("int8"),
+                                       reference)
+        old_gate = compute_parity(lambda x, ref=reference: ref + noise, student, data, Gates(0.99), reference)
+        assert old_gate["passed"] and 0.996 < old_gate["vs_float"]["mean_cos"] < 0.998, name
+    spread, crowded = reports["spread"]["vs_float"], reports["collapsed"]["vs_float"]
+    assert abs(spread["float_pairwise_cos"]) < 0.1 and 0.98 < crowded["float_pairwise_cos"] < 0.995
+    assert reports["spread"]["passed"], reports["spread"]["failures"]
+    assert spread["noise_ratio"] < 0.01 and spread["top10_overlap"] > 0.8
+    assert not reports["collapsed"]["passed"] and crowded["noise_ratio"] > 0.1 and crowded["top10_overlap"] < 0.4
+    failures = " ".join(reports["collapsed"]["failures"])
+    assert "neighbour overlap" in failures and "noise-to-spread" in failures and "mean cosine" not in failures
 
 
 def test_paired_recall_change_counts_the_queries_that_flip():
@@ -143,11 +180,15 @@ def test_onnx_fp32_int8_and_check(workspace, capsys):
     assert info8["quantization"]["scheme"] == "int8-static" and info8["quantization"]["calibration"]["images"] == 8
     assert "train split" in info8["quantization"]["calibration"]["source"]
     assert info8["parity"]["vs_float"]["mean_cos"] > 0.99 and "r1_exported" in info8["parity"]["vs_float"]
+    assert 0 <= info8["parity"]["vs_float"]["noise_ratio"] <= info8["parity"]["gates"]["max_noise_ratio"]
+    assert info8["parity"]["gates"]["min_topk_overlap"] > 0  # in force (skipped on these 12 images, and said so)
+    assert any("min_topk_overlap" in s for s in info8["parity"]["skipped_gates"])
     assert (out8 / "model.onnx").stat().st_size < 0.5 * (out / "model.onnx").stat().st_size
 
     capsys.readouterr()
     assert run("check", out8, "--against", ckpt) == 0
-    assert "PASS" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "PASS" in printed and "noise-to-spread" in printed and "min_topk_overlap" in printed
 
 
 def test_onnx_fp16_nhwc(workspace):
@@ -231,6 +272,43 @@ def test_tflite_fp32_and_int8(workspace):
     assert run("tflite", ckpt, "--integer-io", "--out", workspace["root"] / "never") == 2
 
 
+def test_one_runner_for_parity_recall_and_black_box_teacher(workspace):
+    """One file, one way to run it: ONNX fp32, TFLite int8 with int8 I/O and TFLite fp32 NHWC give the same
+    embeddings through export parity's runner (as export.check opens it: the float student's pixels),
+    benchmarks.recall and the black-box teacher path (``resolve_teacher(file)``). The fp32 TFLite file folds the
+    student's per-channel normalisation into its graph, so parity converts its pixels first (float rounding
+    only); every other route feeds the contract's own pixels: bit-identical."""
+    from benchmarks.recall import make_embedder
+    from export.contract import ModelContract
+    from export.parity import render_images
+    from export.runtimes import runtimes_for
+    from mobilekd.data import load_image_set
+    from mobilekd.embed import embed_image_set
+    from mobilekd.models import load_model
+    from mobilekd.teachers import resolve_teacher
+
+    root, ckpt = workspace["root"], workspace["ckpt"]
+    model = load_model(ckpt).eval()
+    images = load_image_set(str(workspace["data"]), "test")
+    exports = {"onnx32": ("onnx",), "tfl8-int-io": ("tflite", "--quantize", "int8", "--integer-io", "--calib-images",
+                                                    8, "--max-r1-drop", 100), "tfl32": ("tflite",)}
+    for folder, (fmt, *options) in exports.items():
+        if not (root / folder / "model.json").exists():  # when run alone
+            assert run(fmt, ckpt, "--out", root / folder, *options) == 0
+        contract = ModelContract.from_dict(manifest(root / folder))
+        path = root / folder / contract.model_file
+        runner = runtimes_for(path)[0].open(path, contract, 1, pixels=model.preprocess)
+        parity = runner(render_images(images, model.preprocess))
+        recall = embed_image_set(make_embedder(str(path), 1)[3], images, progress=False)
+        teacher = embed_image_set(resolve_teacher(str(path), threads=1), images, progress=False)
+        assert parity.shape == (len(images), DIM) and np.isfinite(parity).all()
+        np.testing.assert_array_equal(recall, teacher)
+        if contract.preprocess == model.preprocess:
+            np.testing.assert_array_equal(parity, recall)
+        else:
+            assert folder == "tfl32" and np.abs(parity - recall).max() < 1e-5
+
+
 def test_int8_float_convs_keep_the_leading_convolutions_float(workspace):
     """--float-convs N: the first N convolutions (and every op before them) stay float in both runtimes; the
     rest is int8; a model with fewer convolutions, or a precision other than int8, is refused (exit 2)."""
@@ -272,7 +350,7 @@ def test_int8_calibration_uses_global_min_max(workspace):
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import quantizer, recipe
 
-    from export.tflite import _signature_input, calibrate_min_max
+    from export.tflite import calibrate_min_max, signature_input
 
     fp32 = workspace["root"] / "tfl32" / "model.tflite"
     if not fp32.exists():
@@ -282,7 +360,7 @@ def test_int8_calibration_uses_global_min_max(workspace):
     rng = np.random.default_rng(0)
     samples = [rng.normal(0, 1, (1, SIZE, SIZE, 3)).astype(np.float32) for _ in range(3)]
     samples.append(np.full((1, SIZE, SIZE, 3), 9.0, np.float32))  # the widest input comes first or last:
-    key, signature_name = _signature_input(fp32)
+    key, signature_name = signature_input(fp32)
     name = Interpreter(model_path=str(fp32)).get_input_details()[0]["name"]  # the input tensor's name
     for order in (samples, samples[::-1]):  # either way the input range must reach it
         ranges = calibrate_min_max(qt, fp32, order)
@@ -313,6 +391,67 @@ def test_coreml_int8_structural(workspace):
     assert parity["vs_float"] is None and "macOS" in parity["runtime_parity"]  # no unmeasured numbers
     assert parity["structure"]["weight_elements"]["INT8"] > 0.95 * sum(parity["structure"]["weight_elements"].values())
     assert parity["structure"]["inputs"][0] == {"name": "input", "shape": [1, 3, SIZE, SIZE], "dtype": "FLOAT32"}
+
+
+def _perturbed_checkpoint(workspace, scale: float = 0.05) -> Path:
+    """The workspace student with every weight moved by ``scale`` of its spread: another checkpoint."""
+    from mobilekd.models import load_model
+
+    path = workspace["root"] / f"perturbed-{scale}"
+    if not path.exists():
+        model = load_model(workspace["ckpt"])
+        torch.manual_seed(2)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * scale * (p.std() if p.numel() > 1 else 1.0))
+        save_model(model, path, {"config": {"data": str(workspace["data"]), "train_fraction": 0.5}})
+    return path
+
+
+def test_check_refuses_a_file_from_another_checkpoint(workspace, capsys):
+    """Issue 14, defect 5: a Core ML file exported from a perturbed checkpoint and checked against the
+    original used to exit 0 with "structural check: PASS". The source sha256 in model.json must match
+    --against's model.safetensors (a failure naming both, unless --allow-other-source), and a Core ML
+    verdict off macOS says it is structure only."""
+    out = workspace["root"] / "coreml-other"
+    assert run("coreml", _perturbed_checkpoint(workspace), "--out", out) == 0
+    capsys.readouterr()
+    assert run("check", out, "--against", workspace["ckpt"]) == 1
+    captured = capsys.readouterr()
+    assert "exported from another checkpoint" in captured.out and "--allow-other-source" in captured.out
+    assert captured.err.startswith("error: ") and "another checkpoint" in captured.err
+    if sys.platform != "darwin":
+        assert "structural check only (no Core ML runtime on " in captured.out
+        assert "runtime parity not measured" in captured.out and "structural check: PASS" not in captured.out
+    assert run("check", out, "--against", workspace["ckpt"], "--allow-other-source", "--write") == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("warning: ") and "compared anyway" in captured.out
+    source = manifest(out)["parity"]["source"]
+    assert source["matches"] is False and source["recorded_sha256"] != source["against_sha256"]
+    assert run("check", out, "--against", _perturbed_checkpoint(workspace)) == 0  # its own source: passes
+    assert "structural check only" in capsys.readouterr().out
+
+
+def test_check_compares_the_source_for_runtime_formats(workspace, capsys):
+    """The same source check on a file whose runtime runs here (ONNX): a model.json naming another source
+    fails even though the embeddings agree, and one that records no source cannot be confirmed."""
+    made = workspace["root"] / "onnx32"  # test_onnx_fp32_int8_and_check's file, when it ran first
+    if not made.exists():
+        assert run("onnx", workspace["ckpt"], "--out", made) == 0
+    src = workspace["root"] / "onnx-src"
+    shutil.copytree(made, src)
+    info = manifest(src)
+    info["source"]["sha256"] = "0" * 64
+    (src / "model.json").write_text(json.dumps(info))
+    capsys.readouterr()
+    assert run("check", src, "--against", workspace["ckpt"]) == 1
+    out = capsys.readouterr().out
+    assert "exported from another checkpoint" in out and "000000000000..." in out
+    del info["source"]["sha256"]
+    (src / "model.json").write_text(json.dumps(info))
+    assert run("check", src, "--against", workspace["ckpt"]) == 1
+    assert "records no source checkpoint sha256" in capsys.readouterr().out
+    assert run("check", src, "--against", workspace["ckpt"], "--allow-other-source") == 0
 
 
 def test_coreml_image_input_structural(workspace):
@@ -386,6 +525,10 @@ def test_bad_input(workspace, tmp_path, capsys):
     blocker.write_text("x")
     assert run("onnx", ckpt, "--out", blocker) == 2
     assert "not a folder" in one_error_line(capsys)
+
+    for gate, value in (("--min-topk-overlap", 1.5), ("--max-noise-ratio", -0.1), ("--max-noise-ratio", "nan")):
+        assert run("onnx", ckpt, gate, value, "--out", tmp_path / "x") == 2
+        assert gate in one_error_line(capsys)
 
     assert run("check", tmp_path / "nothing.onnx", "--against", ckpt) == 2
     assert "not found" in one_error_line(capsys)

@@ -255,7 +255,7 @@ def test_mediapipe_image_embedder_matches_litert(workspace, quantize):
 def test_mediapipe_head_name_and_a_wrong_model_is_caught(workspace):
     """The comparison can fail: another student's file through MediaPipe is far from this one's."""
     from export.embedder_metadata import mediapipe_embeddings, model_pixels
-    from export.tflite import make_runner
+    from export.runtimes import open_runtime
     from export.contract import ModelContract
     from mobilekd.data.views import normalize
 
@@ -264,7 +264,7 @@ def test_mediapipe_head_name_and_a_wrong_model_is_caught(workspace):
         folder = export(workspace, "scalar", "scalar-none")
     contract = ModelContract.from_dict(manifest(folder))
     pixels = [model_pixels(image, contract.preprocess) for image in images(workspace)]
-    ours = make_runner(folder / "model.tflite", contract)(
+    ours = open_runtime(folder / "model.tflite", contract)(
         np.stack([normalize(p.astype(np.float32), contract.preprocess).numpy() for p in pixels]))
 
     torch.manual_seed(7)

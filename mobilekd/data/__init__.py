@@ -3,7 +3,7 @@
 from mobilekd.data.dataset import ViewDataset
 from mobilekd.data.datasets import ImageSet, load_image_set, split_classes
 from mobilekd.data.sampler import PKBatchSampler
-from mobilekd.data.views import Degradation, View, ViewSampler, center_view, render
+from mobilekd.data.views import Degradation, View, ViewSampler, center_view, evaluation_view, render, render_evaluation
 
 __all__ = ["ImageSet", "load_image_set", "split_classes", "ViewDataset", "PKBatchSampler",
-           "Degradation", "View", "ViewSampler", "center_view", "render"]
+           "Degradation", "View", "ViewSampler", "center_view", "evaluation_view", "render", "render_evaluation"]

@@ -7,7 +7,10 @@ with teacher targets for the centre crop while the student sees random crops, di
 student alone (../shared/notes/calibration.md; Beyer et al., "Knowledge distillation: A good teacher is
 patient and consistent", CVPR 2022).
 
-View 0 is the evaluation view (central square, no flip); other ids are random-resized crops.
+View 0 of training is the central square, no flip; other ids are random-resized crops. How a model is
+*evaluated* is its own contract's: ``evaluation_view`` (the central square of side ``preprocess.crop`` x
+min(W, H)) -- the one definition shared by training evaluation, benchmarks, compat, export parity, the MediaPipe
+metadata check and the Android core (``Preprocessor.kt``).
 """
 
 from __future__ import annotations
@@ -67,6 +70,17 @@ def center_view(width: int, height: int, crop: float = 1.0) -> View:
     return View((left / width, top / height, (left + side) / width, (top + side) / height), False)
 
 
+def evaluation_view(width: int, height: int, preprocess: Preprocess) -> View:
+    """THE evaluation view of a model with contract ``preprocess``: the central square whose side is
+    ``preprocess.crop`` x min(width, height), no flip (timm's ``crop_pct``; 1.0 for mobilekd's students)."""
+    return center_view(width, height, preprocess.crop)
+
+
+def render_evaluation(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
+    """The model input of ``image`` under ``evaluation_view``: float32 CHW."""
+    return render(image, evaluation_view(*image.size, preprocess), preprocess)
+
+
 @dataclass(frozen=True)
 class Degradation:
     """The cross-quality view (Yu et al. 2019): the student sees a low-resolution and/or JPEG-compressed
@@ -90,16 +104,22 @@ class Degradation:
 def render(image: Image.Image, view: View, preprocess: Preprocess,
            degradation: Degradation | None = None) -> torch.Tensor:
     """Crop ``view`` out of ``image``, resize to the model's input and normalise: float32 CHW."""
-    width, height = image.size
-    left, top, right, bottom = view.box
-    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[preprocess.interpolation]
-    out = image.resize((preprocess.size, preprocess.size), resample,
-                       box=(left * width, top * height, right * width, bottom * height))
+    out = resize_view(image, view, preprocess)
     if view.flip:
         out = out.transpose(Image.FLIP_LEFT_RIGHT)
     if degradation is not None:
         out = degradation(out)
     return normalize(np.asarray(out, dtype=np.float32), preprocess)
+
+
+def resize_view(image: Image.Image, view: View, preprocess: Preprocess) -> Image.Image:
+    """``view``'s box of ``image`` resized to ``preprocess.size`` square (Pillow, which antialiases when
+    shrinking), before the flip and the normalisation."""
+    width, height = image.size
+    left, top, right, bottom = view.box
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[preprocess.interpolation]
+    return image.resize((preprocess.size, preprocess.size), resample,
+                        box=(left * width, top * height, right * width, bottom * height))
 
 
 def normalize(pixels_hwc: np.ndarray, preprocess: Preprocess) -> torch.Tensor:

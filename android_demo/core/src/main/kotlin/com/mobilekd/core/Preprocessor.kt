@@ -8,7 +8,7 @@ import kotlin.math.sqrt
 
 /**
  * Turns an image into the model input the contract describes, exactly as Python's
- * `mobilekd.data.views.render(image, center_view(w, h, crop), preprocess)` does: the central square of side
+ * `mobilekd.data.views.render_evaluation(image, preprocess)` (the evaluation view) does: the central square of side
  * `crop * min(W, H)`, a Pillow-exact bilinear resize to `size x size`, `x = (pixel - mean) / std` in float32,
  * then the contract's layout (NHWC / NCHW) and, for int8 / uint8 inputs, its quantisation.
  */
@@ -17,7 +17,7 @@ class Preprocessor(private val contract: ModelContract) {
     private val size = pre.size
     private val layout = contract.input.layout ?: "NHWC"
 
-    /** The crop box in pixels, computed with the same float operations as `center_view` + `render`. */
+    /** The crop box in pixels, computed with the same float operations as `evaluation_view` + `render`. */
     fun cropBox(width: Int, height: Int): FloatArray {
         val side = pre.crop * minOf(width, height)
         val left = (width - side) / 2
