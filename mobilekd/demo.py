@@ -37,10 +37,16 @@ DISTILL_WEIGHTS = dict(metric_loss="none", kl_weight=1.0, kl_temperature=0.1)
 def zero_shot_metrics(config: Config) -> dict:
     """Test metrics of ``config``'s student before any training: its pooled ImageNet features (a new head
     would be random) through the Trainer's own evaluation, so the protocol is the trained rows'. BatchNorm
-    unfolding leaves the eval-mode function unchanged; nothing is trained and nothing is written."""
+    unfolding leaves the eval-mode function unchanged; nothing is trained or saved (the Trainer's folder lock on
+    ``config.out`` is released again)."""
     from mobilekd.engine import Trainer
+    from mobilekd.io import unlock_folder
 
-    return Trainer(dataclasses.replace(config, embed_dim=0, resume=False)).evaluate()["test"]
+    trainer = Trainer(dataclasses.replace(config, embed_dim=0, resume=False))
+    try:
+        return trainer.evaluate()["test"]
+    finally:
+        unlock_folder(trainer.out)
 
 
 @cli_entry

@@ -454,7 +454,7 @@ def test_demo_recipe_records_each_arm_with_its_command(tmp_path, capsys):
     row = recorded["rows"]["zs32"]
     assert row["settings"]["student_size"] == 32 and row["seconds"] > 0
     assert 5 < row["test"]["R@1"] < 100 and row["command"].endswith("--no-progress")  # ImageNet features: above chance
-    assert not (tmp_path / "runs").exists()  # zero-shot arms train and write nothing
+    assert not [path for path in (tmp_path / "runs").rglob("*") if path.is_file()]  # zero-shot: nothing trained or saved
     table = results.with_suffix(".md").read_text()
     assert "| zs32 | 32 | 0 |" in table and row["command"] in table
     # a bad flag: one error line, exit 2, the results untouched
