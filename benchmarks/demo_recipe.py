@@ -52,16 +52,20 @@ def markdown(results: dict) -> str:
         cache = results["cache"]
         lines += [f"Teacher cache ({cache['teacher']} at {cache['teacher_size']} px, {cache['views']} views per "
                   f"training image): built in {cache['seconds']:.0f} s at {cache['threads']} thread(s).", ""]
-    lines += ["| arm | " + " | ".join(SETTINGS) + " | R@1 | R@2 | R@4 | R@8 | MAP@R | seconds |",
-              "|---" * (len(SETTINGS) + 7) + "|"]
+    lines += ["| arm | " + " | ".join(SETTINGS) + " | R@1 | R@2 | R@4 | R@8 | MAP@R | seconds | R@1 / MAP@R by epoch |",
+              "|---" * (len(SETTINGS) + 8) + "|"]
     for name, row in results["rows"].items():
         settings = " | ".join(str(row["settings"].get(key, "")) for key in SETTINGS)
         metrics = " | ".join(f"{row['test'][k]:.2f}" for k in ("R@1", "R@2", "R@4", "R@8", "MAP@R"))
-        lines.append(f"| {name} | {settings} | {metrics} | {row['seconds']:.0f} |")
+        curve = ", ".join(f"{h['epoch']}: {h['test']['R@1']:.1f} / {h['test']['MAP@R']:.1f}"
+                          for h in row.get("history") or [] if "test" in h)
+        lines.append(f"| {name} | {settings} | {metrics} | {row['seconds']:.0f} | {curve} |")
     if results.get("teacher"):
         teacher = results["teacher"]
         lines += ["", f"Teacher ({teacher['name']} ImageNet, {teacher['size']} px, no training): R@1 "
                       f"{teacher['test']['R@1']:.2f}, MAP@R {teacher['test']['MAP@R']:.2f}."]
+    if results.get("notes"):  # written by hand into the JSON: what the rows alone do not say
+        lines += ["", *results["notes"]]
     lines += ["", "Commands:", "", "```bash"] + [row["command"] for row in results["rows"].values()] + ["```", ""]
     return "\n".join(lines)
 
