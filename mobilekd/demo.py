@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     alone_config = Config(**common, out=f"{args.out}/student_alone")
     print(f"[1/3] zero-shot: ImageNet {common['student']} @ {size} px, pooled features, no training", flush=True)
     zero_shot = zero_shot_metrics(alone_config)
-    print(f"[2/3] student alone: fine-tuned with its metric loss only", flush=True)
+    print("[2/3] student alone: fine-tuned with its metric loss only", flush=True)
     alone = train(alone_config)
     print(f"[3/3] distilled: teacher {common['teacher']} (ImageNet) {DISTILL_WEIGHTS}", flush=True)
     distilled = train(Config(**common, out=f"{args.out}/distilled", **DISTILL_WEIGHTS))
