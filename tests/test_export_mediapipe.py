@@ -28,6 +28,9 @@ pytest.importorskip("mediapipe", reason="mediapipe is not installed: pip install
                                         "metadata and ImageEmbedder interoperability are not tested)")
 
 SIZE, DIM = 32, 32
+# These tests are about MediaPipe metadata and interop, not fidelity: the random-weight students' embeddings
+# crowd together (mean cosine ~0.9999 between images), which the retrieval gates rightly refuse for int8.
+LOOSE_GATES = ("--max-r1-drop", 100, "--max-noise-ratio", 1, "--min-topk-overlap", 0)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +152,7 @@ def test_int8_of_a_per_channel_student_folds_in_float_and_runs_in_mediapipe(work
     """int8 with float I/O: the folded normalisation stays float before the QUANTIZE op, calibrated on the
     file's own (scalar) input, so the int8 graph quantizes the same tensor as the unfolded --keep-normalization
     file; MediaPipe's ImageEmbedder loads it and matches the float student."""
-    args = ("--quantize", "int8", "--calib-images", 8, "--max-r1-drop", 100)
+    args = ("--quantize", "int8", "--calib-images", 8, *LOOSE_GATES)
     folded = export(workspace, "imagenet", "imagenet-int8", *args)
     kept = export(workspace, "imagenet", "imagenet-int8-kept", *args, "--keep-normalization")
     ops, scale = quantize_op_scale(folded / "model.tflite")
@@ -204,7 +207,7 @@ def test_metadata_parser_version_and_refusals(tmp_path):
 
 def test_integer_io_and_nchw_get_no_metadata(workspace):
     int8 = export(workspace, "scalar", "scalar-int8-io", "--quantize", "int8", "--integer-io", "--calib-images", 8,
-                  "--max-r1-drop", 100)
+                  *LOOSE_GATES)
     record = manifest(int8)["build"]["mediapipe_metadata"]
     assert record["embedded"] is False and "int8" in record["reason"] and metadata_of(int8) is None
     nchw = export(workspace, "scalar", "scalar-nchw", "--layout", "NCHW")
@@ -238,7 +241,7 @@ def test_mediapipe_image_embedder_matches_litert(workspace, quantize):
     from export.embedder_metadata import compare_with_mediapipe
 
     folder = export(workspace, "scalar", f"scalar-{quantize}", "--quantize", quantize, "--calib-images", 8,
-                    "--max-r1-drop", 100)
+                    *LOOSE_GATES)
     info = manifest(folder)
     assert info["build"]["mediapipe_metadata"]["image_embedder"] is True
     meta = metadata_of(folder)
