@@ -97,11 +97,8 @@ def test_unknown_arm_in_arm_config():
 
 
 def test_tiny_end_to_end_zero_shot_and_label_free_kl(folder_dataset, tmp_path):
-    results = tmp_path / "results" / "cub"
-    argv = ["--data", str(folder_dataset), "--out", str(tmp_path / "runs"), "--arms", "zero_shot,kl_label_free",
-            "--student-size", "32", "--epochs", "1", "--steps-per-epoch", "2", "--batch-classes", "2",
-            "--images-per-class", "2", "--views", "1", "--teacher", "efficientnet_lite0", "--teacher-size", "32",
-            "--threads", "1", "--quiet", "--results", str(results)]
+    results = tmp_path / "results"
+    argv = tiny_argv(folder_dataset, tmp_path, "zero_shot,kl_label_free")
     assert distill_cub.main(argv) == 0
     saved = json.loads(Path(str(results) + ".json").read_text())
     assert set(saved) >= {"command", "machine", "args", "rows"} and saved["args"]["student_size"] == 32
@@ -117,3 +114,45 @@ def test_tiny_end_to_end_zero_shot_and_label_free_kl(folder_dataset, tmp_path):
     assert distill_cub.main(argv) == 0
     assert (tmp_path / "runs" / "seed0" / "32px" / "imagenet_kl_label_free" / "metrics.json").stat().st_mtime_ns == first
     assert json.loads(Path(str(results) + ".json").read_text())["rows"] == saved["rows"]
+
+
+def tiny_argv(data, tmp_path, arms, *extra):
+    return ["--data", str(data), "--out", str(tmp_path / "runs"), "--arms", arms, "--student-size", "32",
+            "--epochs", "1", "--steps-per-epoch", "2", "--batch-classes", "2", "--images-per-class", "2", "--views", "1",
+            "--teacher", "efficientnet_lite0", "--teacher-size", "32", "--threads", "1", "--quiet",
+            "--results", str(tmp_path / "results"), *extra]
+
+
+def test_several_seeds_give_mean_sd_and_per_seed_rows(tmp_path, monkeypatch):
+    def fake_run(args, arm, seed):  # no training: the aggregation alone
+        r1 = {"alone": 10.0, "kl": 20.0}[arm] + 2 * seed
+        return {"test": {"R@1": r1, "MAP@R": r1 / 2, "queries": 5}, "teacher": {"R@1": 50.0, "MAP@R": 25.0}}
+
+    monkeypatch.setattr(distill_cub, "run_arm", fake_run)
+    monkeypatch.setattr(distill_cub, "build_cache", lambda config, folder: None)
+    assert distill_cub.main(["--data", "D", "--out", str(tmp_path / "runs"), "--arms", "alone,kl", "--seeds", "0,1,2",
+                             "--results", str(tmp_path / "results")]) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    kl = "MobileNetV1-0.25 (ImageNet, 128 px) kl"
+    assert saved["rows"][kl] == {"R@1": 22.0, "MAP@R": 11.0, "queries": 5}
+    assert saved["sd"][kl] == {"R@1": 2.0, "MAP@R": 1.0}
+    assert saved["seeds"][kl]["2"]["R@1"] == 24.0
+    report = (tmp_path / "results.md").read_text()
+    assert "kl 2.00 / 1.00" in report and "kl 26.3%" in report  # (22 - 12) / (50 - 12) of the gap closed
+
+
+def test_unlabeled_arms_share_one_teacher_cache(folder_dataset, tmp_path):
+    from tests.conftest import CLASS_COLORS, make_image
+
+    photos = tmp_path / "photos"
+    for i in range(6):
+        make_image(str(photos / "any" / f"{i}.png"), seed=900 + i, label_color=CLASS_COLORS[0])
+    argv = tiny_argv(folder_dataset, tmp_path, "semi,init_imagenet_pretrain", "--unlabeled-data", str(photos))
+    assert distill_cub.main(argv) == 0
+    runs = tmp_path / "runs" / "seed0"
+    assert (runs / "teacher_cache_unlabeled").is_dir()
+    assert not list(runs.glob("32px/*/teacher_cache"))  # opened, not rebuilt per arm
+    finetune = json.loads((runs / "32px" / "init_imagenet_pretrain" / "config.json").read_text())
+    stage1 = json.loads((runs / "32px" / "init_imagenet_pretrain" / "stage1" / "config.json").read_text())
+    assert finetune["student"] == str(runs / "32px" / "init_imagenet_pretrain" / "stage1")
+    assert (stage1["metric_loss"], stage1["unlabeled"], stage1["pretrained"]) == ("none", str(photos), True)
