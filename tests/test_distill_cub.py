@@ -156,3 +156,28 @@ def test_unlabeled_arms_share_one_teacher_cache(folder_dataset, tmp_path):
     stage1 = json.loads((runs / "32px" / "init_imagenet_pretrain" / "stage1" / "config.json").read_text())
     assert finetune["student"] == str(runs / "32px" / "init_imagenet_pretrain" / "stage1")
     assert (stage1["metric_loss"], stage1["unlabeled"], stage1["pretrained"]) == ("none", str(photos), True)
+
+
+def test_weight_selection_from_folded_batchnorm_is_unfolded_before_training(folder_dataset, tmp_path):
+    """The init_selection arm selects from an imported (folded-BN) checkpoint: the selected BNs are identity plus
+    bias, so the Trainer must unfold them like an imported student's, or train-mode BN destroys the features."""
+    import dataclasses
+
+    from mobilekd.config import Config
+    from mobilekd.engine import Trainer
+    from mobilekd.io import unlock_folder
+    from mobilekd.models import create_model, save_model
+
+    source = create_model("tf_mobilenetv1_025", embed_dim=0, pretrained=True, size=32)  # the shipped, folded weights
+    assert source.spec.bn_folded
+    save_model(source, tmp_path / "large")
+    config = Config(data=str(folder_dataset), student="tf_mobilenetv1_025", init_from=str(tmp_path / "large"),
+                    embed_dim=0, student_size=32, teacher=None, batch_classes=2, images_per_class=2, epochs=1,
+                    threads=1, progress=False, out=str(tmp_path / "run"))
+    trainer = Trainer(config)
+    unlock_folder(trainer.out)
+    assert trainer.init_from["bn_folded"] and trainer.bn_unfolded and trainer.bn_unfolded["images"] > 0
+    plain = Trainer(dataclasses.replace(config, init_from="efficientnet_lite0", student="efficientnet_lite_025",
+                                        out=str(tmp_path / "plain")))  # an unfolded source stays as it is
+    unlock_folder(plain.out)
+    assert "bn_folded" not in plain.init_from and plain.bn_unfolded is None
