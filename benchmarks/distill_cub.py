@@ -17,7 +17,9 @@ scratch; 128-d head, lr 2e-3). ``--embed-dim`` and ``--lr`` override those defau
   kl_label_free      distance-distribution KL only, no labels (``metric_loss none``, weight 1, tau 0.1)
   hint_at            + hint and attention (live teacher)
   semi               + absolute, also on ``--unlabeled-data`` (ImageNet photos: inductive, no test image)
-  semi_transductive  + absolute, also on the CUB *test* images without labels (transductive: not comparable)
+  semi_transductive  + absolute, also on DATA/images without labels: the CUB test images are among them
+                     (transductive: not comparable with the other arms; the seed's unlabeled birds are not
+                     available offline)
   lowres             + absolute, the student sees the image down-sampled to 32 px (cross-quality)
   init_random / init_selection / init_imagenet   the initialisation ablation, each ``alone``: from scratch /
                      weight selection (``tf_mobilenetv1_025 --init-from`` Google's ImageNet MobileNetV1-0.5/160,
@@ -29,7 +31,8 @@ scratch; 128-d head, lr 2e-3). ``--embed-dim`` and ``--lr`` override those defau
 Run folders: ``OUT/seed<S>/<size>px/<init>_<arm>`` (the ablation arms: ``.../<arm>``). The teacher targets of
 every cached arm come from one teacher-embedding cache per seed (``OUT/seed<S>/teacher_cache``; ``semi`` and the
 pre-training stage share ``teacher_cache_unlabeled``) of ``--views`` views per image. Arms resume after a kill
-(re-run the same command); finished arms are reused. The table (R@1/2/4/8, MAP@R for the teacher and each arm,
+(re-run the same command); finished arms are reused, and arms of identical options (``alone`` and
+``init_imagenet`` on ImageNet students) run once. Missing input folders stop the run before any training. The table (R@1/2/4/8, MAP@R for the teacher and each arm,
 the fraction of the student->teacher R@1 gap closed) goes to ``--results`` ``.md`` / ``.json`` with the command
 and the machine. JSON: ``command``, ``machine``, ``args`` (``student_size`` ...), ``rows`` (name -> metrics;
 with several ``--seeds``, the mean over seeds), and with several seeds ``sd`` (name -> the standard deviation
@@ -118,7 +121,7 @@ def arm_config(args, arm: str, seed: int | None = None) -> Config:
     seed = parse_seeds(args)[0] if seed is None else seed
     extra = {k: v for k, v in ARMS[arm].items() if k not in ("init", "pretrain")}
     if extra.get("unlabeled") == TEST_IMAGES:
-        extra["unlabeled"] = str(Path(args.data) / "images")  # read as a plain folder of images, labels dropped
+        extra["unlabeled"] = str(Path(args.data) / "images")  # all of CUB's images as a plain folder, labels dropped
     elif extra.get("unlabeled") == UNLABELED:
         extra["unlabeled"] = args.unlabeled_data
     student = init_options(args, arm_init(args, arm))
@@ -217,6 +220,18 @@ def build_cache(config: Config, cache_dir: Path) -> None:
                        config.device, progress=config.progress)
 
 
+def check_inputs(args, arms: list[str]) -> None:
+    """The folders the chosen arms read, checked before hours of training rather than at the arm that needs them."""
+    needed = {"--data": args.data}
+    if any(ARMS[a].get("unlabeled") == UNLABELED or ARMS[a].get("pretrain") for a in arms):
+        needed["--unlabeled-data"] = args.unlabeled_data
+    if "semi_transductive" in arms:
+        needed["semi_transductive (a CUB layout's images/ folder)"] = str(Path(args.data) / "images")
+    missing = [f"{what}: {path}" for what, path in needed.items() if not Path(path).exists()]
+    if missing:
+        raise MobileKDError("not found: " + "; ".join(missing))
+
+
 def import_selection(args) -> None:
     """Google's ImageNet MobileNetV1-0.5 (``--selection-weights``) as a mobilekd checkpoint, once: the source of
     the weight-selection arm (``python -m mobilekd.weights import FILE --arch mobilenetv1_050``)."""
@@ -239,10 +254,11 @@ def run_arm(args, arm: str, seed: int) -> dict:
     config = arm_config(args, arm, seed)
     if ARMS[arm].get("pretrain"):
         stage1 = pretrain_config(args, seed)
-        summary = finished_summary(stage1)
+        finished = finished_summary(stage1) is not None
         print(f"== {arm} stage 1 (seed {seed}): label-free KL on the training and unlabeled images"
-              + (" (finished earlier)" if summary else ""), flush=True)
-        summary or train(stage1)
+              + (" (finished earlier)" if finished else ""), flush=True)
+        if not finished:
+            train(stage1)
     summary = finished_summary(config)
     print(f"== {arm} (seed {seed})" + (" (finished earlier: reusing its metrics.json)" if summary else ""), flush=True)
     if summary:
@@ -301,6 +317,7 @@ def main(argv=None) -> int:
     from benchmarks.machine import describe
 
     started = time.time()
+    check_inputs(args, arms)
     if any(arm_init(args, a) == "selection" for a in arms):
         import_selection(args)
     per_seed: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
@@ -311,8 +328,13 @@ def main(argv=None) -> int:
         for cache in dict.fromkeys(c.teacher_cache for c in configs if c.teacher_cache):
             # one teacher pass per cache, shared by the arms that use it (built before any of them)
             build_cache(next(c for c in configs if c.teacher_cache == cache), Path(cache))
+        done: dict[str, dict] = {}  # arms of identical options (alone and init_imagenet on ImageNet students) run once
         for arm in arms:
-            summary = run_arm(args, arm, seed)
+            twin = json.dumps({**arm_config(args, arm, seed).to_dict(), "out": None, "zero_shot": arm == "zero_shot"},
+                              sort_keys=True)
+            if twin in done:
+                print(f"== {arm} (seed {seed}): the same run as an arm above, reusing its metrics", flush=True)
+            summary = done[twin] = done.get(twin) or run_arm(args, arm, seed)
             per_seed[arm][seed] = summary["test"]
             teacher_metrics = teacher_metrics or summary.get("teacher")
 
@@ -330,9 +352,9 @@ def main(argv=None) -> int:
         lines.append(f"\nMean over seeds {args.seeds}; standard deviation (R@1 / MAP@R): " +
                      ", ".join(f"{row_name(args, arm).rsplit(' ', 1)[1]} {sd[row_name(args, arm)]['R@1']:.2f} / "
                                f"{sd[row_name(args, arm)]['MAP@R']:.2f}" for arm in arms))
-    if teacher_metrics and "alone" in arms:
-        alone = rows[row_name(args, "alone")]["R@1"]
-        gap = teacher_metrics["R@1"] - alone
+    alone = rows[row_name(args, "alone")]["R@1"] if "alone" in arms else None
+    gap = teacher_metrics["R@1"] - alone if teacher_metrics and alone is not None else 0.0
+    if gap > 0:  # no gap (a student as good as its teacher): no fraction to report
         lines.append("\nFraction of the student-alone -> teacher R@1 gap closed: " +
                      ", ".join(f"{arm} {100 * (rows[row_name(args, arm)]['R@1'] - alone) / gap:.1f}%"
                                for arm in arms if arm != "alone"))

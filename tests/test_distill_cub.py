@@ -130,7 +130,7 @@ def test_several_seeds_give_mean_sd_and_per_seed_rows(tmp_path, monkeypatch):
 
     monkeypatch.setattr(distill_cub, "run_arm", fake_run)
     monkeypatch.setattr(distill_cub, "build_cache", lambda config, folder: None)
-    assert distill_cub.main(["--data", "D", "--out", str(tmp_path / "runs"), "--arms", "alone,kl", "--seeds", "0,1,2",
+    assert distill_cub.main(["--data", str(tmp_path), "--out", str(tmp_path / "runs"), "--arms", "alone,kl", "--seeds", "0,1,2",
                              "--results", str(tmp_path / "results")]) == 0
     saved = json.loads((tmp_path / "results.json").read_text())
     kl = "MobileNetV1-0.25 (ImageNet, 128 px) kl"
@@ -181,3 +181,25 @@ def test_weight_selection_from_folded_batchnorm_is_unfolded_before_training(fold
                                         out=str(tmp_path / "plain")))  # an unfolded source stays as it is
     unlock_folder(plain.out)
     assert "bn_folded" not in plain.init_from and plain.bn_unfolded is None
+
+
+def test_identical_arms_run_once(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(distill_cub, "run_arm", lambda args, arm, seed: ran.append(arm) or {"test": {"R@1": 1.0}})
+    monkeypatch.setattr(distill_cub, "build_cache", lambda config, folder: None)
+    argv = ["--data", str(tmp_path), "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+            "--arms", "zero_shot,alone,init_imagenet,init_random"]
+    assert distill_cub.main(argv) == 0
+    assert ran == ["zero_shot", "alone", "init_random"]  # init_imagenet is alone on an ImageNet student
+    ran.clear()
+    assert distill_cub.main([*argv, "--student-init", "random"]) == 0
+    assert ran == ["zero_shot", "alone", "init_imagenet"]  # ... and init_random alone on a random one
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert "MobileNetV1-0.25 (random init, 128 px) init_random" in rows
+
+
+def test_missing_inputs_stop_before_training(folder_dataset, tmp_path, capsys):
+    argv = tiny_argv(folder_dataset, tmp_path, "alone,semi,semi_transductive", "--unlabeled-data", str(tmp_path / "no"))
+    assert distill_cub.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--unlabeled-data" in err and "semi_transductive" in err and not (tmp_path / "runs").exists()
