@@ -29,6 +29,9 @@ pytest.importorskip("mediapipe", reason="mediapipe is not installed: pip install
                                         "metadata and ImageEmbedder interoperability are not tested)")
 
 SIZE, DIM = NOISE_SIZE, NOISE_DIM
+# These tests are about MediaPipe metadata and interop, not fidelity: the random-weight students' embeddings
+# crowd together (mean cosine ~0.9999 between images), which the retrieval gates rightly refuse for int8.
+LOOSE_GATES = ("--max-r1-drop", 100, "--max-noise-ratio", 1, "--min-topk-overlap", 0)
 
 
 @pytest.fixture(scope="module")
@@ -231,10 +234,7 @@ def test_export_without_mediapipe_says_what_to_install(workspace, monkeypatch, c
 # ------------------------------------------------------------------------------------------ ImageEmbedder
 
 
-# The scalar student's embeddings crowd together (random weights: mean cosine 0.9999 between images), so its int8
-# file fails the noise-to-spread gate, which is right for a real student (test_export.py tests that gate): here
-# only MediaPipe's agreement with LiteRT on the file is under test.
-SCALAR_INT8 = ("--quantize", "int8", "--calib-images", 8, "--max-r1-drop", 100, "--max-noise-ratio", 1)
+SCALAR_INT8 = ("--quantize", "int8", "--calib-images", 8, *LOOSE_GATES)
 
 
 # fp32 of the scalar student (its own 127/128 in the metadata) and int8 of the folded ImageNet one (the file
