@@ -1,30 +1,50 @@
 """The seed's experiment on real data: which distillation method helps a MobileNet-0.25 most on CUB-100?
 
     python -m benchmarks.distill_cub --data ../shared/data/cub100-227 --out runs/cub-kd \\
-        [--epochs 90] [--teacher efficientnet_lite2] [--teacher-size 224] [--arms alone,absolute,...]
+        [--student-init imagenet|random] [--student-size 128] [--epochs 90] [--seeds 0,1,2] \\
+        [--teacher efficientnet_lite2] [--teacher-size 224] [--arms alone,absolute,...]
 
 Classes 0-49 train, 50-99 test (leave-one-out retrieval). Teacher: EfficientNet-Lite2 with ImageNet weights
-(pooled 1280-d features). Every arm trains the same MobileNetV1-0.25 student (same seed, views, schedule):
+(pooled 1280-d features). Every arm trains the same MobileNetV1-0.25 student (same seed, views, schedule),
+initialised by ``--student-init``: ``imagenet`` (default: the shipped ImageNet weights, ``mobilenetv1_025
+--pretrained``, BatchNorm unfolded by the Trainer; pooled 256-d features, lr 5e-4) or ``random`` (from
+scratch; 128-d head, lr 2e-3). ``--embed-dim`` and ``--lr`` override those defaults for every arm.
 
-  alone        metric loss only (normalised softmax)            absolute   + absolute teacher loss
-  relative     + relative teacher loss                          rkd        + RKD distance and angle
-  kl           + distance-distribution KL                       hint_at    + hint and attention (live teacher)
-  semi         + absolute on unlabeled images (transductive: the test images *without labels*; see below)
+  zero_shot          no training: the student's features through the Trainer's own evaluation
+  alone              metric loss only (normalised softmax)    absolute     + absolute teacher loss
+  relative           + relative teacher loss                  absolute_relative  + both (the seed's combination)
+  rkd                + RKD distance and angle                 kl           + distance-distribution KL
+  kl_label_free      distance-distribution KL only, no labels (``metric_loss none``, weight 1, tau 0.1)
+  hint_at            + hint and attention (live teacher)
+  semi               + absolute, also on ``--unlabeled-data`` (ImageNet photos: inductive, no test image)
+  semi_transductive  + absolute, also on DATA/images without labels: the CUB test images are among them
+                     (transductive: not comparable with the other arms; the seed's unlabeled birds are not
+                     available offline)
+  lowres             + absolute, the student sees the image down-sampled to 32 px (cross-quality)
+  init_random / init_selection / init_imagenet   the initialisation ablation, each ``alone``: from scratch /
+                     weight selection (``tf_mobilenetv1_025 --init-from`` Google's ImageNet MobileNetV1-0.5/160,
+                     imported once into OUT/imports) / the shipped ImageNet weights
+  init_imagenet_pretrain  two stages: label-free KL distillation (``kl_label_free``) on the CUB training images
+                     *and* the unlabeled photos (the engine trains on --data's train split; no labels are used,
+                     no test image is seen), then ``alone`` from that checkpoint
 
-The teacher targets of every cached arm come from one teacher-embedding cache (``OUT/teacher_cache``) of
-``--views`` views per image. Arms resume after a kill (re-run the same command). The table (R@1/2/4/8, MAP@R
-for the teacher and each arm, the fraction of the student->teacher R@1 gap closed) goes to
-``benchmarks/results/distill_cub.md`` with the command and the machine.
-
-The ``semi`` arm is transductive: the seed paper's extra unlabeled bird images are not available offline, so
-it uses the unlabeled test images -- the only in-domain unlabeled birds here. It is reported separately
-and is not comparable to inductive arms.
+Run folders: ``OUT/seed<S>/<size>px/<init>_<arm>`` (the ablation arms: ``.../<arm>``). The teacher targets of
+every cached arm come from one teacher-embedding cache per seed (``OUT/seed<S>/teacher_cache``; ``semi`` and the
+pre-training stage share ``teacher_cache_unlabeled``) of ``--views`` views per image. Arms resume after a kill
+(re-run the same command); finished arms are reused, and arms of identical options (``alone`` and
+``init_imagenet`` on ImageNet students) run once. Missing input folders stop the run before any training. The table (R@1/2/4/8, MAP@R for the teacher and each arm,
+the fraction of the student->teacher R@1 gap closed) goes to ``--results`` ``.md`` / ``.json`` with the command
+and the machine. JSON: ``command``, ``machine``, ``args`` (``student_size`` ...), ``rows`` (name -> metrics;
+with several ``--seeds``, the mean over seeds), and with several seeds ``sd`` (name -> the standard deviation
+of each metric over seeds) and ``seeds`` (name -> {seed: metrics}).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,34 +52,121 @@ from pathlib import Path
 from benchmarks import comma_choices
 from mobilekd.config import Config
 from mobilekd.errors import MobileKDError, cli_entry
-from mobilekd.io import write_json
+from mobilekd.io import atomic_path, write_json
 from mobilekd.metrics import format_table
 
 # Weights: the normalised-softmax metric loss has gradients tens of times larger than a teacher loss at
 # weight 1 (measured on Omniglot, see mobilekd/demo.py), so the absolute and KL losses get weight 30 / 10.
+# The label-free KL arm is the best measured on an ImageNet student (issue 15 section 4: R@1 61.94 vs 54.49
+# zero-shot at 128 px).
+KL_LABEL_FREE = {"metric_loss": "none", "kl_weight": 1.0, "kl_temperature": 0.1}
+TEST_IMAGES, UNLABELED = "TEST_IMAGES", "UNLABELED"  # placeholders, resolved from the options in arm_config
 ARMS = {
+    "zero_shot": {},
     "alone": {},
     "absolute": {"absolute_weight": 30.0},
     "relative": {"relative_weight": 0.3},
+    "absolute_relative": {"absolute_weight": 30.0, "relative_weight": 0.3},
     "rkd": {"rkd_distance_weight": 1.0, "rkd_angle_weight": 2.0},
     "kl": {"kl_weight": 10.0},
+    "kl_label_free": KL_LABEL_FREE,
     "hint_at": {"absolute_weight": 30.0, "hint_weight": 1.0, "attention_weight": 100.0},
-    "semi": {"absolute_weight": 30.0, "unlabeled": "TEST_IMAGES"},
+    "semi": {"absolute_weight": 30.0, "unlabeled": UNLABELED},
+    "semi_transductive": {"absolute_weight": 30.0, "unlabeled": TEST_IMAGES},
+    "lowres": {"absolute_weight": 30.0, "lowres": 32},
+    "init_random": {"init": "random"},
+    "init_selection": {"init": "selection"},
+    "init_imagenet": {"init": "imagenet"},
+    "init_imagenet_pretrain": {"init": "imagenet", "pretrain": True},
 }
+INITS = {"imagenet": "ImageNet", "random": "random init", "selection": "weight selection from 0.5"}
+LIVE_TEACHER = ("hint_at",)  # feature-map losses need the live teacher, not a cache
+SELECTION_ARCH = "mobilenetv1_050"  # the larger network of the weight-selection arm (TF padding: tf_ student)
 
 
-def arm_config(args, arm: str) -> Config:
-    extra = dict(ARMS[arm])
-    if extra.get("unlabeled") == "TEST_IMAGES":
-        extra["unlabeled"] = str(Path(args.data) / "images")  # read as a plain folder of images, labels dropped
-    uses_teacher = any(k.endswith("_weight") for k in extra)
-    return Config(data=args.data, student="mobilenetv1_025", student_size=args.student_size, embed_dim=128,
-                  teacher=args.teacher, teacher_size=args.teacher_size, views=args.views, crop_scale=0.35,
-                  epochs=args.epochs, batch_classes=16, images_per_class=4, lr=2e-3, eval_every=args.eval_every,
-                  seed=args.seed, threads=args.threads, device=args.device, resume=True, progress=not args.quiet,
-                  out=str(Path(args.out) / arm),
-                  teacher_cache=str(Path(args.out) / "teacher_cache") if uses_teacher and arm not in ("hint_at", "semi")
-                  else None, **extra)
+def init_options(args, init: str) -> dict:
+    """The student options of one initialisation; embedding size and lr default per init (a pretrained backbone
+    keeps its pooled features and a small lr, a random one gets the seed's 128-d head and 2e-3)."""
+    pretrained = init != "random"
+    options = {"imagenet": {"student": "mobilenetv1_025", "pretrained": True},
+               "random": {"student": "mobilenetv1_025"},
+               "selection": {"student": "tf_mobilenetv1_025", "init_from": str(selection_source(args))}}[init]
+    return {**options, "embed_dim": args.embed_dim if args.embed_dim is not None else (0 if pretrained else 128),
+            "lr": args.lr if args.lr is not None else (5e-4 if pretrained else 2e-3)}
+
+
+def selection_source(args) -> Path:
+    """Where the weight-selection arm's larger ImageNet network is imported to (once, see ``import_selection``)."""
+    return Path(args.out) / "imports" / f"{SELECTION_ARCH}_{Path(args.selection_weights).stem}"
+
+
+def seed_root(args, seed: int) -> Path:
+    return Path(args.out) / f"seed{seed}"
+
+
+def arm_folder(args, arm: str, seed: int) -> Path:
+    name = arm if arm.startswith("init_") else f"{args.student_init}_{arm}"
+    return seed_root(args, seed) / f"{args.student_size}px" / name
+
+
+def arm_init(args, arm: str) -> str:
+    return ARMS[arm].get("init", args.student_init)
+
+
+def arm_config(args, arm: str, seed: int | None = None) -> Config:
+    """The Config of ``arm`` for ``seed`` (default: the first of ``--seeds``); for ``init_imagenet_pretrain`` the
+    fine-tuning stage (its first stage: ``pretrain_config``)."""
+    if arm not in ARMS:
+        raise MobileKDError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+    seed = parse_seeds(args)[0] if seed is None else seed
+    extra = {k: v for k, v in ARMS[arm].items() if k not in ("init", "pretrain")}
+    if extra.get("unlabeled") == TEST_IMAGES:
+        extra["unlabeled"] = str(Path(args.data) / "images")  # all of CUB's images as a plain folder, labels dropped
+    elif extra.get("unlabeled") == UNLABELED:
+        extra["unlabeled"] = args.unlabeled_data
+    student = init_options(args, arm_init(args, arm))
+    out = arm_folder(args, arm, seed)
+    if ARMS[arm].get("pretrain"):
+        student = {**student, "student": str(out / "stage1"), "pretrained": False}
+    config = Config(data=args.data, student_size=args.student_size, teacher=args.teacher,
+                    teacher_size=args.teacher_size, views=args.views, crop_scale=0.35, epochs=args.epochs,
+                    batch_classes=args.batch_classes, images_per_class=args.images_per_class, eval_every=args.eval_every, seed=seed,
+                    threads=args.threads, device=args.device, resume=True, progress=not args.quiet,
+                    steps_per_epoch=args.steps_per_epoch, out=str(out), **student, **extra)
+    if config.uses_teacher and arm not in LIVE_TEACHER:
+        cache = cache_folder(args, seed, extra.get("unlabeled"))
+        config = dataclasses.replace(config, teacher_cache=str(cache) if cache else None)
+    return config
+
+
+def cache_folder(args, seed: int, unlabeled: str | None) -> Path | None:
+    """The shared teacher cache of the arms trained on this seed's views of the CUB training images (plus, for
+    ``semi`` and the pre-training stage, the unlabeled photos); None: the arm builds its own (transductive)."""
+    if unlabeled is None:
+        return seed_root(args, seed) / "teacher_cache"
+    if unlabeled == args.unlabeled_data:
+        return seed_root(args, seed) / "teacher_cache_unlabeled"
+    return None
+
+
+def pretrain_config(args, seed: int | None = None) -> Config:
+    """Stage 1 of ``init_imagenet_pretrain``: the ImageNet student distilled label-free (``kl_label_free``) on the
+    CUB training images and ``--unlabeled-data``, for ``--pretrain-epochs``."""
+    seed = parse_seeds(args)[0] if seed is None else seed
+    final = arm_config(args, "init_imagenet_pretrain", seed)
+    return dataclasses.replace(final, **init_options(args, "imagenet"), **KL_LABEL_FREE, unlabeled=args.unlabeled_data,
+                               epochs=args.pretrain_epochs or args.epochs, out=str(Path(final.out) / "stage1"),
+                               teacher_cache=str(cache_folder(args, seed, args.unlabeled_data)))
+
+
+def parse_seeds(args) -> list[int]:
+    try:
+        seeds = [int(part) for part in str(args.seeds).split(",") if part.strip()]
+    except ValueError:
+        raise MobileKDError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise MobileKDError(f"--seeds needs distinct integers, got {args.seeds!r}")
+    return seeds
 
 
 def finished_summary(config: Config) -> dict | None:
@@ -74,75 +181,201 @@ def finished_summary(config: Config) -> dict | None:
     except (OSError, ValueError):
         return None
     weights = [k for k in saved if k.endswith("_weight")]
-    same = all(saved.get(k) == getattr(config, k) for k in (*RESUME_KEYS, *weights, "epochs", "lr", "crop_scale"))
+    same = all(saved.get(k) == getattr(config, k) for k in (*RESUME_KEYS, *weights, "epochs", "lr", "crop_scale",
+                                                             "lowres", "steps_per_epoch", "kl_temperature"))
     return summary if same and summary.get("epochs") == config.epochs else None
 
 
-@cli_entry
-def main(argv=None) -> int:
+def zero_shot_metrics(config: Config) -> dict:
+    """Test metrics of ``config``'s student before any training (its pooled features: a new head would be
+    random) through the Trainer's own evaluation, so the protocol is the trained rows'. BatchNorm unfolding
+    leaves the eval-mode function unchanged. Writes ``metrics.json`` and ``config.json`` (for reuse) only."""
+    from mobilekd.engine import Trainer
+    from mobilekd.io import unlock_folder
+
+    trainer = Trainer(dataclasses.replace(config, embed_dim=0, resume=False))
+    try:
+        summary = {"out": config.out, "test": trainer.evaluate()["test"], "epochs": config.epochs, "zero_shot": True}
+    finally:
+        unlock_folder(trainer.out)
+    write_json(Path(config.out) / "config.json", config.to_dict())  # the arm's options, as finished_summary reads them
+    write_json(Path(config.out) / "metrics.json", summary)
+    return summary
+
+
+def build_cache(config: Config, cache_dir: Path) -> None:
+    """The teacher cache the engine would build for ``config`` (same images, views and transform), built once so
+    every arm that shares it opens it with ``--teacher-cache``."""
+    from mobilekd.cache import TeacherCache
+    from mobilekd.data import ViewDataset, load_image_set
+    from mobilekd.teachers import resolve_teacher
+
+    teacher = resolve_teacher(config.teacher, config.teacher_size, config.threads or None)
+    images = load_image_set(config.data, "train", config.layout, config.train_fraction)
+    if config.unlabeled:  # the engine's order: labeled training images, then the unlabeled ones
+        images = images.concat(load_image_set(config.unlabeled, layout="unlabeled").without_labels())
+    dataset = ViewDataset(images, {"teacher": teacher.preprocess}, config.view_sampler(), preload_side=config.preload,
+                          progress=config.progress)
+    TeacherCache.build(cache_dir, teacher, dataset, config.effective_views, config.data_identity("train"),
+                       config.device, progress=config.progress)
+
+
+def check_inputs(args, arms: list[str]) -> None:
+    """The folders the chosen arms read, checked before hours of training rather than at the arm that needs them."""
+    needed = {"--data": args.data}
+    if any(ARMS[a].get("unlabeled") == UNLABELED or ARMS[a].get("pretrain") for a in arms):
+        needed["--unlabeled-data"] = args.unlabeled_data
+    if "semi_transductive" in arms:
+        needed["semi_transductive (a CUB layout's images/ folder)"] = str(Path(args.data) / "images")
+    missing = [f"{what}: {path}" for what, path in needed.items() if not Path(path).exists()]
+    if missing:
+        raise MobileKDError("not found: " + "; ".join(missing))
+
+
+def import_selection(args) -> None:
+    """Google's ImageNet MobileNetV1-0.5 (``--selection-weights``) as a mobilekd checkpoint, once: the source of
+    the weight-selection arm (``python -m mobilekd.weights import FILE --arch mobilenetv1_050``)."""
+    from mobilekd.weights import main as weights_main
+
+    out = selection_source(args)
+    if (out / "model.json").is_file():
+        return
+    if not Path(args.selection_weights).is_file():
+        raise MobileKDError(f"--selection-weights file not found: {args.selection_weights}")
+    code = weights_main(["import", args.selection_weights, "--arch", SELECTION_ARCH, "--out", str(out),
+                         "--threads", str(max(1, args.threads))])
+    if code:
+        raise MobileKDError(f"importing {args.selection_weights} failed (exit {code})")
+
+
+def run_arm(args, arm: str, seed: int) -> dict:
+    from mobilekd.engine import train
+
+    config = arm_config(args, arm, seed)
+    if ARMS[arm].get("pretrain"):
+        stage1 = pretrain_config(args, seed)
+        finished = finished_summary(stage1) is not None
+        print(f"== {arm} stage 1 (seed {seed}): label-free KL on the training and unlabeled images"
+              + (" (finished earlier)" if finished else ""), flush=True)
+        if not finished:
+            train(stage1)
+    summary = finished_summary(config)
+    print(f"== {arm} (seed {seed})" + (" (finished earlier: reusing its metrics.json)" if summary else ""), flush=True)
+    if summary:
+        return summary
+    return zero_shot_metrics(config) if arm == "zero_shot" else train(config)
+
+
+def row_name(args, arm: str) -> str:
+    return f"MobileNetV1-0.25 ({INITS[arm_init(args, arm)]}, {args.student_size} px) {arm}"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line (also what ``arm_config`` reads: tests and scripts build arms from it)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.distill_cub", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data/cub100-227")
     parser.add_argument("--out", default="runs/cub-kd")
     parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--student-init", choices=("imagenet", "random"), default="imagenet",
+                        help="imagenet: the shipped ImageNet MobileNetV1-0.25; random: from scratch")
+    parser.add_argument("--embed-dim", type=int, help="embedding size (default: 0 = pooled features for ImageNet "
+                        "or weight-selected students, 128 for random ones)")
+    parser.add_argument("--lr", type=float, help="learning rate (default: 5e-4 pretrained students, 2e-3 random)")
     parser.add_argument("--epochs", type=int, default=90)
+    parser.add_argument("--pretrain-epochs", type=int, default=0,
+                        help="epochs of init_imagenet_pretrain's first stage (0: --epochs)")
+    parser.add_argument("--steps-per-epoch", type=int, default=0, help="0: training images / batch")
+    parser.add_argument("--batch-classes", type=int, default=16)
+    parser.add_argument("--images-per-class", type=int, default=4)
     parser.add_argument("--teacher", default="efficientnet_lite2")
     parser.add_argument("--teacher-size", type=int, default=224)
     parser.add_argument("--student-size", type=int, default=128)
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--eval-every", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; every arm runs once per seed")
+    parser.add_argument("--seed", type=int, help="one seed (same as --seeds N)")
+    parser.add_argument("--unlabeled-data", default="../shared/data/imagenet-unlabeled-128",
+                        help="unlabeled photos of the semi arm and the pre-training stage (never a test split)")
+    parser.add_argument("--selection-weights", default="../shared/weights/mobilenet_v1_0.5_160_quant.tflite",
+                        help="ImageNet MobileNetV1-0.5 .tflite the init_selection arm selects its weights from")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--results", default="benchmarks/results/distill_cub")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.seed is not None:
+        args.seeds = str(args.seed)
+    return args
+
+
+@cli_entry
+def main(argv=None) -> int:
+    args = parse_args(argv)
     arms = comma_choices(args.arms, ARMS, "arm")
+    seeds = parse_seeds(args)
 
     from benchmarks.machine import describe
-    from mobilekd.cache import TeacherCache
-    from mobilekd.data import ViewDataset, load_image_set
-    from mobilekd.engine import train
-    from mobilekd.teachers import resolve_teacher
 
     started = time.time()
-    base = arm_config(args, "absolute")
-    cache_dir = Path(base.teacher_cache)
-    if any(arm_config(args, a).teacher_cache for a in arms):  # one teacher pass shared by the cached arms
-        teacher = resolve_teacher(args.teacher, args.teacher_size, args.threads or None)
-        images = load_image_set(args.data, "train")
-        dataset = ViewDataset(images, {"teacher": teacher.preprocess}, base.view_sampler(), preload_side=base.preload,
-                              progress=not args.quiet)
-        TeacherCache.build(cache_dir, teacher, dataset, base.effective_views, base.data_identity("train"),
-                           args.device, progress=not args.quiet)
+    check_inputs(args, arms)
+    if any(arm_init(args, a) == "selection" for a in arms):
+        import_selection(args)
+    per_seed: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
+    teacher_metrics = None
+    for seed in seeds:
+        configs = [arm_config(args, a, seed) for a in arms if a != "zero_shot"]
+        configs += [pretrain_config(args, seed)] if "init_imagenet_pretrain" in arms else []
+        for cache in dict.fromkeys(c.teacher_cache for c in configs if c.teacher_cache):
+            # one teacher pass per cache, shared by the arms that use it (built before any of them)
+            build_cache(next(c for c in configs if c.teacher_cache == cache), Path(cache))
+        done: dict[str, dict] = {}  # arms of identical options (alone and init_imagenet on ImageNet students) run once
+        for arm in arms:
+            twin = json.dumps({**arm_config(args, arm, seed).to_dict(), "out": None, "zero_shot": arm == "zero_shot"},
+                              sort_keys=True)
+            if twin in done:
+                print(f"== {arm} (seed {seed}): the same run as an arm above, reusing its metrics", flush=True)
+            summary = done[twin] = done.get(twin) or run_arm(args, arm, seed)
+            per_seed[arm][seed] = summary["test"]
+            teacher_metrics = teacher_metrics or summary.get("teacher")
 
-    results, teacher_metrics = {}, None
-    for arm in arms:
-        config = arm_config(args, arm)
-        summary = finished_summary(config)
-        print(f"== {arm}" + (" (finished earlier: reusing its metrics.json)" if summary else ""), flush=True)
-        summary = summary or train(config)
-        results[arm] = summary["test"]
-        teacher_metrics = teacher_metrics or summary.get("teacher")
-    rows = {}
+    rows, sd, by_seed = {}, {}, {}
     if teacher_metrics:
         rows[f"teacher {args.teacher} (ImageNet, {args.teacher_size} px)"] = teacher_metrics
-    rows.update({f"MobileNetV1-0.25 {arm}": metrics for arm, metrics in results.items()})
+    for arm, metrics in per_seed.items():
+        name = row_name(args, arm)
+        rows[name] = mean_metrics(list(metrics.values()))
+        if len(seeds) > 1:
+            sd[name] = {k: statistics.stdev(m[k] for m in metrics.values()) for k in rows[name] if k != "queries"}
+            by_seed[name] = {str(seed): m for seed, m in metrics.items()}
     lines = [format_table(rows)]
-    if teacher_metrics and "alone" in results:
-        gap = teacher_metrics["R@1"] - results["alone"]["R@1"]
-        closed = {arm: (m["R@1"] - results["alone"]["R@1"]) / gap for arm, m in results.items() if arm != "alone"}
+    if sd:
+        lines.append(f"\nMean over seeds {args.seeds}; standard deviation (R@1 / MAP@R): " +
+                     ", ".join(f"{row_name(args, arm).rsplit(' ', 1)[1]} {sd[row_name(args, arm)]['R@1']:.2f} / "
+                               f"{sd[row_name(args, arm)]['MAP@R']:.2f}" for arm in arms))
+    alone = rows[row_name(args, "alone")]["R@1"] if "alone" in arms else None
+    gap = teacher_metrics["R@1"] - alone if teacher_metrics and alone is not None else 0.0
+    if gap > 0:  # no gap (a student as good as its teacher): no fraction to report
         lines.append("\nFraction of the student-alone -> teacher R@1 gap closed: " +
-                     ", ".join(f"{arm} {100 * f:.1f}%" for arm, f in closed.items()))
+                     ", ".join(f"{arm} {100 * (rows[row_name(args, arm)]['R@1'] - alone) / gap:.1f}%"
+                               for arm in arms if arm != "alone"))
     command = "python -m benchmarks.distill_cub " + " ".join(argv if argv is not None else sys.argv[1:])
     minutes = (time.time() - started) / 60
     report = (f"# Distillation on CUB-100 (classes 50-99 unseen)\n\nCommand: `{command}`\n\n"
               f"Wall time of this invocation: {minutes:.1f} min\n\n" + "\n".join(lines) + "\n")
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results + ".md").write_text(report)
-    write_json(args.results + ".json", {"command": command, "machine": describe(), "rows": rows,
-                                        "args": vars(args)})
+    with atomic_path(args.results + ".md") as tmp:  # never a half-written table beside a whole JSON
+        Path(tmp).write_text(report)
+    result = {"command": command, "machine": describe(), "rows": rows, "args": vars(args), "minutes": minutes}
+    if sd:
+        result.update(sd=sd, seeds=by_seed)
+    write_json(args.results + ".json", result)
     print(report)
     return 0
+
+
+def mean_metrics(runs: list[dict]) -> dict:
+    """The per-metric mean of several seeds' metrics (one run: itself)."""
+    return {key: statistics.fmean(run[key] for run in runs) for key in runs[0]} if len(runs) > 1 else runs[0]
 
 
 if __name__ == "__main__":

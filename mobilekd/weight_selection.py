@@ -132,18 +132,46 @@ def load_source(source: str) -> tuple[dict[str, torch.Tensor], str]:
     return state, hashlib.sha256(save({k: v.contiguous() for k, v in state.items()})).hexdigest()
 
 
+def source_bn_folded(source: str) -> bool:
+    """Whether ``source``'s BatchNorms are folded into its convolutions (imported TF weights, the shipped
+    ImageNet students): each BN is then the identity plus a bias, and so is every BN selected from it."""
+    import json
+
+    from mobilekd.models import SHIPPED_WEIGHTS, is_checkpoint
+
+    path = Path(source)
+    if path.exists() and is_checkpoint(path):
+        meta = path / "model.json" if path.is_dir() else path.with_suffix(".json")
+        try:
+            return bool(json.loads(meta.read_text()).get("spec", {}).get("bn_folded"))
+        except (OSError, ValueError, AttributeError):
+            return False  # load_source has already named what is wrong with the file
+    if path.is_file() and path.suffix == ".safetensors":  # mobilekd.weights.save_backbone records it in the header
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            return (handle.metadata() or {}).get("bn_folded") == "true"
+    return not path.exists() and source in SHIPPED_WEIGHTS
+
+
 def initialise_from(model, source: str) -> dict:
     """Weight-select ``model.backbone`` (an ``EmbeddingNet``) from ``source`` in place; the head is untouched.
 
-    Everything is checked before the model changes, so a bad source leaves it as it was. Returns the record
-    kept in the run's ``model.json``: source, its sha256 and the selection rule."""
+    Everything is checked before the model changes, so a bad source leaves it as it was. A folded-BN source
+    gives a folded-BN student (``spec.bn_folded``), which training unfolds from data before its first step
+    (``mobilekd.bn_unfold``): train-mode BN on identity statistics would destroy the selected features. Returns
+    the record kept in the run's ``model.json``: source, its sha256, the selection rule (and ``bn_folded``)."""
     large, digest = load_source(source)
     try:
         selected = select_weights(large, model.backbone.state_dict())
     except ModelError as error:
         raise ModelError(f"--init-from {source}: {error}") from None
     model.backbone.load_state_dict(selected, strict=True)
-    return {"source": source, "sha256": digest, "rule": RULE}
+    record = {"source": source, "sha256": digest, "rule": RULE}
+    if source_bn_folded(source):
+        model.spec.bn_folded = True
+        record["bn_folded"] = True
+    return record
 
 
 @cli_entry

@@ -191,6 +191,7 @@ def _run(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.
                           env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow  # compiles the Kotlin core (first run in a clean clone: npm kotlinc install + compile, ~70-80 s)
 def test_jvm_core_reproduces_python_golden_vectors(tmp_path):
     golden = tmp_path / "golden"
     manifest = write_golden(golden)

@@ -18,6 +18,7 @@ def _distill_args(data, out):
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
                     reason="torchrun not installed beside this python")
+@pytest.mark.slow  # two torchrun worker processes and a reference run: 26-47 s on 2 cores
 def test_two_process_gloo_run_matches_one_process(folder_dataset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, *_distill_args(folder_dataset, tmp_path / "one")],
