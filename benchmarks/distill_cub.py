@@ -56,7 +56,8 @@ from mobilekd.io import atomic_path, write_json
 from mobilekd.metrics import format_table
 
 # Weights: the normalised-softmax metric loss has gradients tens of times larger than a teacher loss at
-# weight 1 (measured on Omniglot, see mobilekd/demo.py), so the absolute and KL losses get weight 30 / 10.
+# weight 1 (measured on Omniglot with the former from-scratch demo recipe: 32 px, random init; weight 1 and 10
+# gained less, 100 over-regularised), so the absolute and KL losses get weight 30 / 10.
 # The label-free KL arm is the best measured on an ImageNet student (issue 15 section 4: R@1 61.94 vs 54.49
 # zero-shot at 128 px).
 KL_LABEL_FREE = {"metric_loss": "none", "kl_weight": 1.0, "kl_temperature": 0.1}
