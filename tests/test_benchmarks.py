@@ -114,6 +114,7 @@ def test_latency_structure_per_runtime(latency_result, tiny_models):
         assert "macOS" in result["not_runnable"][0]["reason"]
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_torch_compile_runner_or_clear_reason(tiny_models):
     from benchmarks.runtimes import NotRunnable, load_target, make_runner
 

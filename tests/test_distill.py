@@ -99,6 +99,7 @@ def test_bad_input_gives_one_line_and_exit_2(argv, message, capsys):
     assert err.startswith("error:") and message in err and "Traceback" not in err and err.count("\n") == 0
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_cli_reports_corrupt_image_with_exit_code_2(folder_dataset, tmp_path):
     (folder_dataset / "class_1" / "2.png").write_bytes(b"\x89PNG broken")
     result = subprocess.run([sys.executable, "-m", "mobilekd.distill", "--data", str(folder_dataset), "--out",

@@ -223,6 +223,7 @@ def test_onnx_fp32_int8_and_check(workspace, capsys):
     assert "PASS" in printed and "noise-to-spread" in printed and "min_topk_overlap" in printed
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_onnx_fp16_nhwc(workspace):
     out = workspace["root"] / "onnx16"
     assert run("onnx", workspace["ckpt"], "--quantize", "fp16", "--layout", "NHWC", "--out", out) == 0
@@ -268,6 +269,7 @@ def test_gate_failure_leaves_no_file_unless_forced(workspace, capsys):
 # ------------------------------------------------------------------------------------------ TFLite
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_tflite_fp32_and_int8(workspace, exported):
     from export.tflite import tensor_dtypes
 
@@ -404,6 +406,7 @@ def test_tflite_fp16_dynamic(workspace):
 # ------------------------------------------------------------------------------------------ Core ML
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_coreml_int8_structural(workspace):
     out = workspace["root"] / "coreml8"
     assert run("coreml", workspace["ckpt"], "--quantize", "int8", "--out", out) == 0

@@ -204,6 +204,7 @@ def test_metadata_parser_version_and_refusals(tmp_path):
     assert written["input"]["mean"] == [1, 2, 3] and written["input"]["std"] == [4, 5, 6]
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_integer_io_and_nchw_get_no_metadata(workspace, exported):
     int8 = exported("tflite", *TFLITE_INT8_INTEGER_IO)  # test_export.py's int8 I/O file
     record = manifest(int8)["build"]["mediapipe_metadata"]
@@ -213,6 +214,7 @@ def test_integer_io_and_nchw_get_no_metadata(workspace, exported):
     assert record["embedded"] is False and "NCHW" in record["reason"] and metadata_of(nchw) is None
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_export_without_mediapipe_says_what_to_install(workspace, monkeypatch, capsys):
     with monkeypatch.context() as patch:
         patch.setitem(sys.modules, "mediapipe", None)  # import mediapipe -> ImportError, find_spec -> None
@@ -268,6 +270,7 @@ def test_mediapipe_image_embedder_matches_litert(workspace, exported, student, o
     assert report["mediapipe_resize"]["mean_cos"] > 0.99, report
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_mediapipe_head_name_and_a_wrong_model_is_caught(workspace):
     """The comparison can fail: another student's file through MediaPipe is far from this one's."""
     from export.embedder_metadata import mediapipe_embeddings, model_pixels
