@@ -88,6 +88,7 @@ def latency_result(tiny_models):
     return benchmark(specs, [1], runs=6, warmup=1, compile=False, peak_repeats=2, progress=False)
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_latency_structure_per_runtime(latency_result, tiny_models):
     result = latency_result
     assert result["kind"] == "latency" and result["format"] == "mobilekd-bench/1"
@@ -128,6 +129,7 @@ def test_torch_compile_runner_or_clear_reason(tiny_models):
     assert out.shape == (1, 32) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-4)
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_exported_runners_agree_with_checkpoint(tiny_models):
     from benchmarks.runtimes import load_target, make_runner
 
@@ -184,6 +186,7 @@ def test_recall_known_answers_api():
     assert recall_from_embeddings(perfect, LABELS, gallery=perfect)["R@1"] == 100.0
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_recall_cli_with_embeddings_and_exported_model(tmp_path, tiny_models, capsys):
     from benchmarks.recall import main
 
@@ -211,6 +214,7 @@ def test_recall_cli_with_embeddings_and_exported_model(tmp_path, tiny_models, ca
 # ------------------------------------------------------------------------------------------------ report
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_report_markdown_and_pngs(tmp_path, latency_result, tiny_models):
     from benchmarks.report import main
 
@@ -233,6 +237,7 @@ def test_report_markdown_and_pngs(tmp_path, latency_result, tiny_models):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_report_refuses_mixed_machines(tmp_path, latency_result, capsys):
     from benchmarks.report import main
 
@@ -328,6 +333,7 @@ def test_bad_model_files_exit_2(tmp_path, capsys):
     assert "checkpoint" in _one_error_line(capsys)
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_missing_runtime_names_the_extra(tiny_models, monkeypatch, capsys):
     if "tflite" not in tiny_models:
         pytest.skip("litert not installed")
@@ -338,6 +344,7 @@ def test_missing_runtime_names_the_extra(tiny_models, monkeypatch, capsys):
     assert "pip install mobilekd[litert]" in _one_error_line(capsys)
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_empty_data_folder_exit_2(tmp_path, tiny_models, capsys):
     from benchmarks.recall import main
 
@@ -358,6 +365,7 @@ def test_threads_above_cores_warn_and_cap(capsys):
         parse_threads("0", cores=2)
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_cli_entry_point_bad_model(tmp_path):
     done = subprocess.run([sys.executable, "-m", "benchmarks.latency", str(tmp_path / "nope.tflite"), "--quiet"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -443,6 +451,7 @@ def test_int8_sensitivity_activation_model_rounds_to_256_levels_and_cleans_up():
     assert steps.min() >= -1e-3 and steps.max() <= 255 + 1e-3  # clipped to the calibrated range
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_demo_recipe_records_each_arm_with_its_command(tmp_path, capsys):
     from benchmarks.demo_recipe import main as demo_recipe
 

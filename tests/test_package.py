@@ -29,6 +29,7 @@ print(json.dumps([own, changes(before), "HF_HUB_OFFLINE" in os.environ]))
 """
 
 
+@pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_import_leaves_the_environment_unchanged():
     environment = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     result = subprocess.run([sys.executable, "-c", IMPORTS_CHANGE], env=environment, capture_output=True, text=True,
