@@ -79,9 +79,9 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default="benchmarks/results/demo_recipe")
     args, flags = parser.parse_known_args(argv)
     from benchmarks.machine import describe
-    from mobilekd.demo import DEMO, zero_shot_metrics
+    from mobilekd.demo import DEMO
     from mobilekd.distill import description
-    from mobilekd.engine import train
+    from mobilekd.engine import evaluate_untrained, train
 
     config = Config.from_args([*flags, "--out", str(Path(args.runs) / args.name)], "python -m benchmarks.demo_recipe",
                               description(), overrides={**DEMO, "resume": False})
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
                                 "teacher_size": config.teacher_size, "views": config.views, "threads": config.threads}
         config.teacher_cache = str(cache)
     started = time.time()
-    summary = {"test": zero_shot_metrics(config)} if args.zero_shot else train(config)
+    summary = {"test": evaluate_untrained(config)} if args.zero_shot else train(config)
     seconds = time.time() - started
     command = "python -m benchmarks.demo_recipe " + " ".join(argv if argv is not None else sys.argv[1:])
     settings = {key: getattr(config, key) for key in SETTINGS}

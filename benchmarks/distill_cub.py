@@ -191,14 +191,9 @@ def zero_shot_metrics(config: Config) -> dict:
     """Test metrics of ``config``'s student before any training (its pooled features: a new head would be
     random) through the Trainer's own evaluation, so the protocol is the trained rows'. BatchNorm unfolding
     leaves the eval-mode function unchanged. Writes ``metrics.json`` and ``config.json`` (for reuse) only."""
-    from mobilekd.engine import Trainer
-    from mobilekd.io import unlock_folder
+    from mobilekd.engine import evaluate_untrained
 
-    trainer = Trainer(dataclasses.replace(config, embed_dim=0, resume=False))
-    try:
-        summary = {"out": config.out, "test": trainer.evaluate()["test"], "epochs": config.epochs, "zero_shot": True}
-    finally:
-        unlock_folder(trainer.out)
+    summary = {"out": config.out, "test": evaluate_untrained(config), "epochs": config.epochs, "zero_shot": True}
     write_json(Path(config.out) / "config.json", config.to_dict())  # the arm's options, as finished_summary reads them
     write_json(Path(config.out) / "metrics.json", summary)
     return summary

@@ -30,7 +30,6 @@ The recipe was chosen by measurement on this data (``python -m benchmarks.demo_r
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -48,21 +47,6 @@ DEMO = dict(data=BUNDLED_DATA, student="mobilenetv1_025", pretrained=True, stude
 DISTILL_WEIGHTS = dict(metric_weight=0.1, kl_weight=1.0, kl_temperature=0.1)
 
 
-def zero_shot_metrics(config: Config) -> dict:
-    """Test metrics of ``config``'s student before any training: its pooled ImageNet features (a new head
-    would be random) through the Trainer's own evaluation, so the protocol is the trained rows'. BatchNorm
-    unfolding leaves the eval-mode function unchanged; nothing is trained or saved (the Trainer's folder lock on
-    ``config.out`` is released again)."""
-    from mobilekd.engine import Trainer
-    from mobilekd.io import unlock_folder
-
-    trainer = Trainer(dataclasses.replace(config, embed_dim=0, resume=False))
-    try:
-        return trainer.evaluate()["test"]
-    finally:
-        unlock_folder(trainer.out)
-
-
 @cli_entry
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mobilekd.demo", description=__doc__.split("\n\n")[0])
@@ -74,12 +58,12 @@ def main(argv=None) -> int:
     started = time.time()
     common = {**DEMO, "epochs": args.epochs, "eval_every": min(DEMO["eval_every"], args.epochs),
               "threads": args.threads, "progress": not args.no_progress}
-    from mobilekd.engine import train
+    from mobilekd.engine import evaluate_untrained, train
 
     size = common["student_size"]
     alone_config = Config(**common, out=f"{args.out}/student_alone")
     print(f"[1/3] zero-shot: ImageNet {common['student']} @ {size} px, pooled features, no training", flush=True)
-    zero_shot = zero_shot_metrics(alone_config)
+    zero_shot = evaluate_untrained(alone_config)
     print("[2/3] student alone: fine-tuned with its metric loss only", flush=True)
     alone = train(alone_config)
     print(f"[3/3] distilled: teacher {common['teacher']} (ImageNet) {DISTILL_WEIGHTS}", flush=True)

@@ -518,6 +518,21 @@ def _epoch_line(record: dict, domains: list[Domain]) -> str:
     return line
 
 
+def evaluate_untrained(config: Config) -> dict:
+    """Test metrics of ``config``'s student before any training: its pooled features (a new head would be
+    random) through the Trainer's own evaluation, so the protocol is the trained runs'. BatchNorm unfolding
+    leaves the eval-mode function unchanged; nothing is trained or saved, and the folder lock is released."""
+    from dataclasses import replace as replace_fields
+
+    from mobilekd.io import unlock_folder
+
+    trainer = Trainer(replace_fields(config, embed_dim=0, resume=False))
+    try:
+        return trainer.evaluate()["test"]
+    finally:
+        unlock_folder(trainer.out)
+
+
 def train(config: Config) -> dict:
     """Python API: train (or distil, when teacher losses are weighted) and return the final metrics."""
     return Trainer(config).run()
