@@ -47,6 +47,7 @@ import json
 import statistics
 import sys
 import time
+import typing
 from pathlib import Path
 
 from benchmarks import comma_choices
@@ -105,9 +106,29 @@ def seed_root(args, seed: int) -> Path:
     return Path(args.out) / f"seed{seed}"
 
 
+def parse_overrides(args) -> dict:
+    """``--set KEY=VALUE`` (repeatable): Config options applied to every arm, typed as the Config field."""
+    from mobilekd.config import coerce
+
+    hints = typing.get_type_hints(Config)
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in hints:
+            raise MobileKDError(f"--set expects KEY=VALUE with a Config option as KEY, got {item!r}")
+        overrides[key] = coerce(key, value.strip(), hints[key])
+    return overrides
+
+
+def overrides_suffix(args) -> str:
+    """The ``--set`` options as a folder/row suffix, so a recipe variant never reuses another variant's run."""
+    return "".join(f"+{key}={value}" for key, value in sorted(parse_overrides(args).items()))
+
+
 def arm_folder(args, arm: str, seed: int) -> Path:
     name = arm if arm.startswith("init_") else f"{args.student_init}_{arm}"
-    return seed_root(args, seed) / f"{args.student_size}px" / name
+    return seed_root(args, seed) / f"{args.student_size}px" / (name + overrides_suffix(args))
 
 
 def arm_init(args, arm: str) -> str:
@@ -129,11 +150,12 @@ def arm_config(args, arm: str, seed: int | None = None) -> Config:
     out = arm_folder(args, arm, seed)
     if ARMS[arm].get("pretrain"):
         student = {**student, "student": str(out / "stage1"), "pretrained": False}
-    config = Config(data=args.data, student_size=args.student_size, teacher=args.teacher,
-                    teacher_size=args.teacher_size, views=args.views, crop_scale=0.35, epochs=args.epochs,
-                    batch_classes=args.batch_classes, images_per_class=args.images_per_class, eval_every=args.eval_every, seed=seed,
-                    threads=args.threads, device=args.device, resume=True, progress=not args.quiet,
-                    steps_per_epoch=args.steps_per_epoch, out=str(out), **student, **extra)
+    options = dict(data=args.data, student_size=args.student_size, teacher=args.teacher,
+                   teacher_size=args.teacher_size, views=args.views, crop_scale=0.35, epochs=args.epochs,
+                   batch_classes=args.batch_classes, images_per_class=args.images_per_class,
+                   eval_every=args.eval_every, seed=seed, threads=args.threads, device=args.device, resume=True,
+                   progress=not args.quiet, steps_per_epoch=args.steps_per_epoch, unlabeled_limit=args.unlabeled_limit)
+    config = Config(**{**options, **student, **extra, **parse_overrides(args), "out": str(out)})
     if config.uses_teacher and arm not in LIVE_TEACHER:
         cache = cache_folder(args, seed, extra.get("unlabeled"))
         config = dataclasses.replace(config, teacher_cache=str(cache) if cache else None)
@@ -203,14 +225,11 @@ def build_cache(config: Config, cache_dir: Path) -> None:
     """The teacher cache the engine would build for ``config`` (same images, views and transform), built once so
     every arm that shares it opens it with ``--teacher-cache``."""
     from mobilekd.cache import TeacherCache
-    from mobilekd.data import ViewDataset, load_image_set
+    from mobilekd.data import ViewDataset
     from mobilekd.teachers import resolve_teacher
 
     teacher = resolve_teacher(config.teacher, config.teacher_size, config.threads or None)
-    images = load_image_set(config.data, "train", config.layout, config.train_fraction)
-    if config.unlabeled:  # the engine's order: labeled training images, then the unlabeled ones
-        images = images.concat(load_image_set(config.unlabeled, layout="unlabeled").without_labels())
-    dataset = ViewDataset(images, {"teacher": teacher.preprocess}, config.view_sampler(), preload_side=config.preload,
+    dataset = ViewDataset(config.training_images(), {"teacher": teacher.preprocess}, config.view_sampler(), preload_side=config.preload,
                           progress=config.progress)
     TeacherCache.build(cache_dir, teacher, dataset, config.effective_views, config.data_identity("train"),
                        config.device, progress=config.progress)
@@ -263,7 +282,7 @@ def run_arm(args, arm: str, seed: int) -> dict:
 
 
 def row_name(args, arm: str) -> str:
-    return f"MobileNetV1-0.25 ({INITS[arm_init(args, arm)]}, {args.student_size} px) {arm}"
+    return f"MobileNetV1-0.25 ({INITS[arm_init(args, arm)]}, {args.student_size} px) {arm}{overrides_suffix(args)}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -292,6 +311,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="one seed (same as --seeds N)")
     parser.add_argument("--unlabeled-data", default="../shared/data/imagenet-unlabeled-128",
                         help="unlabeled photos of the semi arm and the pre-training stage (never a test split)")
+    parser.add_argument("--unlabeled-limit", type=int, default=4000,
+                        help="use this many of the unlabeled photos, evenly spaced (0: all; the teacher embeds each)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="a Config option for every arm (repeatable), e.g. kl_temperature=0.05: recipe variants "
+                        "run in their own folders (OUT/.../<arm>+kl_temperature=0.05) and rows")
     parser.add_argument("--selection-weights", default="../shared/weights/mobilenet_v1_0.5_160_quant.tflite",
                         help="ImageNet MobileNetV1-0.5 .tflite the init_selection arm selects its weights from")
     parser.add_argument("--threads", type=int, default=0)

@@ -39,6 +39,8 @@ class Config:
     preload: int = 320  # decode all images into memory, longer side capped at this (0: read from disk)
     unlabeled: str | None = None  # extra unlabeled images (folder or .zip) for the teacher losses (semi-supervised)
     unlabeled_per_batch: int = 32  # unlabeled images added to every P x K batch when --unlabeled is given
+    unlabeled_limit: int = 0  # use this many of the unlabeled images, evenly spaced over the sorted list (0 = all):
+    #                           the teacher embeds every unlabeled image, so a large folder costs teacher time
     skip_bad_images: bool = False  # train without unreadable images (counted in model.json) instead of stopping
     # --- student (for mobilekd.train: the model being fine-tuned)
     student: str = "mobilenetv1_025"  # a student/teacher name, timm:<name>, or a checkpoint folder
@@ -99,7 +101,7 @@ class Config:
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1")
         for name in (*(spec.weight_key for spec in loss_specs()), "teacher_budget", "mixup_alpha",
-                     "unlabeled_per_batch", "lr", "weight_decay", "views",
+                     "unlabeled_per_batch", "unlabeled_limit", "lr", "weight_decay", "views",
                      "steps_per_epoch", "preload", "threads", "num_workers", "embed_dim", "warmup_epochs"):
             if getattr(self, name) < 0:
                 problems.append(f"--{name.replace('_', '-')} must be >= 0")
@@ -143,6 +145,21 @@ class Config:
         from mobilekd.data.views import ViewSampler
 
         return ViewSampler(self.seed, scale=(self.crop_scale, 1.0), flip=self.flip)
+
+    def training_images(self):
+        """The training split of ``data`` followed by the unlabeled images (label -1), if any: the order the teacher
+        cache and the samplers index."""
+        import numpy as np
+
+        from mobilekd.data import load_image_set
+
+        images = load_image_set(self.data, "train", self.layout, self.train_fraction)
+        if not self.unlabeled:
+            return images
+        unlabeled = load_image_set(self.unlabeled, layout="unlabeled")
+        if 0 < self.unlabeled_limit < len(unlabeled):
+            unlabeled = unlabeled.subset(np.linspace(0, len(unlabeled) - 1, self.unlabeled_limit).round().astype(int))
+        return images.concat(unlabeled.without_labels())
 
     def data_identity(self, split: str = "train") -> dict:
         import os

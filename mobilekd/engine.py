@@ -52,9 +52,9 @@ from mobilekd.weight_selection import initialise_from
 
 STATE_FILE = "train_state.pt"
 # options that must not change between a run and its --resume
-RESUME_KEYS = ("data", "layout", "train_fraction", "unlabeled", "student", "student_weights", "pretrained", "embed_dim",
-               "head_bn", "student_size", "teacher", "teacher_size", "views", "teacher_budget", "domain", "metric_loss",
-               "batch_classes", "images_per_class", "seed", "init_from")
+RESUME_KEYS = ("data", "layout", "train_fraction", "unlabeled", "unlabeled_limit", "student", "student_weights",
+               "pretrained", "embed_dim", "head_bn", "student_size", "teacher", "teacher_size", "views", "teacher_budget",
+               "domain", "metric_loss", "batch_classes", "images_per_class", "seed", "init_from")
 BN_UNFOLD_IMAGES = 256  # training images whose statistics unfold a folded-BN student's BatchNorm
 
 
@@ -73,6 +73,19 @@ def load_teacher_projections(run_dir: str | Path) -> dict[str, torch.Tensor]:
         return {}
     losses = torch.load(path, map_location="cpu", weights_only=True).get("losses", {})
     return {k: v.float() for k, v in losses.items() if k.endswith(".absolute.projection.weight") and v.ndim == 2}
+
+
+# Teachers are frozen, so within one process (benchmarks.distill_cub trains many arms against one teacher, and the
+# teacher's test pass costs as much as a few epochs of a small student) the test split's teacher embeddings are
+# computed once. Keyed by what determines them; only named teachers (weights from a package, not a file that
+# could change on disk).
+_TEACHER_TEST_EMBEDDINGS: dict[str, np.ndarray] = {}
+
+
+def _teacher_test_key(config: Config) -> str | None:
+    if not config.teacher or "," in config.teacher or Path(config.teacher).exists():
+        return None
+    return json.dumps([config.teacher, config.teacher_size, config.data_identity("test")], sort_keys=True)
 
 
 @dataclass
@@ -206,11 +219,9 @@ class Trainer:
     def _build_domain(self, position: int, data: str, teacher_name: str | None) -> Domain:
         c = self.config
         name = "main" if position == 0 else f"domain{position}"
-        train_images = load_image_set(data, "train", c.layout if position == 0 else "auto", c.train_fraction)
+        train_images = (c.training_images() if position == 0
+                        else load_image_set(data, "train", "auto", c.train_fraction))
         test_images = load_image_set(data, "test", c.layout if position == 0 else "auto", c.train_fraction)
-        if position == 0 and c.unlabeled:
-            unlabeled = load_image_set(c.unlabeled, layout="unlabeled")
-            train_images = train_images.concat(unlabeled.without_labels())
         if c.teacher_budget and position == 0:
             if c.teacher_budget > len(train_images):
                 raise MobileKDError(f"--teacher-budget {c.teacher_budget} is larger than the {len(train_images)} "
@@ -338,11 +349,17 @@ class Trainer:
         result = {"test": retrieval_metrics(embeddings, domain.test_images.labels)}
         teacher = domain.teacher
         if teacher is not None and teacher.preprocess is not None:
+            key = _teacher_test_key(c) if domain is self.primary else None
+            if domain.test_teacher is None and key in _TEACHER_TEST_EMBEDDINGS:
+                domain.test_teacher = _TEACHER_TEST_EMBEDDINGS[key]
+                domain.teacher_metrics = retrieval_metrics(domain.test_teacher, domain.test_images.labels)
             if domain.test_teacher is None:
                 domain.test_teacher = embed_image_set(teacher, domain.test_images, str(self.device),
                                                       progress=c.progress, desc=f"eval teacher ({domain.name})",
                                                       decoded=domain.test_set)
                 domain.teacher_metrics = retrieval_metrics(domain.test_teacher, domain.test_images.labels)
+                if key:
+                    _TEACHER_TEST_EMBEDDINGS[key] = domain.test_teacher
             result["teacher"] = domain.teacher_metrics  # kept in the history, so a resumed run still reports it
             if domain.test_teacher.shape[1] == embeddings.shape[1]:  # directly compatible embeddings
                 result["student_to_teacher"] = retrieval_metrics(embeddings, domain.test_images.labels,

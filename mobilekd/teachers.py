@@ -49,6 +49,10 @@ def resolve_teacher(name: str, size: int | None = None, threads: int | None = No
         return PrecomputedEmbeddings(path)
     model = resolve_model(name, embed_dim=0, size=size, pretrained=not path.exists())
     model.eval()
+    # A frozen teacher only runs forward: channels-last weights make PyTorch's CPU convolutions (depthwise above
+    # all) 1.7-1.9x faster with the same outputs (EfficientNet-Lite2 at 192 px, 2 threads: 14 -> 26 images/s,
+    # max |difference| 5e-7). Students stay NCHW: in training, channels-last changed their gradients (train_speed.md).
+    model.to(memory_format=torch.channels_last)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model

@@ -1,5 +1,6 @@
 """benchmarks.distill_cub: every arm's configuration (pure checks, nothing trained) and one tiny end-to-end run."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -89,6 +90,33 @@ def test_bad_arms_and_seeds_exit_2(argv, message, capsys, tmp_path):
     assert distill_cub.main(["--out", str(tmp_path / "o"), "--results", str(tmp_path / "r"), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_set_overrides_every_arm_in_its_own_folder_and_row():
+    args = args_for("--set", "kl_temperature=0.05", "--set", "epochs=3")
+    config = arm_config(args, "kl_label_free")
+    assert (config.kl_temperature, config.epochs, config.metric_loss) == (0.05, 3, "none")
+    assert Path(config.out).name == "imagenet_kl_label_free+epochs=3+kl_temperature=0.05"
+    assert distill_cub.row_name(args, "kl_label_free").endswith("kl_label_free+epochs=3+kl_temperature=0.05")
+    assert config.teacher_cache == str(Path("runs/x/seed0/teacher_cache"))  # variants share the seed's cache
+    for bad, message in (("nope=1", "Config option"), ("epochs", "KEY=VALUE"), ("epochs=two", "not an integer")):
+        with pytest.raises(MobileKDError, match=message):
+            arm_config(args_for("--set", bad), "alone")
+
+
+def test_unlabeled_limit_takes_evenly_spaced_photos(folder_dataset, tmp_path):
+    from tests.conftest import CLASS_COLORS, make_image
+
+    photos = tmp_path / "photos"
+    for i in range(10):
+        make_image(str(photos / "any" / f"{i}.png"), seed=900 + i, label_color=CLASS_COLORS[0])
+    semi = arm_config(args_for("--unlabeled-data", str(photos), "--unlabeled-limit", "4"), "semi")
+    labeled = dataclasses.replace(semi, unlabeled=None, data=str(folder_dataset)).training_images()
+    images = dataclasses.replace(semi, data=str(folder_dataset)).training_images()
+    extra = images.keys[len(labeled):]
+    assert extra == [f"any/{i}.png" for i in (0, 3, 6, 9)] and (images.labels[len(labeled):] == -1).all()
+    everything = dataclasses.replace(semi, data=str(folder_dataset), unlabeled_limit=0).training_images()
+    assert len(everything) == len(labeled) + 10
 
 
 def test_unknown_arm_in_arm_config():
