@@ -28,6 +28,9 @@ from mobilekd.losses import get_loss, loss_specs
 from mobilekd.losses.registry import LossSpec, on_change
 
 
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"  # recipes shipped with the package, by name for --config
+
+
 @dataclass
 class Config:
     """Every option of a training or distillation run (see the module docstring)."""
@@ -197,7 +200,15 @@ class Config:
 
     @classmethod
     def from_file(cls, path: str | Path) -> dict:
+        """The options of a YAML/JSON file, or of a recipe shipped in ``mobilekd/configs`` by its name
+        (``--config cub`` = ``mobilekd/configs/cub.yaml``) when no such file exists."""
         path = Path(path)
+        if not path.exists() and not path.suffix and len(path.parts) == 1:
+            shipped = PACKAGED_CONFIGS / f"{path}.yaml"
+            if not shipped.is_file():
+                names = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
+                raise MobileKDError(f"config file not found: {path} (shipped recipes: {names})")
+            path = shipped
         if not path.is_file():
             raise MobileKDError(f"config file not found: {path}")
         try:
@@ -219,7 +230,8 @@ class Config:
         """Every field as a ``--flag``; defaults are suppressed so only given flags override the file."""
         parser = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS,
                                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        parser.add_argument("--config", help="YAML or JSON file of options (flags override it)")
+        parser.add_argument("--config", help="YAML or JSON file of options, or the name of a shipped recipe "
+                            f"({', '.join(sorted(p.stem for p in PACKAGED_CONFIGS.glob('*.yaml')))}); flags override it")
         hints = typing.get_type_hints(cls)
         defaults = {**cls().to_dict(), **(overrides or {})}
         for field in fields(cls):

@@ -11,6 +11,7 @@ import yaml
 import mobilekd
 from mobilekd.config import Config
 from mobilekd.demo import DEMO, DISTILL_WEIGHTS
+from mobilekd.errors import MobileKDError
 
 CONFIGS = Path(mobilekd.__file__).parent / "configs"
 
@@ -61,3 +62,9 @@ def test_demo_recipe_is_the_demo():
     assert keys["data"] == os.path.relpath(DEMO["data"], Path(mobilekd.__file__).parent.parent)
     recipe = {**DEMO, **DISTILL_WEIGHTS}
     assert {k: v for k, v in keys.items() if k not in ("data", "out")} == {k: v for k, v in recipe.items() if k != "data"}
+
+
+def test_config_by_recipe_name_and_unknown_name():
+    assert Config.from_file("demo") == Config.from_file(CONFIGS / "demo.yaml")
+    with pytest.raises(MobileKDError, match=r"config file not found: nope \(shipped recipes: .*demo"):
+        Config.from_file("nope")
