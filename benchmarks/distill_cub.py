@@ -2,7 +2,8 @@
 
     python -m benchmarks.distill_cub --data ../shared/data/cub100-227 --out runs/cub-kd \\
         [--student-init imagenet|random] [--student-size 128] [--epochs 90] [--seeds 0,1,2] \\
-        [--teacher efficientnet_lite2] [--teacher-size 224] [--arms alone,absolute,...]
+        [--teacher efficientnet_lite2] [--teacher-size 224] [--arms alone,absolute,...] \\
+        [--set kl_temperature=0.05 ...] [--unlabeled-limit 4000]
 
 Classes 0-49 train, 50-99 test (leave-one-out retrieval). Teacher: EfficientNet-Lite2 with ImageNet weights
 (pooled 1280-d features). Every arm trains the same MobileNetV1-0.25 student (same seed, views, schedule),
@@ -27,6 +28,10 @@ scratch; 128-d head, lr 2e-3). ``--embed-dim`` and ``--lr`` override those defau
   init_imagenet_pretrain  two stages: label-free KL distillation (``kl_label_free``) on the CUB training images
                      *and* the unlabeled photos (the engine trains on --data's train split; no labels are used,
                      no test image is seen), then ``alone`` from that checkpoint
+
+``--set KEY=VALUE`` (repeatable) applies a Config option to every arm: a recipe variant, in its own run folder
+(``.../<init>_<arm>+KEY=VALUE``) and row, sharing the seed's teacher cache -- how the recipe search of issue 15
+was run (``benchmarks/results/recipe_cub128.md``).
 
 Run folders: ``OUT/seed<S>/<size>px/<init>_<arm>`` (the ablation arms: ``.../<arm>``). The teacher targets of
 every cached arm come from one teacher-embedding cache per seed (``OUT/seed<S>/teacher_cache``; ``semi`` and the
