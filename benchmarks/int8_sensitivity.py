@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from export.rounding import fold_batchnorm
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import write_json
 
@@ -76,25 +76,6 @@ def quantized_tflite(fp32: Path, dst: Path, name: str, calib: list[np.ndarray]) 
         result = qt.quantize(calibration)
     result.export_model(str(dst), overwrite=True)
     return dst
-
-
-def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy with every Conv2d that is directly followed by a BatchNorm2d (among its parent's children, timm's
-    order) carrying that BatchNorm's scale in its weights. The BatchNorm keeps only the folded bias (weight 1,
-    mean 0, variance 1 - eps) and its activation (timm's BatchNormAct2d), so the architecture -- and a saved
-    checkpoint's keys -- stay the same, and the converters fold the rest away as before."""
-    model = copy.deepcopy(model).eval()
-    for parent in list(model.modules()):
-        children = list(parent.named_children())
-        for (_, conv), (_, bn) in zip(children, children[1:]):
-            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d) and bn.affine:
-                fused = fuse_conv_bn_eval(conv, bn)
-                conv.weight.data.copy_(fused.weight.data)
-                if conv.bias is not None:
-                    conv.bias.data.zero_()
-                bn.bias.data.copy_(fused.bias.data)
-                bn.weight.data.fill_(1.0), bn.running_mean.zero_(), bn.running_var.fill_(1.0 - bn.eps)
-    return model
 
 
 @contextlib.contextmanager

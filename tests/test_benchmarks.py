@@ -401,7 +401,8 @@ def test_export_matrix_tabulates_parity_reports():
 
 
 def test_int8_sensitivity_folds_batchnorm_exactly_and_rounds_to_the_int8_grid():
-    from benchmarks.int8_sensitivity import fold_batchnorm, int8_weights
+    from benchmarks.int8_sensitivity import int8_weights
+    from export.rounding import fold_batchnorm
     from mobilekd.models import create_model
 
     torch.manual_seed(0)
@@ -425,7 +426,8 @@ def test_int8_sensitivity_folds_batchnorm_exactly_and_rounds_to_the_int8_grid():
 
 
 def test_int8_sensitivity_activation_model_rounds_to_256_levels_and_cleans_up():
-    from benchmarks.int8_sensitivity import fold_batchnorm, int8_activations
+    from benchmarks.int8_sensitivity import int8_activations
+    from export.rounding import fold_batchnorm
     from mobilekd.models import create_model
 
     torch.manual_seed(0)
