@@ -14,19 +14,21 @@ Route (see ../shared/notes/export.md section 2):
   dynamo graphs) then ``quantize_static`` QDQ, int8 activations and per-channel int8 weights, MinMax
   calibration on real images through a ``CalibrationDataReader``. The embedding head (the last
   Gemm/MatMul and the L2 normalisation after it) is kept float: its output is a unit vector that a single
-  per-tensor int8 scale would coarsen.
+  per-tensor int8 scale would coarsen. Before export the weights are put on the int8 grid by
+  ``export.rounding`` (``--weight-rounding``, shared with export.tflite).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-import argparse
-
 from export.common import BuildResult, ExportJob, Format, export_main
 from export.contract import TensorSpec
+from export.rounding import add_weight_rounding, file_model, read_weight_rounding
 from mobilekd.errors import MobileKDError, cli_entry
 
 INPUT, OUTPUT = "input", "embedding"
@@ -181,7 +183,8 @@ def quantize_int8(job: ExportJob, fp32: Path, dst: Path) -> dict:
 
 def convert(job: ExportJob, work: Path) -> BuildResult:
     fp32 = work / "fp32.onnx"
-    exporter, notes = export_fp32(job, fp32)
+    model, rounding = file_model(job)  # int8: weights on the int8 grid, rounded for the least output error
+    exporter, notes = export_fp32(dataclasses.replace(job, model=model), fp32)
     final = work / "model.onnx"
     if job.precision == "fp32":
         fp32.rename(final)
@@ -192,6 +195,8 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
                  "activations": "float32"}
     elif job.precision == "int8":
         quant = quantize_int8(job, fp32, final)
+        if rounding:
+            quant["weight_rounding"] = rounding
     else:
         raise MobileKDError(f"ONNX export does not support --quantize {job.precision}")
     fp32.unlink(missing_ok=True)
@@ -215,6 +220,15 @@ def read_float_convs(args: argparse.Namespace, precision: str) -> dict:
     return {"float_convs": int(args.float_convs)}
 
 
+def add_options(parser: argparse.ArgumentParser) -> None:
+    add_float_convs(parser)
+    add_weight_rounding(parser)
+
+
+def read_options(args: argparse.Namespace, precision: str) -> dict:
+    return {**read_float_convs(args, precision), **read_weight_rounding(args, precision)}
+
+
 def float_convs_hint(job: ExportJob) -> str:
     if job.precision == "int8" and not job.options.get("float_convs"):
         return "; --float-convs 2 keeps the input and first layers float, which is often enough"
@@ -222,8 +236,8 @@ def float_convs_hint(job: ExportJob) -> str:
 
 
 FORMAT = Format("onnx", ".onnx", convert, ("onnx", "onnxruntime", "onnxscript", "onnxslim"), ("none", "fp16", "int8"),
-                "none", "NCHW", __doc__.splitlines()[0], calibrated=True, add_options=add_float_convs,
-                read_options=read_float_convs, gate_hint=float_convs_hint)
+                "none", "NCHW", __doc__.splitlines()[0], calibrated=True, add_options=add_options,
+                read_options=read_options, gate_hint=float_convs_hint)
 
 
 @cli_entry

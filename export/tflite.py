@@ -43,6 +43,7 @@ from export.common import BuildResult, ExportJob, Format, export_main
 from export.contract import TensorSpec
 from export.normalization import FoldedNormalization, is_per_channel, renormalize, same_normalization, scalar_preprocess
 from export.onnx import add_float_convs, float_convs_hint, read_float_convs
+from export.rounding import add_weight_rounding, file_model, read_weight_rounding
 from export.runtimes import to_layout
 from mobilekd.errors import MobileKDError, cli_entry
 
@@ -218,18 +219,10 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
 
     fp32 = work / "fp32.tflite"
     preprocess = file_preprocess(job)
-    rounding = None
-    if job.precision == "int8" and job.options.get("weight_rounding", "output") == "output":
-        # the float graph the quantizer reads already holds int8-grid weights, rounded for the least output error
-        # (export.rounding); parity below still compares the file with the original float student
-        import torch
-
-        from export.rounding import round_for_int8
-
-        rounded, rounding = round_for_int8(job.model, torch.from_numpy(job.calib))
-        exporter = export_fp32(dataclasses.replace(job, model=rounded), fp32, preprocess)
-    else:
-        exporter = export_fp32(job, fp32, preprocess)
+    # int8: the float graph the quantizer reads holds int8-grid weights rounded for the least output error
+    # (export.rounding); parity still compares the file with the original float student
+    model, rounding = file_model(job)
+    exporter = export_fp32(dataclasses.replace(job, model=model), fp32, preprocess)
     notes = []
     if preprocess != job.model.preprocess:
         exporter += " + folded per-channel normalisation"
@@ -244,10 +237,8 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
     else:
         info = quantize(job, fp32, final, preprocess)
         fp32.unlink(missing_ok=True)
-    if rounding is not None:
-        nearest, chosen = (sum(layer[k] for layer in rounding.values()) for k in ("nearest", "chosen"))
-        info["weight_rounding"] = (f"output error (export.rounding, on the {len(job.calib)} calibration images): "
-                                   f"mean squared conv output error {chosen:.4g} vs {nearest:.4g} rounded to nearest")
+    if rounding:
+        info["weight_rounding"] = rounding
     interpreter = Interpreter(model_path=str(final))
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1:
@@ -284,10 +275,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                         help="keep the student's per-channel mean/std as the file's input normalisation (default: "
                              "fold it into the graph of float NHWC files so the input is (pixel - 127.5) / 127.5, "
                              "which MediaPipe's Image Embedder requires)")
-    parser.add_argument("--weight-rounding", choices=("output", "nearest"), default="output",
-                        help="int8: round each weight to the level below or above that keeps its layer's output "
-                             "on the calibration images (output, export.rounding; measured: mean cosine 0.980 -> "
-                             "0.997 on a fine-tuned ImageNet MobileNetV1-0.25) or to the nearest level (nearest)")
+    add_weight_rounding(parser)
     parser.add_argument("--integer-io", action="store_true",
                         help="int8: int8 input and output tensors (scale/zero point in model.json) for integer-only "
                              "runtimes; default float32 I/O with int8 inside, which MediaPipe can load")
@@ -296,8 +284,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 def read_options(args: argparse.Namespace, precision: str) -> dict:
     if args.integer_io and precision != "int8":
         raise MobileKDError("--integer-io applies to --quantize int8 only")
-    return {**read_float_convs(args, precision), "keep_normalization": bool(args.keep_normalization),
-            "integer_io": bool(args.integer_io), "weight_rounding": args.weight_rounding}
+    return {**read_float_convs(args, precision), **read_weight_rounding(args, precision),
+            "keep_normalization": bool(args.keep_normalization), "integer_io": bool(args.integer_io)}
 
 
 FORMAT = Format("tflite", ".tflite", convert, ("litert-torch", "ai-edge-quantizer", "ai-edge-litert"),
