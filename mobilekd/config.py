@@ -73,6 +73,7 @@ class Config:
     images_per_class: int = 4  # K images per class
     steps_per_epoch: int = 0  # 0 = images / (P x K)
     lr: float = 2e-3
+    head_lr_scale: float = 1.0  # the embedding head's lr = lr x this (a new head beside a pretrained backbone)
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     views: int = 8  # fixed random views per training image, shared by student and cached teacher targets;
@@ -104,7 +105,7 @@ class Config:
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1")
         for name in (*(spec.weight_key for spec in loss_specs()), "teacher_budget", "mixup_alpha",
-                     "unlabeled_per_batch", "unlabeled_limit", "lr", "weight_decay", "views",
+                     "unlabeled_per_batch", "unlabeled_limit", "lr", "head_lr_scale", "weight_decay", "views",
                      "steps_per_epoch", "preload", "threads", "num_workers", "embed_dim", "warmup_epochs"):
             if getattr(self, name) < 0:
                 problems.append(f"--{name.replace('_', '-')} must be >= 0")

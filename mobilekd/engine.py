@@ -148,8 +148,11 @@ class Trainer:
 
             self.step_module = DistributedDataParallel(self.step_module, find_unused_parameters=True,
                                                        device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        head = [p for name, p in self.student.named_parameters() if name.startswith("head.")]
+        body = [p for name, p in self.student.named_parameters() if not name.startswith("head.")]
         self.optimizer = torch.optim.AdamW([
-            {"params": self.student.parameters()},
+            {"params": body},
+            {"params": head, "lr": c.lr * c.head_lr_scale},
             {"params": self.losses.parameters(), "weight_decay": 0.0},
         ], lr=c.lr, weight_decay=c.weight_decay)
         total = c.epochs * self.steps_per_epoch

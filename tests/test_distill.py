@@ -46,6 +46,15 @@ def test_teacher_targets_are_those_of_the_same_views(folder_dataset, tmp_path):
     assert torch.allclose(cached, expected, atol=1e-5)
 
 
+def test_head_lr_scale_gives_the_new_head_its_own_learning_rate(folder_dataset, tmp_path):
+    trainer = Trainer(tiny_config(folder_dataset, tmp_path / "run", teacher="none", absolute_weight=0.0,
+                                  relative_weight=0.0, lr=1e-3, head_lr_scale=10.0))
+    body, head = trainer.optimizer.param_groups[:2]
+    head_ids = {id(p) for p in trainer.student.head.parameters()}
+    assert {id(p) for p in head["params"]} == head_ids and head_ids and not head_ids & {id(p) for p in body["params"]}
+    assert (body["initial_lr"], head["initial_lr"]) == (1e-3, pytest.approx(1e-2))
+
+
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(folder_dataset, tmp_path, monkeypatch):
     Trainer(tiny_config(folder_dataset, tmp_path / "straight", eval_every=10)).run()
 
