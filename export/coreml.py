@@ -44,6 +44,43 @@ NORM_OPS = ("reduce_l2_norm", "real_div", "maximum", "tile")  # F.normalize as l
 WEIGHT_DTYPE = {"fp32": "FLOAT32", "fp16": "FLOAT16", "int8": "INT8"}
 
 
+def static_same_padding(module, sample):
+    """A copy of ``module`` whose TF "SAME" convolutions (timm's ``Conv2dSame``, in the ``tf_`` students imported
+    from Google's files) pad by fixed amounts: coremltools cannot convert the padding computed from the input
+    shape at run time (it fails on an ``int`` op in the stem), and at a fixed input size the amounts are constants.
+    Other modules are unchanged."""
+    import copy
+    import math
+
+    import torch
+
+    same = [m for m in module.modules() if type(m).__name__ == "Conv2dSame"]
+    if not same:
+        return module
+    module = copy.deepcopy(module)
+    shapes = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args: shapes.__setitem__(m, args[0].shape[-2:]))
+             for m in module.modules() if type(m).__name__ == "Conv2dSame"]
+    with torch.no_grad():
+        module(sample)
+    for hook in hooks:
+        hook.remove()
+    for parent in list(module.modules()):
+        for name, conv in list(parent.named_children()):
+            if conv not in shapes:
+                continue
+            pads = []
+            for size, k, s, d in zip(shapes[conv], conv.kernel_size, conv.stride, conv.dilation):
+                total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+                pads.append((total // 2, total - total // 2))
+            plain = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,
+                                    conv.dilation, conv.groups, conv.bias is not None)
+            plain.load_state_dict(conv.state_dict())
+            (top, bottom), (left, right) = pads
+            setattr(parent, name, torch.nn.Sequential(torch.nn.ZeroPad2d((left, right, top, bottom)), plain))
+    return module
+
+
 def convert(job: ExportJob, work: Path) -> BuildResult:
     import coremltools as ct
     import torch
@@ -60,6 +97,7 @@ def convert(job: ExportJob, work: Path) -> BuildResult:
         module = layout_module(job)
         input_type = ct.TensorType(name=INPUT, shape=tuple(job.input_shape()), dtype=np.float32)
     sample = torch.randn(*job.input_shape())
+    module = static_same_padding(module, sample)
     with torch.no_grad():
         traced = torch.jit.trace(module, sample)
     if job.precision == "fp32":

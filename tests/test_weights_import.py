@@ -282,3 +282,15 @@ def test_a_float_file_that_fails_the_self_check_writes_nothing(round_trip, folde
                          "--data", str(folder_dataset)]) == 2
     error = capsys.readouterr().err
     assert "self-check failed" in error and "nothing written" in error and not out.exists()
+
+
+def test_core_ml_gets_tf_same_padding_as_fixed_pads_with_identical_outputs():
+    from export.coreml import static_same_padding
+
+    model = create_model("tf_mobilenetv1_025", embed_dim=0, size=64).eval()
+    images = torch.randn(2, 3, 64, 64)
+    static = static_same_padding(model, images[:1])
+    assert not [m for m in static.modules() if type(m).__name__ == "Conv2dSame"]
+    assert [m for m in model.modules() if type(m).__name__ == "Conv2dSame"]  # the original is untouched
+    with torch.no_grad():
+        assert torch.equal(static(images), model(images))
