@@ -54,13 +54,12 @@ def static_same_padding(module, sample):
 
     import torch
 
-    same = [m for m in module.modules() if type(m).__name__ == "Conv2dSame"]
-    if not same:
+    if not any(type(m).__name__ == "Conv2dSame" for m in module.modules()):
         return module
     module = copy.deepcopy(module)
     shapes = {}
-    hooks = [m.register_forward_pre_hook(lambda m, args: shapes.__setitem__(m, args[0].shape[-2:]))
-             for m in module.modules() if type(m).__name__ == "Conv2dSame"]
+    same = [m for m in module.modules() if type(m).__name__ == "Conv2dSame"]  # the copy's modules
+    hooks = [m.register_forward_pre_hook(lambda m, args: shapes.__setitem__(m, args[0].shape[-2:])) for m in same]
     with torch.no_grad():
         module(sample)
     for hook in hooks:

@@ -352,17 +352,16 @@ class Trainer:
         result = {"test": retrieval_metrics(embeddings, domain.test_images.labels)}
         teacher = domain.teacher
         if teacher is not None and teacher.preprocess is not None:
-            key = _teacher_test_key(c) if domain is self.primary else None
-            if domain.test_teacher is None and key in _TEACHER_TEST_EMBEDDINGS:
-                domain.test_teacher = _TEACHER_TEST_EMBEDDINGS[key]
-                domain.teacher_metrics = retrieval_metrics(domain.test_teacher, domain.test_images.labels)
             if domain.test_teacher is None:
-                domain.test_teacher = embed_image_set(teacher, domain.test_images, str(self.device),
-                                                      progress=c.progress, desc=f"eval teacher ({domain.name})",
-                                                      decoded=domain.test_set)
+                key = _teacher_test_key(c) if domain is self.primary else None
+                domain.test_teacher = _TEACHER_TEST_EMBEDDINGS.get(key) if key else None
+                if domain.test_teacher is None:
+                    domain.test_teacher = embed_image_set(teacher, domain.test_images, str(self.device),
+                                                          progress=c.progress, desc=f"eval teacher ({domain.name})",
+                                                          decoded=domain.test_set)
+                    if key:
+                        _TEACHER_TEST_EMBEDDINGS[key] = domain.test_teacher
                 domain.teacher_metrics = retrieval_metrics(domain.test_teacher, domain.test_images.labels)
-                if key:
-                    _TEACHER_TEST_EMBEDDINGS[key] = domain.test_teacher
             result["teacher"] = domain.teacher_metrics  # kept in the history, so a resumed run still reports it
             if domain.test_teacher.shape[1] == embeddings.shape[1]:  # directly compatible embeddings
                 result["student_to_teacher"] = retrieval_metrics(embeddings, domain.test_images.labels,

@@ -46,6 +46,17 @@ def test_teacher_targets_are_those_of_the_same_views(folder_dataset, tmp_path):
     assert torch.allclose(cached, expected, atol=1e-5)
 
 
+def test_teacher_test_embeddings_are_computed_once_per_process(folder_dataset, tmp_path, monkeypatch):
+    import mobilekd.engine as engine
+
+    first = Trainer(tiny_config(folder_dataset, tmp_path / "a")).evaluate()
+    embedded, real = [], engine.embed_image_set
+    monkeypatch.setattr(engine, "embed_image_set", lambda model, *a, **k: embedded.append(model) or real(model, *a, **k))
+    second = Trainer(tiny_config(folder_dataset, tmp_path / "b"))
+    assert second.evaluate()["teacher"] == first["teacher"]
+    assert embedded == [second.student]  # the student is embedded, the teacher's test pass is reused
+
+
 def test_head_lr_scale_gives_the_new_head_its_own_learning_rate(folder_dataset, tmp_path):
     trainer = Trainer(tiny_config(folder_dataset, tmp_path / "run", teacher="none", absolute_weight=0.0,
                                   relative_weight=0.0, lr=1e-3, head_lr_scale=10.0))
