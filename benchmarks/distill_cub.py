@@ -28,6 +28,7 @@ scratch; 128-d head, lr 2e-3). ``--embed-dim`` and ``--lr`` override those defau
   init_imagenet_pretrain  two stages: label-free KL distillation (``kl_label_free``) on the CUB training images
                      *and* the unlabeled photos (the engine trains on --data's train split; no labels are used,
                      no test image is seen), then ``alone`` from that checkpoint
+  init_random_pretrain / init_selection_pretrain   the same two stages from a random / weight-selected student
 
 ``--set KEY=VALUE`` (repeatable) applies a Config option to every arm: a recipe variant, in its own run folder
 (``.../<init>_<arm>+KEY=VALUE``) and row, sharing the seed's teacher cache -- how the recipe search of issue 15
@@ -85,6 +86,8 @@ ARMS = {
     "init_selection": {"init": "selection"},
     "init_imagenet": {"init": "imagenet"},
     "init_imagenet_pretrain": {"init": "imagenet", "pretrain": True},
+    "init_random_pretrain": {"init": "random", "pretrain": True},
+    "init_selection_pretrain": {"init": "selection", "pretrain": True},
 }
 INITS = {"imagenet": "ImageNet", "random": "random init", "selection": "weight selection from 0.5"}
 LIVE_TEACHER = ("hint_at",)  # feature-map losses need the live teacher, not a cache
@@ -153,8 +156,8 @@ def arm_config(args, arm: str, seed: int | None = None) -> Config:
         extra["unlabeled"] = args.unlabeled_data
     student = init_options(args, arm_init(args, arm))
     out = arm_folder(args, arm, seed)
-    if ARMS[arm].get("pretrain"):
-        student = {**student, "student": str(out / "stage1"), "pretrained": False}
+    if ARMS[arm].get("pretrain"):  # stage 2 starts from stage 1's checkpoint (its head included), nothing else
+        student = {**student, "student": str(out / "stage1"), "pretrained": False, "init_from": None}
     options = dict(data=args.data, student_size=args.student_size, teacher=args.teacher,
                    teacher_size=args.teacher_size, views=args.views, crop_scale=0.35, epochs=args.epochs,
                    batch_classes=args.batch_classes, images_per_class=args.images_per_class,
@@ -177,13 +180,15 @@ def cache_folder(args, seed: int, unlabeled: str | None) -> Path | None:
     return None
 
 
-def pretrain_config(args, seed: int | None = None) -> Config:
-    """Stage 1 of ``init_imagenet_pretrain``: the ImageNet student distilled label-free (``kl_label_free``) on the
-    CUB training images and ``--unlabeled-data``, for ``--pretrain-epochs``."""
+def pretrain_config(args, arm: str = "init_imagenet_pretrain", seed: int | None = None) -> Config:
+    """Stage 1 of a ``*_pretrain`` arm: its initialisation (ImageNet, random or weight-selected student)
+    distilled label-free (``kl_label_free``) on the CUB training images and ``--unlabeled-data``, for
+    ``--pretrain-epochs``."""
     seed = parse_seeds(args)[0] if seed is None else seed
-    final = arm_config(args, "init_imagenet_pretrain", seed)
-    return dataclasses.replace(final, **init_options(args, "imagenet"), **KL_LABEL_FREE, unlabeled=args.unlabeled_data,
-                               epochs=args.pretrain_epochs or args.epochs, out=str(Path(final.out) / "stage1"),
+    final = arm_config(args, arm, seed)
+    return dataclasses.replace(final, **init_options(args, arm_init(args, arm)), **KL_LABEL_FREE,
+                               unlabeled=args.unlabeled_data, epochs=args.pretrain_epochs or args.epochs,
+                               out=str(Path(final.out) / "stage1"),
                                teacher_cache=str(cache_folder(args, seed, args.unlabeled_data)))
 
 
@@ -273,7 +278,7 @@ def run_arm(args, arm: str, seed: int) -> dict:
 
     config = arm_config(args, arm, seed)
     if ARMS[arm].get("pretrain"):
-        stage1 = pretrain_config(args, seed)
+        stage1 = pretrain_config(args, arm, seed)
         finished = finished_summary(stage1) is not None
         print(f"== {arm} stage 1 (seed {seed}): label-free KL on the training and unlabeled images"
               + (" (finished earlier)" if finished else ""), flush=True)
@@ -346,10 +351,11 @@ def main(argv=None) -> int:
     if any(arm_init(args, a) == "selection" for a in arms):
         import_selection(args)
     per_seed: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
+    stage1_runs: dict[str, dict[int, dict | None]] = {}
     teacher_metrics = None
     for seed in seeds:
         configs = [arm_config(args, a, seed) for a in arms if a != "zero_shot"]
-        configs += [pretrain_config(args, seed)] if "init_imagenet_pretrain" in arms else []
+        configs += [pretrain_config(args, a, seed) for a in arms if ARMS[a].get("pretrain")]
         for cache in dict.fromkeys(c.teacher_cache for c in configs if c.teacher_cache):
             # one teacher pass per cache, shared by the arms that use it (built before any of them)
             build_cache(next(c for c in configs if c.teacher_cache == cache), Path(cache))
@@ -362,6 +368,9 @@ def main(argv=None) -> int:
             summary = done[twin] = done.get(twin) or run_arm(args, arm, seed)
             per_seed[arm][seed] = summary["test"]
             teacher_metrics = teacher_metrics or summary.get("teacher")
+            if ARMS[arm].get("pretrain"):  # the first stage's own test metrics: what pre-training alone reached
+                stage1 = finished_summary(pretrain_config(args, arm, seed))
+                stage1_runs.setdefault(arm, {})[seed] = stage1["test"] if stage1 else None
 
     rows, sd, by_seed = {}, {}, {}
     if teacher_metrics:
@@ -372,6 +381,10 @@ def main(argv=None) -> int:
         if len(seeds) > 1:
             sd[name] = {k: statistics.stdev(m[k] for m in metrics.values()) for k in rows[name] if k != "queries"}
             by_seed[name] = {str(seed): m for seed, m in metrics.items()}
+    for arm, metrics in stage1_runs.items():
+        if all(metrics.values()):
+            rows[f"{row_name(args, arm)} stage 1 only (label-free KL, {args.pretrain_epochs or args.epochs} epochs)"] = \
+                mean_metrics(list(metrics.values()))
     lines = [format_table(rows)]
     if sd:
         lines.append(f"\nMean over seeds {args.seeds}; standard deviation (R@1 / MAP@R): " +

@@ -74,6 +74,12 @@ def test_initialisation_ablation():
         "mobilenetv1_025", True, "none", 1.0, 3)
     assert stage1.unlabeled == args.unlabeled_data and stage1.teacher_cache.endswith("teacher_cache_unlabeled")
     assert not finetune.uses_teacher
+    random_stage1 = pretrain_config(args, "init_random_pretrain")  # pre-training a random student: its own init
+    assert (random_stage1.student, random_stage1.pretrained, random_stage1.embed_dim, random_stage1.lr) == (
+        "mobilenetv1_025", False, 128, 2e-3)
+    selected, selected_stage1 = arm_config(args, "init_selection_pretrain"), pretrain_config(args, "init_selection_pretrain")
+    assert selected_stage1.init_from == selection.init_from and selected_stage1.out.endswith("init_selection_pretrain/stage1")
+    assert selected.student == selected_stage1.out and selected.init_from is None  # selected once, in stage 1
 
 
 def test_row_names_say_init_and_size():
@@ -184,6 +190,9 @@ def test_unlabeled_arms_share_one_teacher_cache(folder_dataset, tmp_path):
     stage1 = json.loads((runs / "32px" / "init_imagenet_pretrain" / "stage1" / "config.json").read_text())
     assert finetune["student"] == str(runs / "32px" / "init_imagenet_pretrain" / "stage1")
     assert (stage1["metric_loss"], stage1["unlabeled"], stage1["pretrained"]) == ("none", str(photos), True)
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    stage1_rows = [name for name in rows if name.endswith("init_imagenet_pretrain stage 1 only (label-free KL, 1 epochs)")]
+    assert len(stage1_rows) == 1 and 0 <= rows[stage1_rows[0]]["R@1"] <= 100  # what the first stage alone reached
 
 
 def test_weight_selection_from_folded_batchnorm_is_unfolded_before_training(folder_dataset, tmp_path):
