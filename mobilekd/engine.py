@@ -136,6 +136,9 @@ class Trainer:
         resuming = c.resume and (self.out / STATE_FILE).is_file()
         if self.student.spec.bn_folded and not resuming:  # a resumed run restores the unfolded weights
             self._unfold_batchnorm()
+        self.channels_last = self._channels_last()
+        if self.channels_last:
+            self.student.to(memory_format=torch.channels_last)
 
         # the losses' own parameters (proxies, projections) start from the run's seed alone: building a teacher
         # cache draws from the global RNG (every DataLoader iterator takes a base seed), reusing one does not
@@ -178,6 +181,14 @@ class Trainer:
         if check:
             log(f"--student-weights {c.student_weights} -> {student.spec.arch}; self-check vs LiteRT: {check}")
         return student
+
+    def _channels_last(self) -> bool:
+        """``--memory-format``; auto: channels-last when the student starts from trained weights (faster and
+        accurate there), NCHW for a random-init student (its channels-last BatchNorm gradients are not)."""
+        c = self.config
+        if c.memory_format != "auto":
+            return c.memory_format == "channels_last"
+        return bool(c.pretrained or c.student_weights or c.init_from or Path(c.student).exists())
 
     def _unfold_batchnorm(self) -> None:
         """Folded BatchNorm (imported weights) -> running statistics of real training images, function
@@ -372,6 +383,8 @@ class Trainer:
     def train_step(self, domain: Domain, batch: dict) -> dict[str, float]:
         c = self.config
         student_in = batch["student"].to(self.device, non_blocking=True)
+        if self.channels_last:
+            student_in = student_in.contiguous(memory_format=torch.channels_last)
         labels = batch["label"].to(self.device)
         teacher_out = teacher_maps = None
         if domain.teacher is not None:

@@ -294,3 +294,30 @@ def test_core_ml_gets_tf_same_padding_as_fixed_pads_with_identical_outputs():
     assert [m for m in model.modules() if type(m).__name__ == "Conv2dSame"]  # the original is untouched
     with torch.no_grad():
         assert torch.equal(static(images), model(images))
+
+
+def test_pretrained_students_train_channels_last_with_the_same_step(folder_dataset, tmp_path):
+    """--memory-format auto: channels-last for a student from trained weights (faster on CPU), NCHW for a random
+    one; the first training step computes the same update in either layout, and the checkpoint loads as usual."""
+    from mobilekd.errors import MobileKDError
+
+    def first_step(memory_format, out, **overrides):
+        trainer = Trainer(_train_config(folder_dataset, tmp_path / out, memory_format=memory_format, **overrides))
+        domain = trainer.domains[0]
+        trainer.train_step(domain, next(iter(domain.loader)))
+        return trainer
+
+    auto = first_step("auto", "auto", pretrained=True)
+    assert auto.channels_last and auto.student.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    nchw = first_step("contiguous", "nchw", pretrained=True)
+    assert not nchw.channels_last
+    # the same gradient in either layout (the update itself is Adam's ~sign(grad) x lr: not comparable near 0)
+    grads = [(a.grad, b.grad) for a, b in zip(auto.student.parameters(), nchw.student.parameters())]
+    difference = sum(float((a - b).pow(2).sum()) for a, b in grads) ** 0.5
+    assert difference <= 1e-3 * sum(float(b.pow(2).sum()) for _, b in grads) ** 0.5
+    assert not first_step("auto", "random").channels_last  # random init: NCHW
+    auto.run()
+    reloaded = load_model(tmp_path / "auto")  # a channels-last student saves ordinary (contiguous) weights
+    assert torch.equal(reloaded.state_dict()["backbone.conv_stem.weight"], auto.student.state_dict()["backbone.conv_stem.weight"])
+    with pytest.raises(MobileKDError, match="--memory-format must be one of"):
+        _train_config(folder_dataset, tmp_path / "bad", memory_format="nhwc").validate()
