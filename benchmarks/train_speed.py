@@ -99,6 +99,51 @@ def gradient_error(student_name: str, setting: str, size: int = 32, batch: int =
     return (difference / sum(float(r.pow(2).sum()) for r in reference.values())) ** 0.5
 
 
+def engine_rates(data: str, teacher_cache: str, size: int, cases: list[tuple[int, str]], steps: int, rounds: int,
+                 warmup: int, seed: int = 0) -> dict[tuple[int, str], list[float]]:
+    """Images/s of ``mobilekd.engine.Trainer.train_step`` with its own DataLoader: the ImageNet student
+    (``mobilenetv1_025 --pretrained``, pooled features), label-free KL to the cached teacher targets
+    (``teacher_cache``: built for ``data`` with ``seed``, 2 views, crop scale 0.35, e.g. by benchmarks.distill_cub),
+    per (threads, memory format) case. One Trainer per size: each case sets the thread count and the student's
+    layout the way ``Trainer.__init__`` does for ``--memory-format``; rounds interleave the cases."""
+    import tempfile
+
+    import torch
+
+    from mobilekd.config import Config
+    from mobilekd.engine import Trainer
+
+    with tempfile.TemporaryDirectory() as out:
+        config = Config(data=data, out=out, student="mobilenetv1_025", pretrained=True, embed_dim=0, student_size=size,
+                        teacher="efficientnet_lite2", teacher_size=192, teacher_cache=teacher_cache, views=2,
+                        crop_scale=0.35, metric_loss="none", kl_weight=1.0, kl_temperature=0.1, lr=1e-3, epochs=1,
+                        seed=seed, threads=max(t for t, _ in cases), memory_format="contiguous", progress=False)
+        trainer = Trainer(config)
+        domain = trainer.domains[0]
+
+        def batches():
+            while True:
+                yield from domain.loader
+
+        feed = batches()
+        rates = {case: [] for case in cases}
+        for round_index in range(warmup + rounds):
+            order = list(cases)
+            random.Random(round_index).shuffle(order)
+            for threads, memory_format in order:
+                torch.set_num_threads(threads)
+                trainer.channels_last = memory_format == "channels_last"
+                trainer.student.to(memory_format=torch.channels_last if trainer.channels_last else torch.contiguous_format)
+                started, images = time.perf_counter(), 0
+                for _ in range(steps):
+                    batch = next(feed)  # the loader's time counts: it is part of every real step
+                    trainer.train_step(domain, batch)
+                    images += len(batch["student"])
+                if round_index >= warmup:
+                    rates[(threads, memory_format)].append(images / (time.perf_counter() - started))
+        return rates
+
+
 def render_rate(data: str, size: int, seconds: float = 5.0) -> float:
     """Views rendered per second from the decoded-image cache (one process)."""
     from mobilekd.data import ViewDataset, load_image_set
@@ -127,7 +172,14 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--data", help="also measure the view-rendering rate on this data set")
     parser.add_argument("--out", help="write OUT.json and OUT.md")
+    parser.add_argument("--engine-cache", metavar="TEACHER_CACHE",
+                        help="instead of the synthetic step: the real Trainer on --data (ImageNet student, label-free "
+                        "KL to this teacher cache of seed 0, 2 views), per --threads x memory format (contiguous, "
+                        "channels_last)")
+    parser.add_argument("--engine-seed", type=int, default=0, help="the seed the --engine-cache was built with")
     args = parser.parse_args(argv)
+    if args.engine_cache:
+        return engine_main(args, argv)
     settings = comma_choices(args.settings, SETTINGS, "setting")
     from mobilekd.errors import MobileKDError
 
@@ -189,6 +241,43 @@ def main(argv=None) -> int:
 
         write_json(args.out + ".json", {"command": command, "machine": describe(), "args": vars(args),
                                         "rows": rows, "render_views_per_s": render, "gradient_error_vs_float64": grad_error})
+        with atomic_path(args.out + ".md") as tmp:
+            Path(tmp).write_text(report)
+    return 0
+
+
+def engine_main(args, argv) -> int:
+    """``--engine-cache``: images/s of the real training step per size x threads x memory format."""
+    from pathlib import Path
+
+    from benchmarks.machine import describe
+    from mobilekd.errors import MobileKDError
+    from mobilekd.io import atomic_path, write_json
+
+    if not args.data or not Path(args.engine_cache, "manifest.json").is_file():
+        raise MobileKDError("--engine-cache needs --data and a teacher cache folder (manifest.json) built for it")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    cases = [(int(t), fmt) for t in args.threads.split(",") for fmt in ("contiguous", "channels_last")]
+    rows = []
+    for size in sizes:
+        rates = engine_rates(args.data, args.engine_cache, size, cases, args.steps, args.rounds, args.warmup,
+                             args.engine_seed)
+        rows += [{"size": size, "threads": t, "memory_format": fmt,
+                  "images_per_s_median": round(statistics.median(rates[(t, fmt)]), 2),
+                  "images_per_s_min": round(min(rates[(t, fmt)]), 2)} for t, fmt in cases]
+    command = "python -m benchmarks.train_speed " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = ["# Training speed of the real engine step (ImageNet MobileNetV1-0.25, label-free KL, cached teacher)", "",
+             f"Command: `{command}`", "",
+             "| size | threads | memory format | images/s (median) | images/s (min) | vs 1 thread NCHW |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        base = next(r["images_per_s_median"] for r in rows if r["size"] == row["size"] and r["threads"] == min(
+            c[0] for c in cases) and r["memory_format"] == "contiguous")
+        lines.append(f"| {row['size']} | {row['threads']} | {row['memory_format']} | {row['images_per_s_median']} | "
+                     f"{row['images_per_s_min']} | {row['images_per_s_median'] / base:.2f}x |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        write_json(args.out + ".json", {"command": command, "machine": describe(), "args": vars(args), "rows": rows})
         with atomic_path(args.out + ".md") as tmp:
             Path(tmp).write_text(report)
     return 0
