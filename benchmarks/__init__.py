@@ -22,3 +22,16 @@ def comma_choices(text: str, allowed, what: str) -> list[str]:
     if unknown:
         raise MobileKDError(f"unknown {what}(s) {', '.join(unknown)}; choose from {', '.join(allowed)}")
     return chosen
+
+
+def write_report(prefix: str, report: str, result: dict) -> None:
+    """``PREFIX.md`` (the Markdown report) and ``PREFIX.json`` (``result``: command, machine, args, rows ...),
+    each written atomically: a kill never leaves a half-written table or JSON."""
+    from pathlib import Path
+
+    from mobilekd.io import atomic_path, write_json
+
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(prefix + ".md") as tmp:
+        Path(tmp).write_text(report)
+    write_json(prefix + ".json", result)

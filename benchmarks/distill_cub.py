@@ -56,10 +56,10 @@ import time
 import typing
 from pathlib import Path
 
-from benchmarks import comma_choices
+from benchmarks import comma_choices, write_report
 from mobilekd.config import Config
 from mobilekd.errors import MobileKDError, cli_entry
-from mobilekd.io import atomic_path, write_json
+from mobilekd.io import write_json
 from mobilekd.metrics import format_table
 
 # Weights: the normalised-softmax metric loss has gradients tens of times larger than a teacher loss at
@@ -400,13 +400,10 @@ def main(argv=None) -> int:
     minutes = (time.time() - started) / 60
     report = (f"# Distillation on CUB-100 (classes 50-99 unseen)\n\nCommand: `{command}`\n\n"
               f"Wall time of this invocation: {minutes:.1f} min\n\n" + "\n".join(lines) + "\n")
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.results + ".md") as tmp:  # never a half-written table beside a whole JSON
-        Path(tmp).write_text(report)
     result = {"command": command, "machine": describe(), "rows": rows, "args": vars(args), "minutes": minutes}
     if sd:
         result.update(sd=sd, seeds=by_seed)
-    write_json(args.results + ".json", result)
+    write_report(args.results, report, result)
     print(report)
     return 0
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import comma_choices
+from benchmarks import comma_choices, write_report
 from mobilekd.errors import MobileKDError, cli_entry
 
 POLICIES = {"default": None, "passive": "PASSIVE", "active": "ACTIVE"}
@@ -117,11 +117,7 @@ def main(argv=None) -> int:
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:
-        from mobilekd.io import atomic_path, write_json
-
-        write_json(args.out + ".json", {"command": command, "machine": describe(), "args": vars(args), "rows": rows})
-        with atomic_path(args.out + ".md") as tmp_md:
-            Path(tmp_md).write_text(report)
+        write_report(args.out, report, {"command": command, "machine": describe(), "args": vars(args), "rows": rows})
     return 0
 
 

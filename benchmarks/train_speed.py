@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 
-from benchmarks import comma_choices
+from benchmarks import comma_choices, write_report
 from mobilekd.errors import cli_entry
 
 SETTINGS = ("eager", "channels_last", "bf16", "compile", "compile+channels_last")
@@ -174,13 +174,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     parser.add_argument("--engine-cache", metavar="TEACHER_CACHE",
                         help="instead of the synthetic step: the real Trainer on --data (ImageNet student, label-free "
-                        "KL to this teacher cache of seed 0, 2 views), per --threads x memory format (contiguous, "
+                        "KL to this teacher cache of --engine-seed, 2 views), per --threads x memory format (contiguous, "
                         "channels_last)")
     parser.add_argument("--engine-seed", type=int, default=0, help="the seed the --engine-cache was built with")
     args = parser.parse_args(argv)
-    if args.engine_cache:
-        return engine_main(args, argv)
-    settings = comma_choices(args.settings, SETTINGS, "setting")
     from mobilekd.errors import MobileKDError
 
     try:
@@ -188,8 +185,11 @@ def main(argv=None) -> int:
         threads = [int(t) for t in args.threads.split(",")]
     except ValueError:
         raise MobileKDError("--sizes and --threads take comma-separated integers") from None
-    if min(sizes) < 32 or min(threads) < 1 or min(args.batch, args.steps, args.rounds) < 1:
-        raise MobileKDError("--sizes must be >= 32; --threads, --batch, --steps, --rounds >= 1")
+    if min(sizes) < 32 or min(threads) < 1 or min(args.batch, args.steps, args.rounds) < 1 or args.warmup < 0:
+        raise MobileKDError("--sizes must be >= 32; --threads, --batch, --steps, --rounds >= 1; --warmup >= 0")
+    if args.engine_cache:
+        return engine_main(args, argv, sizes, threads)
+    settings = comma_choices(args.settings, SETTINGS, "setting")
     import torch
 
     from benchmarks.machine import describe
@@ -235,29 +235,21 @@ def main(argv=None) -> int:
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:
-        from pathlib import Path
-
-        from mobilekd.io import atomic_path, write_json
-
-        write_json(args.out + ".json", {"command": command, "machine": describe(), "args": vars(args),
-                                        "rows": rows, "render_views_per_s": render, "gradient_error_vs_float64": grad_error})
-        with atomic_path(args.out + ".md") as tmp:
-            Path(tmp).write_text(report)
+        write_report(args.out, report, {"command": command, "machine": describe(), "args": vars(args), "rows": rows,
+                                        "render_views_per_s": render, "gradient_error_vs_float64": grad_error})
     return 0
 
 
-def engine_main(args, argv) -> int:
+def engine_main(args, argv, sizes: list[int], threads: list[int]) -> int:
     """``--engine-cache``: images/s of the real training step per size x threads x memory format."""
     from pathlib import Path
 
     from benchmarks.machine import describe
     from mobilekd.errors import MobileKDError
-    from mobilekd.io import atomic_path, write_json
 
     if not args.data or not Path(args.engine_cache, "manifest.json").is_file():
         raise MobileKDError("--engine-cache needs --data and a teacher cache folder (manifest.json) built for it")
-    sizes = [int(s) for s in args.sizes.split(",")]
-    cases = [(int(t), fmt) for t in args.threads.split(",") for fmt in ("contiguous", "channels_last")]
+    cases = [(t, fmt) for t in threads for fmt in ("contiguous", "channels_last")]
     rows = []
     for size in sizes:
         rates = engine_rates(args.data, args.engine_cache, size, cases, args.steps, args.rounds, args.warmup,
@@ -277,9 +269,7 @@ def engine_main(args, argv) -> int:
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:
-        write_json(args.out + ".json", {"command": command, "machine": describe(), "args": vars(args), "rows": rows})
-        with atomic_path(args.out + ".md") as tmp:
-            Path(tmp).write_text(report)
+        write_report(args.out, report, {"command": command, "machine": describe(), "args": vars(args), "rows": rows})
     return 0
 
 

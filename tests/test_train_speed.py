@@ -17,3 +17,5 @@ def test_engine_mode_needs_a_teacher_cache(tmp_path, capsys):
 
     assert main(["--engine-cache", str(tmp_path / "none"), "--data", str(tmp_path)]) != 0
     assert "needs --data and a teacher cache folder" in capsys.readouterr().err
+    assert main(["--engine-cache", str(tmp_path), "--data", str(tmp_path), "--sizes", "128,big"]) != 0
+    assert "--sizes and --threads take comma-separated integers" in capsys.readouterr().err
