@@ -6,8 +6,8 @@
   asymmetric (``benchmarks.recall``).
 * ``python -m benchmarks.report RESULTS... --out DIR`` -- Markdown tables and PNG plots (``benchmarks.report``).
 
-Every result JSON carries ``machine`` (``benchmarks.machine.describe``) so runs from different machines
-never mix silently.
+Every result JSON is written by ``write_result``: it carries ``machine`` (``benchmarks.machine.describe``) so
+runs from different machines never mix silently, and ``git_commit`` so each number can be traced to its code.
 """
 
 RESULT_FORMAT = "mobilekd-bench/1"
@@ -29,9 +29,29 @@ def write_report(prefix: str, report: str, result: dict) -> None:
     each written atomically: a kill never leaves a half-written table or JSON."""
     from pathlib import Path
 
-    from mobilekd.io import atomic_path, write_json
+    from mobilekd.io import atomic_path
 
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(prefix + ".md") as tmp:
         Path(tmp).write_text(report)
-    write_json(prefix + ".json", result)
+    write_result(prefix + ".json", result)
+
+
+def stamp(result: dict) -> dict:
+    """``result`` with ``git_commit`` (``benchmarks.machine.git_commit``: HEAD, ``-dirty`` with uncommitted
+    changes, None outside a checkout) and ``machine`` (``describe()``, unless the caller already measured it)."""
+    from benchmarks.machine import describe, git_commit
+
+    stamped = dict(result)
+    stamped["git_commit"] = git_commit()
+    if not isinstance(stamped.get("machine"), dict):
+        stamped["machine"] = describe()
+    return stamped
+
+
+def write_result(path, result: dict) -> None:
+    """Write one result JSON atomically, stamped with the git commit and machine (``stamp``): the single
+    writer every benchmark uses for its results, so no result file lacks either."""
+    from mobilekd.io import write_json
+
+    write_json(path, stamp(result))

@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import write_result
 from mobilekd.config import Config
 from mobilekd.errors import cli_entry
-from mobilekd.io import write_json
 
 
 def steps_per_second(config: Config, steps: int) -> tuple[float, float]:
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
               "machine": describe(), "steps": args.steps, "steps_per_s_cached": cached,
               "steps_per_s_live_teacher": live, "speedup": cached / live,
               "cache_build_and_setup_s": cache_build, "views": args.views}
-    write_json(Path(args.out), result)
+    write_result(Path(args.out), result)
     print(f"cached teacher: {cached:.2f} steps/s | teacher in the loop: {live:.2f} steps/s | "
           f"speed-up {cached / live:.1f}x (cache built once in {cache_build:.0f} s)")
     return 0

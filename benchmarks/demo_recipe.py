@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import write_result
 from mobilekd.config import Config
 from mobilekd.errors import cli_entry
-from mobilekd.io import write_json
 
 SETTINGS = ("student_size", "embed_dim", "lr", "epochs", "metric_loss", "metric_weight", "kl_weight",
             "kl_temperature", "absolute_weight", "crop_scale", "threads")
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     if summary.get("teacher"):
         results["teacher"] = {"name": config.teacher, "size": config.teacher_size, "test": summary["teacher"]}
     results["machine"] = describe()
-    write_json(results_path, results)
+    write_result(results_path, results)
     Path(args.results + ".md").write_text(markdown(results))
     print(f"{args.name}: R@1 {summary['test']['R@1']:.2f} MAP@R {summary['test']['MAP@R']:.2f} ({seconds:.0f} s)")
     return 0

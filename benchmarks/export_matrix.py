@@ -25,9 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import comma_choices
+from benchmarks import comma_choices, write_result
 from mobilekd.errors import MobileKDError, cli_entry
-from mobilekd.io import write_json
 
 # a variant is a --quantize value, optionally "+flag" or "+flag=value" for one more exporter option
 MATRIX = {"onnx": ("none", "fp16", "int8", "int8+float-convs=2"),
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f"\nTeacher columns: {teacher_note}\n" if teacher_note else "") + "\n" + markdown(rows))
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results + ".md").write_text(text)
-    write_json(args.results + ".json", {"command": command, "machine": describe(), "checkpoint": str(checkpoint),
+    write_result(args.results + ".json", {"command": command, "machine": describe(), "checkpoint": str(checkpoint),
                                         "rows": rows})
     print(text)
     return 0

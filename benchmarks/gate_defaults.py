@@ -19,9 +19,9 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks import write_result
 from benchmarks.export_matrix import row_of
 from mobilekd.errors import MobileKDError, cli_entry
-from mobilekd.io import write_json
 
 
 def precision_key(label: str) -> str:
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "\n".join(lines) + "\n"
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results + ".md").write_text(text)
-    write_json(args.results + ".json", {"command": command, "machine": describe(), "rows": rows,
+    write_result(args.results + ".json", {"command": command, "machine": describe(), "rows": rows,
                                         "summary": summary})
     print(text)
     return 0

@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import write_result
 from export.rounding import fold_batchnorm
 from mobilekd.errors import MobileKDError, cli_entry
-from mobilekd.io import write_json
 
 RECIPES = ("weight_only_wi8_afp32", "dynamic_wi8_afp32", "static_wi8_ai8", "static_wi8_ai8:moving_average",
            "static_wi8_ai8:MSE", "static_wi8_ai8:float_convs=1", "static_wi8_ai8:float_convs=2",
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results + ".md").write_text(text)
-    write_json(args.results + ".json", {"machine": describe(), "checkpoint": args.checkpoint, **results})
+    write_result(args.results + ".json", {"machine": describe(), "checkpoint": args.checkpoint, **results})
     print(text)
     return 0
 

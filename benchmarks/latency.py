@@ -34,11 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import RESULT_FORMAT
+from benchmarks import RESULT_FORMAT, write_result
 from benchmarks.machine import describe, load_average, usable_cores
 from benchmarks.runtimes import NotRunnable, count_params_macs, input_hw, load_target, make_runner
 from mobilekd.errors import MobileKDError, cli_entry
-from mobilekd.io import check_writable_file, write_json
+from mobilekd.io import check_writable_file
 
 
 def warn(message: str) -> None:
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     for e in result["errors"]:
         warn(f"{e['model']}{' [' + e['runtime'] + ']' if 'runtime' in e else ''}: {e['error']}")
     if args.out:
-        write_json(args.out, result)
+        write_result(args.out, result)
     print(format_results(result))
     load = result.get("load_average", {})
     print(f"\nload average before/after: {load.get('before')} / {load.get('after')} "

@@ -104,3 +104,25 @@ def fingerprint(info: dict) -> str:
 
 def short_name(info: dict) -> str:
     return f"{info.get('cpu_model', '?')} x{info.get('usable_cores', '?')}, {info.get('system', '?')} ({info.get('fingerprint', '?')})"
+
+
+def git_commit(root: str | os.PathLike | None = None) -> str | None:
+    """The commit of the code that produced a result: ``git rev-parse HEAD`` of the checkout that holds this
+    package (``root``), with ``-dirty`` when tracked files differ from it; None outside a git checkout (an
+    installed copy, or no ``git``), so a number can always be traced to the code or is marked untraceable."""
+    import subprocess
+
+    root = os.path.abspath(root or os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=20,
+                              check=True).stdout.strip()
+
+    try:
+        if os.path.realpath(git("rev-parse", "--show-toplevel")) != os.path.realpath(root):
+            return None  # this package is not the top of a checkout (e.g. vendored inside another repository)
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "") if commit else None

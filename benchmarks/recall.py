@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import RESULT_FORMAT
+from benchmarks import RESULT_FORMAT, write_result
 from benchmarks.machine import describe, load_average, usable_cores
 from benchmarks.runtimes import load_target
 from mobilekd.errors import MobileKDError, ModelError, cli_entry
-from mobilekd.io import check_writable_file, write_json
+from mobilekd.io import check_writable_file
 from mobilekd.metrics import format_table, retrieval_metrics
 
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     for e in result["errors"]:
         print(f"warning: {e['model']}: {e['error']}", file=sys.stderr)
     if args.out:
-        write_json(args.out, result)
+        write_result(args.out, result)
     print(format_recall(result))
     return 0
 

@@ -285,6 +285,20 @@ def test_pareto_front():
 # --------------------------------------------------------------------------------------------------- adb
 
 
+def test_report_plot_labels_do_not_overlap():
+    """Numbers of points that sit close (the overlapping labels of the old Recall@1-vs-latency plot) are moved
+    apart: no two label boxes meet, and a lone point keeps the default offset."""
+    from benchmarks.report import label_offsets
+
+    anchors = [(100.0, 50.0), (101.0, 50.0), (103.0, 52.0), (100.0, 49.0), (400.0, 300.0)]
+    offsets = label_offsets(anchors, size=(12.0, 10.0), start=(5.0, 4.0))
+    boxes = [(x + dx, y + dy) for (x, y), (dx, dy) in zip(anchors, offsets)]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert abs(a[0] - b[0]) >= 12.0 or abs(a[1] - b[1]) >= 10.0, (a, b)
+    assert offsets[0] == (5.0, 4.0) and offsets[-1] == (5.0, 4.0)
+
+
 def test_parse_benchmark_model_output():
     from benchmarks.latency import parse_benchmark_model_output
 
@@ -473,3 +487,36 @@ def test_demo_recipe_records_each_arm_with_its_command(tmp_path, capsys):
     assert demo_recipe(["bad", "--student-size", "0", *common]) == 2
     assert "--student-size must be >= 1" in capsys.readouterr().err
     assert list(json.loads(results.with_suffix(".json").read_text())["rows"]) == ["zs32", "zs40"]
+
+
+def test_every_result_json_is_stamped_with_git_commit_and_machine(tmp_path):
+    """write_result (the one result writer) stamps HEAD (+ "-dirty" with uncommitted changes) and the machine;
+    outside a git checkout the commit is null, never a guess."""
+    from benchmarks import write_report, write_result
+    from benchmarks.machine import git_commit
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    (repo / "a.txt").write_text("1")
+    subprocess.run(git + ["add", "a.txt"], check=True)
+    subprocess.run(git + ["commit", "-qm", "a"], check=True)
+    head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert git_commit(repo) == head
+    (repo / "new.txt").write_text("untracked output")  # an untracked file (e.g. a fresh result) is not "dirty"
+    assert git_commit(repo) == head
+    (repo / "a.txt").write_text("2")
+    assert git_commit(repo) == head + "-dirty"
+    assert git_commit(repo / "sub" if (repo / "sub").mkdir() is None else None) is None  # not the checkout's top
+    assert git_commit(tmp_path / "plain") is None  # no checkout at all
+
+    write_result(tmp_path / "r.json", {"rows": [1]})
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["rows"] == [1] and data["git_commit"] == git_commit(ROOT)
+    assert data["machine"]["cpu_model"] and isinstance(data["machine"]["cpu_flags"], list)
+    assert data["machine"]["usable_cores"] >= 1
+    write_report(str(tmp_path / "t"), "# t\n", {"machine": {"cpu_model": "given"}})
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["machine"] == {"cpu_model": "given"} and "git_commit" in data
+    assert (tmp_path / "t.md").read_text() == "# t\n"
