@@ -1,7 +1,7 @@
 """Steps per second of distillation with the teacher-embedding cache vs the teacher in the loop.
 
     python -m benchmarks.cache_speed --data DATA [--teacher efficientnet_lite0 --teacher-size 128]
-        [--student-size 32] [--steps 20] [--threads N] [--out benchmarks/results/cache_speed.json]
+        [--student-size 32] [--steps 20] [--threads N] [--out benchmarks/results/cache_speed/cache_speed.json]
 
 Same data, student, batches and losses; the only difference is where the teacher targets come from:
 ``--views 4`` reads them from a prebuilt cache (its build time is reported separately, once per data set and
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results/cache_speed.json")
+    parser.add_argument("--out", default="benchmarks/results/cache_speed/cache_speed.json")
     args = parser.parse_args(argv)
     from benchmarks.machine import describe
 

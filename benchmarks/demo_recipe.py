@@ -9,7 +9,7 @@ on top, e.g. ``kl64 --student-size 64 --metric-loss none --kl-weight 1``. Arms w
 teacher cache (``OUT/teacher_cache``, built by ``python -m mobilekd.embed`` on first use; its build time is
 recorded on its own). Every arm's row -- command, the settings that differ between arms, R@1/2/4/8, MAP@R and
 wall time (training and evaluations, without the shared cache) -- accumulates in
-``benchmarks/results/demo_recipe.json`` (with the machine) and ``.md``; re-running a NAME replaces its row.
+``benchmarks/results/demo_recipe/demo_recipe.json`` (with the machine) and ``.md``; re-running a NAME replaces its row.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("name", help="the arm's name (its row and its run folder OUT/NAME)")
     parser.add_argument("--zero-shot", action="store_true", help="evaluate the untrained student; train nothing")
     parser.add_argument("--runs", default="runs/demo_recipe", help="folder of the arms' runs and the teacher cache")
-    parser.add_argument("--results", default="benchmarks/results/demo_recipe")
+    parser.add_argument("--results", default="benchmarks/results/demo_recipe/demo_recipe")
     args, flags = parser.parse_known_args(argv)
     from benchmarks.machine import describe
     from mobilekd.demo import DEMO

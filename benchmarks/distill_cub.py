@@ -32,7 +32,7 @@ scratch; 128-d head, lr 2e-3). ``--embed-dim`` and ``--lr`` override those defau
 
 ``--set KEY=VALUE`` (repeatable) applies a Config option to every arm: a recipe variant, in its own run folder
 (``.../<init>_<arm>+KEY=VALUE``) and row, sharing the seed's teacher cache -- how the recipe search of issue 15
-was run (``benchmarks/results/recipe_cub128.md``).
+was run (``benchmarks/results/recipe_cub128/README.md``).
 
 Run folders: ``OUT/seed<S>/<size>px/<init>_<arm>`` (the ablation arms: ``.../<arm>``). The teacher targets of
 every cached arm come from one teacher-embedding cache per seed (``OUT/seed<S>/teacher_cache``; ``semi`` and the
@@ -330,7 +330,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="ImageNet MobileNetV1-0.5 .tflite the init_selection arm selects its weights from")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--results", default="benchmarks/results/distill_cub")
+    parser.add_argument("--results", default="benchmarks/results/distill_cub_imagenet/distill_cub")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.seed is not None:

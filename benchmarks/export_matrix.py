@@ -1,7 +1,7 @@
 """Every format x precision of one student, through the real exporters, as one parity table.
 
     python -m benchmarks.export_matrix CKPT [--teacher T] [--parity-images 3000] [--exports DIR] \\
-        [--results benchmarks/results/export_matrix]
+        [--results benchmarks/results/export_matrix/export_matrix]
 
 Runs ``export.onnx`` (fp32, fp16, int8, int8 ``--float-convs 2``), ``export.tflite`` (fp32, fp16, dynamic, int8
 with float I/O, with ``--integer-io`` and with ``--float-convs 2``) and ``export.coreml``
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--formats", default="onnx,tflite,coreml")
     parser.add_argument("--exports", help="folder for the exported files (default CKPT/export-matrix)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--results", default="benchmarks/results/export_matrix")
+    parser.add_argument("--results", default="benchmarks/results/export_matrix/export_matrix")
     args = parser.parse_args(argv)
     formats = comma_choices(args.formats, MATRIX, "format")
     checkpoint = Path(args.checkpoint)

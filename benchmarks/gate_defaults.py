@@ -1,6 +1,6 @@
 """The measurements behind the default neighbour-overlap and noise-to-spread gates of ``export.parity``.
 
-    python -m benchmarks.gate_defaults SOURCE... [--results benchmarks/results/gate_defaults]
+    python -m benchmarks.gate_defaults SOURCE... [--results benchmarks/results/gate_defaults/gate_defaults]
 
 SOURCE is an export folder (the parity report in its ``model.json``) or a ``benchmarks.export_matrix``
 RESULTS.json. For every file whose embeddings were measured through its runtime the table gives the precision,
@@ -64,7 +64,7 @@ def _f(value, spec: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gate_defaults", description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="+", metavar="SOURCE", help="export folders or export_matrix JSONs")
-    parser.add_argument("--results", default="benchmarks/results/gate_defaults")
+    parser.add_argument("--results", default="benchmarks/results/gate_defaults/gate_defaults")
     args = parser.parse_args(argv)
     from benchmarks.machine import describe
     from export.parity import DEFAULT_GATES

@@ -2,7 +2,7 @@
 per-layer sensitivity of int8 weights measured in PyTorch.
 
     python -m benchmarks.int8_sensitivity CKPT [--data DATA] [--parity-images 300] [--calib-images 128] \\
-        [--results benchmarks/results/int8_sensitivity]
+        [--results benchmarks/results/int8_cub/int8_sensitivity]
 
 1. TFLite recipes on the same float file (``export.tflite.export_fp32``) and the same calibration images:
    ``weight_only_wi8_afp32`` (int8 weights, float compute), ``dynamic_wi8_afp32``, ``static_wi8_ai8`` with the
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parity-images", type=int, default=300)
     parser.add_argument("--calib-images", type=int, default=128)
     parser.add_argument("--top", type=int, default=6, help="most sensitive layers to list")
-    parser.add_argument("--results", default="benchmarks/results/int8_sensitivity")
+    parser.add_argument("--results", default="benchmarks/results/int8_cub/int8_sensitivity")
     args = parser.parse_args(argv)
     from benchmarks.machine import describe
     from export.common import ExportJob, load_student

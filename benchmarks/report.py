@@ -130,6 +130,17 @@ def _recall_latency_plot(plt, matplotlib, points: list[tuple[float, float, str]]
     plt.close(fig)
 
 
+def _name_repeated_runs(latency: list[dict]) -> None:
+    """Give each latency row a ``_name``: its model label, plus its source file's name where the same
+    label and runtime were measured in several files -- two runs of one model are two lines, not one zigzag."""
+    sources: dict[tuple[str, str], set[str]] = {}
+    for row in latency:
+        sources.setdefault((row["model"], row["runtime"]), set()).add(row["_source"])
+    for row in latency:
+        repeated = len(sources[(row["model"], row["runtime"])]) > 1
+        row["_name"] = f"{row['model']} ({row['_source']})" if repeated else row["model"]
+
+
 def model_labels(results: list[dict]) -> list[str]:
     """Every model label the results name (latency models and rows, recall rows), in first-seen order."""
     labels: dict[str, None] = {}
@@ -173,7 +184,7 @@ def build_report(results: list[dict], out: Path, compare: list[str] | None = Non
         mname = short_name(r["machine"])
         if r["kind"] == "latency":
             for row in r["results"]:
-                latency.append({**row, "_machine": mname, "_load": r.get("load_average")})
+                latency.append({**row, "_machine": mname, "_load": r.get("load_average"), "_source": Path(r["_file"]).stem})
             for m in r["models"]:
                 models.setdefault(m["label"], m)
             for item in r.get("not_runnable", []):
@@ -182,6 +193,7 @@ def build_report(results: list[dict], out: Path, compare: list[str] | None = Non
             for row in r["results"]:
                 recall[row["model"]] = {**row, "_data": r["data"]}
 
+    _name_repeated_runs(latency)
     lines = [f"# {title}", ""]
     lines += ["Machines: " + "; ".join(sorted({short_name(r['machine']) for r in results})) + "."]
     loads = [f"{Path(r['_file']).name}: {r.get('load_average')}" for r in results if r["kind"] == "latency"]
@@ -209,7 +221,7 @@ def build_report(results: list[dict], out: Path, compare: list[str] | None = Non
             head = "| machine " + head
         lines += [head, "|---" * (head.count("|") - 1) + "|"]
         for row in sorted(latency, key=lambda r: (r["model"], r["runtime"], r["threads"])):
-            cells = (f"| {row['model']} | {row['runtime']} | {row.get('device', 'cpu')} | {row['threads']} | "
+            cells = (f"| {row['_name']} | {row['runtime']} | {row.get('device', 'cpu')} | {row['threads']} | "
                      f"{_f(row.get('median_ms') if row.get('median_ms') is not None else row.get('mean_ms'), 3)} | "
                      f"{_f(row.get('p90_ms'), 3)} | {_f(row.get('min_ms'), 3)} | {_f(row.get('stdev_ms'), 3)} | "
                      f"{_f(row.get('floor_ratio'), 1)} | {_f(row.get('peak_mem_mb'), 1)} |")
@@ -270,7 +282,7 @@ def build_report(results: list[dict], out: Path, compare: list[str] | None = Non
         for row in latency:
             value = row["median_ms"] if row.get("median_ms") is not None else row.get("mean_ms")
             if value:
-                series.setdefault(f"{row['model']} [{row['runtime']}]", []).append(
+                series.setdefault(f"{row['_name']} [{row['runtime']}]", []).append(
                     (row["threads"], value, row.get("min_ms") or value, row.get("p90_ms") or value))
         for name, values in sorted(series.items()):
             values.sort()
@@ -278,6 +290,11 @@ def build_report(results: list[dict], out: Path, compare: list[str] | None = Non
             err = [[y - v[2] for y, v in zip(ys, values)], [v[3] - y for y, v in zip(ys, values)]]
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
         ax.set_yscale("log")
+        # plain numbers (0.5, 2) rather than 5x10^-1; minor ticks labelled at 2 and 5 only, so they never crowd
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+            lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "25" else ""))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_xlabel("threads")
         ax.set_xticks(sorted({row["threads"] for row in latency}))
         ax.set_ylabel("median latency (ms, log; bars: min..p90)")

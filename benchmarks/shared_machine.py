@@ -1,7 +1,7 @@
 """Training speed when another process takes part of the machine: thread counts x OpenMP wait policies.
 
     python -m benchmarks.shared_machine --threads 0,1,2 --wait-policies default,passive \\
-        --out benchmarks/results/shared_machine
+        --out benchmarks/results/shared_machine/shared_machine
 
 The workload is a distillation run on the bundled Omniglot data (MobileNetV1-0.25 at 32 px, absolute teacher
 loss on a cached EfficientNet-Lite0 teacher: the demo's recipe before it moved to an ImageNet student), ``--epochs`` epochs in a fresh process per case; the teacher

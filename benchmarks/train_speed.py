@@ -1,7 +1,7 @@
 """How fast does a student train on this CPU? Images/s of one distillation step, per setting.
 
     python -m benchmarks.train_speed --sizes 128,224 --threads 1,2 \\
-        --settings eager,channels_last,bf16,compile --out benchmarks/results/train_speed
+        --settings eager,channels_last,bf16,compile --out benchmarks/results/train_speed/step_settings
 
 One step is what ``mobilekd.engine`` does per batch with a cached teacher: the student's forward and backward
 on a P x K batch (default 16 x 4 = 64 images), the normalised-softmax metric loss plus the distance-
