@@ -299,6 +299,30 @@ def test_report_plot_labels_do_not_overlap():
     assert offsets[0] == (5.0, 4.0) and offsets[-1] == (5.0, 4.0)
 
 
+def test_report_names_two_runs_of_one_model_apart(tmp_path):
+    """The same label measured in two latency files (a re-run) gives two named rows and two plot lines, not one
+    zigzag series; the recall plot is drawn with numbered points (fast: synthetic results, no models)."""
+    from benchmarks.machine import describe
+    from benchmarks.report import build_report
+
+    machine = describe()
+
+    def latency(medians):
+        rows = [{"model": label, "runtime": "litert-xnnpack", "threads": t, "median_ms": ms * t, "p90_ms": ms * t,
+                 "min_ms": ms * t, "stdev_ms": 0.0} for label, ms in medians.items() for t in (1, 2)]
+        models = [{"label": label, "kind": "tflite", "precision": "fp32"} for label in medians]
+        return {"kind": "latency", "machine": machine, "results": rows, "models": models}
+
+    results = [dict(latency({"fp32": 1.0, "int8": 1.3}), _file="run1.json"), dict(latency({"fp32": 1.5}), _file="run2.json"),
+               {"kind": "recall", "machine": machine, "_file": "r.json", "data": {"path": "d", "split": "test", "images": 4},
+                "results": [{"model": m, "symmetric": {"R@1": r}} for m, r in (("fp32", 60.0), ("int8", 59.5))]}]
+    report = build_report(results, tmp_path, compare=["fp32:int8"]).read_text()
+    assert "| fp32 (run1) | litert-xnnpack | cpu | 1 |" in report and "| fp32 (run2) | litert-xnnpack | cpu | 1 |" in report
+    assert "| int8 | litert-xnnpack | cpu | 1 |" in report  # measured once: no file name
+    for png in ("recall_vs_latency.png", "latency_by_threads.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_parse_benchmark_model_output():
     from benchmarks.latency import parse_benchmark_model_output
 
