@@ -532,7 +532,8 @@ def test_every_result_json_is_stamped_with_git_commit_and_machine(tmp_path):
     assert git_commit(repo) == head
     (repo / "a.txt").write_text("2")
     assert git_commit(repo) == head + "-dirty"
-    assert git_commit(repo / "sub" if (repo / "sub").mkdir() is None else None) is None  # not the checkout's top
+    (repo / "sub").mkdir()
+    assert git_commit(repo / "sub") is None  # inside a checkout but not its top: not this package's checkout
     assert git_commit(tmp_path / "plain") is None  # no checkout at all
 
     write_result(tmp_path / "r.json", {"rows": [1]})
