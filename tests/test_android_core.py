@@ -53,7 +53,7 @@ def _sample_images() -> dict[str, Image.Image]:
 
 
 def _contracts(model):
-    from export.contract import ModelContract, TensorSpec
+    from mobilekd.runtime.contract import ModelContract, TensorSpec
     from mobilekd.preprocess import TF_LITE_MEAN, TF_LITE_STD, Preprocess
 
     sha = "0" * 64
@@ -205,7 +205,7 @@ def test_jvm_core_reproduces_python_golden_vectors(tmp_path):
 
 
 def test_kotlin_reader_fields_match_export_contract():
-    from export import contract as C
+    from mobilekd.runtime import contract as C
     from mobilekd.preprocess import Preprocess
 
     proc = _run("fields")

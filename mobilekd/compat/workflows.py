@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilekd.blackbox import check_embeddings
+from mobilekd.data.embeddings_npz import check_embeddings
 from mobilekd.compat.ensembling import DEFAULT_REJECT, ensemble, rejection_curve, uncertainty
 from mobilekd.compat.gallery import check_aligned, embed_model, load_split
 from mobilekd.compat.report import format_fit, write_markdown
