@@ -100,12 +100,10 @@ def signature_input(path: Path) -> tuple[str, str]:
 def calibrate_min_max(qt, fp32: Path, samples: list[np.ndarray], threads: int = 1) -> dict:
     """Calibration ranges: the global min/max of every tensor over ``samples`` (batch-1 inputs).
 
-    Why not ``Quantizer.calibrate`` over the whole list: it merges per-sample ranges with a moving average
-    (``qsv_utils.moving_average_update``, smoothing 0.95), so with batch-1 images each range follows the last ~20
-    images and clips activations of the rest -- a loss that more bits do not cure. Measured on the CUB students
-    (benchmarks/results/int8_sensitivity_cub*.md): mean cosine 0.9925 -> 0.9961 (1280-d) and 0.9762 -> 0.9797
-    (128-d) with global min/max, the statistic ONNX Runtime's MinMax calibrator uses. Each sample is calibrated on its own
-    and the ranges merged with the quantizer's own ``qsv_utils.min_max_update``."""
+    Not ``Quantizer.calibrate`` over the whole list: it merges per-sample ranges with a moving average, so with
+    batch-1 images each range follows the last ~20 images and clips the rest (measurements:
+    benchmarks/results/int8_sensitivity_cub*.md). Global min/max is ONNX Runtime's MinMax statistic; each sample
+    is calibrated on its own and the ranges merged with the quantizer's own ``qsv_utils.min_max_update``."""
     from ai_edge_quantizer.utils import qsv_utils
 
     key, name = signature_input(fp32)
