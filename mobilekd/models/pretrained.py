@@ -16,12 +16,12 @@ from pathlib import Path
 
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from mobilekd.errors import ModelError
 from mobilekd.io import atomic_path
-from mobilekd.models.state_dicts import load_checked
+from mobilekd.models.state_dicts import load_checked, read_state_dict
 
 # ImageNet weights shipped in mobilekd/assets (backbone only, BatchNorm folded: identity + bias), and the
 # TF-compatible architecture a student name means when --pretrained asks for them
@@ -41,7 +41,7 @@ def load_shipped_weights(arch: str, backbone: nn.Module) -> None:
     path = ASSETS / SHIPPED_WEIGHTS[arch]
     if not path.is_file():
         raise ModelError(f"the shipped weights {path} are missing from this installation")
-    load_checked(backbone, load_file(str(path)), path, arch, optional_prefix="classifier.")
+    load_checked(backbone, read_state_dict(path)[0], path, arch, optional_prefix="classifier.")
 
 
 def cache_dir() -> Path:
@@ -66,9 +66,9 @@ def load_efficientnet_lite(arch: str) -> dict[str, torch.Tensor]:
     """State dict (with the 1000-class classifier) for timm ``tf_efficientnet_liteN``, from cache or wheel."""
     cached = cache_dir() / f"{arch}_imagenet.safetensors"
     if cached.is_file():
-        return load_file(str(cached))
+        return read_state_dict(cached)[0]
     source = wheel_weights_path(arch)
-    legacy = torch.load(source, map_location="cpu", weights_only=True)
+    legacy, _ = read_state_dict(source, unwrap=())
     target = timm.create_model(f"tf_{arch}", pretrained=False, num_classes=1000).state_dict()
     if len(target) != len(legacy):
         raise ModelError(f"{source}: {len(legacy)} tensors, timm tf_{arch} expects {len(target)}")
