@@ -139,6 +139,30 @@ def long_units() -> list[tuple[int, str, str]]:
     return sorted(found, reverse=True)
 
 
+def _body(node) -> str:
+    """A function's statements without its docstring, as an ast dump (names and code, not formatting)."""
+    body = node.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    return ast.dump(ast.Module(body=body, type_ignores=[]))
+
+
+def repeated_definitions() -> list[list[str]]:
+    """Top-level functions with the same code in two places, and names defined twice in one file."""
+    by_body: dict[str, list[str]] = {}
+    repeated = []
+    for path in module_files().values():
+        relative = path.relative_to(ROOT).as_posix()
+        names = []
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.append(node.name)
+            if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno >= 3:
+                by_body.setdefault(_body(node), []).append(f"{relative}:{node.name}")
+        repeated += [[f"{relative}:{name}"] * 2 for name in sorted(set(names)) if names.count(name) > 1]
+    return repeated + [places for places in by_body.values() if len(places) > 1]
+
+
 def test_the_graph_sees_lazy_and_relative_imports():
     graph = import_graph()
     assert "mobilekd.models.checkpoint" in graph["mobilekd.models"]  # a package __init__ re-export
@@ -156,6 +180,10 @@ def test_imports_point_down():
 
 def test_mobilekd_units_are_short():
     assert long_units() == []
+
+
+def test_one_definition_of_each_helper():
+    assert repeated_definitions() == []
 
 
 def test_length_exemptions_name_existing_files():

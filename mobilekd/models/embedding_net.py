@@ -120,38 +120,6 @@ def check_input_size(model: EmbeddingNet, size: int) -> int:
     return size
 
 
-def create_model(arch: str, embed_dim: int = 128, pretrained: bool = False, size: int | None = None,
-                 head_bn: bool = False) -> EmbeddingNet:
-    """A student or teacher by name, with its default preprocessing (``size`` overrides the input size).
-
-    ``pretrained`` students take the shipped ImageNet weights of their TF-compatible architecture
-    (``PRETRAINED_ARCH``); the spec records that architecture, and that their BatchNorm is folded."""
-    if pretrained:
-        arch = PRETRAINED_ARCH.get(arch, arch)
-    spec = ModelSpec(arch, embed_dim, head_bn, True, pretrained, default_preprocess(arch),
-                     bn_folded=pretrained and arch in SHIPPED_WEIGHTS)
-    model = EmbeddingNet(spec)
-    if size:
-        model.spec.preprocess = model.preprocess.with_size(check_input_size(model, size))
-    return model
-
-
-def minimum_input_size(model: EmbeddingNet) -> int:
-    """The smallest input side the network can use: its total stride (the ``reduction`` of its last feature
-    stage), so that the last stage still sees one real pixel rather than only padding -- 32 for the MobileNets
-    and EfficientNet-Lite -- and never under the 8 px the preprocessing contract accepts."""
-    return max(8, max(int(info.get("reduction", 1)) for info in model.feature_info))
-
-
-def check_input_size(model: EmbeddingNet, size: int) -> int:
-    """``size`` if ``model`` can take it, else a ModelError naming the architecture's minimum."""
-    minimum = minimum_input_size(model)
-    if size < minimum:
-        raise ModelError(f"input size {size} px is too small for {model.spec.arch}: its total stride is "
-                         f"{minimum}, so it needs inputs of at least {minimum} px")
-    return size
-
-
 # ------------------------------------------------------------------------------- --feature-layers
 
 
