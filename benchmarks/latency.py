@@ -36,10 +36,10 @@ import numpy as np
 
 from benchmarks import RESULT_FORMAT
 from benchmarks.machine import describe, load_average
-from mobilekd.threads import usable_cores
 from benchmarks.targets import NotRunnable, count_params_macs, input_hw, load_target, make_runner
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import check_writable_file, write_json
+from mobilekd.threads import usable_cores
 
 
 def warn(message: str) -> None:

@@ -20,11 +20,11 @@ import numpy as np
 
 from benchmarks import RESULT_FORMAT
 from benchmarks.machine import describe, load_average
-from mobilekd.threads import usable_cores
 from benchmarks.targets import load_target
 from mobilekd.errors import MobileKDError, ModelError, cli_entry
 from mobilekd.io import check_writable_file, write_json
 from mobilekd.metrics import format_table, retrieval_metrics
+from mobilekd.threads import usable_cores
 
 
 def recall_from_embeddings(query, labels, gallery=None, gallery_labels=None) -> dict[str, float]:

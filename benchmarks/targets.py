@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from export.common import path_size
-from mobilekd.runtime.runners import NotRunnable, file_kind, find_contract, open_runtime, runtimes_for
 from mobilekd.errors import MobileKDError, ModelError
 from mobilekd.preprocess import Preprocess
+from mobilekd.runtime.runners import NotRunnable, file_kind, find_contract, open_runtime, runtimes_for
 
 __all__ = ["NotRunnable", "Target", "load_target", "make_runner", "input_hw", "count_params_macs"]
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from export.common import (GATE_FAILED, ExportArgumentParser, add_parity_options, gates_from_args, load_parity,
                            load_student, path_size)
-from mobilekd.runtime.contract import ModelContract
-from mobilekd.runtime.runners import runtimes_for
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import sha256_file, write_json
 from mobilekd.preprocess import Preprocess
+from mobilekd.runtime.contract import ModelContract
+from mobilekd.runtime.runners import runtimes_for
 
 
 def source_check(contract: ModelContract, against: Path) -> dict:

@@ -29,10 +29,10 @@ from typing import Callable
 
 import numpy as np
 
-from mobilekd.runtime.contract import ModelContract, TensorSpec
-from mobilekd.runtime.runners import runtimes_for, to_layout
 from mobilekd.errors import MobileKDError, ModelError
 from mobilekd.io import check_writable_dir, lock_folder, sha256_file, write_json
+from mobilekd.runtime.contract import ModelContract, TensorSpec
+from mobilekd.runtime.runners import runtimes_for, to_layout
 
 # --quantize value -> model.json precision
 PRECISION = {"none": "fp32", "fp32": "fp32", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}

@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from export.common import BuildResult, ExportJob, Format, export_main
+from export.onnx import layout_module
+from mobilekd.errors import MobileKDError, cli_entry
+from mobilekd.preprocess import Preprocess
 from mobilekd.runtime.contract import ModelContract, TensorSpec
 from mobilekd.runtime.normalization import FoldedNormalization, scalar_preprocess
-from export.onnx import layout_module
-from mobilekd.preprocess import Preprocess
-from mobilekd.errors import MobileKDError, cli_entry
 
 INPUT, OUTPUT = "input", "embedding"
 NORM_OPS = ("reduce_l2_norm", "real_div", "maximum", "tile")  # F.normalize as lowered by coremltools

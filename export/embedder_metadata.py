@@ -29,8 +29,8 @@ import json
 import os
 from pathlib import Path
 
-from mobilekd.runtime.normalization import is_per_channel
 from mobilekd.errors import MobileKDError
+from mobilekd.runtime.normalization import is_per_channel
 
 INSTALL_HINT = "pip install 'mobilekd[litert]'  (adds mediapipe)"
 INPUT_NAME = "image"
@@ -311,9 +311,9 @@ def compare_with_mediapipe(export_dir: Path, images, threads: int = 1) -> dict:
     Pillow's antialiased bilinear resize -- what an app that hands MediaPipe camera frames gets."""
     import numpy as np
 
+    from mobilekd.data.views import evaluation_view, normalize
     from mobilekd.runtime.contract import ModelContract
     from mobilekd.runtime.runners import open_runtime
-    from mobilekd.data.views import evaluation_view, normalize
 
     export_dir = Path(export_dir)
     contract = ModelContract.from_dict(json.loads((export_dir / "model.json").read_text()))

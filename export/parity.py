@@ -37,8 +37,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mobilekd.data.view_dataset import unreadable_error
 from mobilekd.data.image_sets import ImageSet, load_image_set, unreadable_reason
+from mobilekd.data.view_dataset import unreadable_error
 from mobilekd.data.views import render_evaluation
 from mobilekd.errors import DataError, MobileKDError
 from mobilekd.metrics import nearest_neighbors, retrieval_metrics

@@ -40,12 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from export.common import BuildResult, ExportJob, Format, export_main
-from mobilekd.runtime.contract import TensorSpec
-from mobilekd.runtime.normalization import FoldedNormalization, is_per_channel, renormalize, same_normalization, scalar_preprocess
 from export.onnx import add_float_convs, float_convs_hint, read_float_convs
 from export.rounding import add_weight_rounding, file_model, read_weight_rounding
-from mobilekd.runtime.runners import to_layout
 from mobilekd.errors import MobileKDError, cli_entry
+from mobilekd.runtime.contract import TensorSpec
+from mobilekd.runtime.normalization import FoldedNormalization, is_per_channel, renormalize, same_normalization, scalar_preprocess
+from mobilekd.runtime.runners import to_layout
 
 SIGNATURE = "serving_default"
 

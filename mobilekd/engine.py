@@ -32,21 +32,20 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mobilekd.teacher_cache import TeacherCache, expected_manifest
 from mobilekd.config import Config
-from mobilekd.data.view_dataset import ViewDataset, check_readable
 from mobilekd.data.image_sets import ImageSet, load_image_set
 from mobilekd.data.sampler import PKBatchSampler
+from mobilekd.data.view_dataset import ViewDataset, check_readable
 from mobilekd.data.views import Degradation
 from mobilekd.distributed import Context, ShardedBatchSampler, init_from_env
-from mobilekd.inference import embed_image_set
 from mobilekd.errors import MobileKDError
-from mobilekd.models import parse_layer_pairs
+from mobilekd.inference import embed_image_set
 from mobilekd.io import atomic_path, check_writable_dir, lock_folder, unlock_folder, write_json
 from mobilekd.losses import LossContext, get_loss
 from mobilekd.metrics import retrieval_metrics
-from mobilekd.models import EmbeddingNet, save_model
+from mobilekd.models import EmbeddingNet, parse_layer_pairs, save_model
 from mobilekd.models.resolve import resolve_model, resolve_teacher, teacher_dim
+from mobilekd.teacher_cache import TeacherCache, expected_manifest
 from mobilekd.threads import set_threads
 from mobilekd.weights.selection import initialise_from
 

@@ -30,11 +30,11 @@ import torch
 from tqdm.auto import tqdm
 
 from mobilekd.data.embeddings_npz import PrecomputedEmbeddings
-from mobilekd.data.view_dataset import ViewDataset
 from mobilekd.data.image_sets import ImageSet
-from mobilekd.inference import embed_views
+from mobilekd.data.view_dataset import ViewDataset
 from mobilekd.distributed import Context
 from mobilekd.errors import MobileKDError
+from mobilekd.inference import embed_views
 from mobilekd.io import sha256_file, write_json
 
 FORMAT = "mobilekd-teacher-cache/1"

@@ -163,7 +163,7 @@ def repeated_definitions() -> list[list[str]]:
     return repeated + [places for places in by_body.values() if len(places) > 1]
 
 
-def test_the_graph_sees_lazy_and_relative_imports():
+def test_the_graph_sees_package_and_function_level_imports():
     graph = import_graph()
     assert "mobilekd.models.checkpoint" in graph["mobilekd.models"]  # a package __init__ re-export
     assert "mobilekd.weights.tflite_check" in graph["mobilekd.weights.from_file"]  # from package import module

@@ -46,8 +46,8 @@ def tiny_models(tmp_path_factory):
     """A tiny checkpoint and its .onnx / .tflite exports, each with a model.json contract."""
     import torch
 
-    from mobilekd.runtime.contract import ModelContract, TensorSpec
     from mobilekd.models import create_model, save_model
+    from mobilekd.runtime.contract import ModelContract, TensorSpec
 
     base = tmp_path_factory.mktemp("bench_models")
     torch.manual_seed(0)

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from mobilekd.teacher_cache import TeacherCache, expected_manifest
 from mobilekd.config import Config
 from mobilekd.data import ViewDataset, load_image_set
 from mobilekd.embed import main as embed_main
 from mobilekd.engine import Trainer
 from mobilekd.errors import MobileKDError
 from mobilekd.models.resolve import resolve_teacher
+from mobilekd.teacher_cache import TeacherCache, expected_manifest
 
 
 def _cache_args(data, cache, *extra):

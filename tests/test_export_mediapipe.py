@@ -274,9 +274,9 @@ def test_mediapipe_image_embedder_matches_litert(workspace, exported, student, o
 def test_mediapipe_head_name_and_a_wrong_model_is_caught(workspace):
     """The comparison can fail: another student's file through MediaPipe is far from this one's."""
     from export.embedder_metadata import mediapipe_embeddings, model_pixels
-    from mobilekd.runtime.runners import open_runtime
-    from mobilekd.runtime.contract import ModelContract
     from mobilekd.data.views import normalize
+    from mobilekd.runtime.contract import ModelContract
+    from mobilekd.runtime.runners import open_runtime
 
     folder = workspace["root"] / "scalar-none"
     if not folder.exists():

@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import SHARED
-from mobilekd.weights.bn_unfold import unfold_batchnorm
 from mobilekd.config import Config
 from mobilekd.engine import Trainer
 from mobilekd.errors import ModelError
 from mobilekd.models import ASSETS, SHIPPED_WEIGHTS, create_model, load_model
 from mobilekd.weights import import_tflite, main as weights_main
+from mobilekd.weights.bn_unfold import unfold_batchnorm
 
 WEIGHTS = os.path.join(SHARED, "weights")
 needs_weights = pytest.mark.skipif(

@@ -16,12 +16,12 @@ for _module in (*_BUILT_IN, *sorted(m.name for m in _pkgutil.iter_modules(__path
 
 from mobilekd.losses.absolute import AbsoluteTeacherLoss  # noqa: E402
 from mobilekd.losses.attention import AttentionTransferLoss  # noqa: E402
+from mobilekd.losses.distance_kl import DistanceKLLoss  # noqa: E402
+from mobilekd.losses.distances import pairwise_distances  # noqa: E402
 from mobilekd.losses.hint import HintLoss  # noqa: E402
 from mobilekd.losses.metric import METRIC_LOSSES, MetricLoss  # noqa: E402
-from mobilekd.losses.distances import pairwise_distances  # noqa: E402
 from mobilekd.losses.relative import RelativeTeacherLoss  # noqa: E402
 from mobilekd.losses.rkd import RKDAngleLoss, RKDDistanceLoss  # noqa: E402
-from mobilekd.losses.distance_kl import DistanceKLLoss  # noqa: E402
 
 __all__ = ["AbsoluteTeacherLoss", "RelativeTeacherLoss", "MetricLoss", "METRIC_LOSSES", "pairwise_distances",
            "RKDDistanceLoss", "RKDAngleLoss", "DistanceKLLoss", "HintLoss", "AttentionTransferLoss",

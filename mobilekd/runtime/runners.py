@@ -37,10 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilekd.runtime.contract import FORMAT, ModelContract, TensorSpec, dequantize, quantize
-from mobilekd.runtime.normalization import renormalize, same_normalization
 from mobilekd.errors import MobileKDError, ModelError
 from mobilekd.preprocess import Preprocess
+from mobilekd.runtime.contract import FORMAT, ModelContract, TensorSpec, dequantize, quantize
+from mobilekd.runtime.normalization import renormalize, same_normalization
 
 # the model.json "runtime" of each file suffix (what exporters write)
 FILE_KINDS = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml"}
