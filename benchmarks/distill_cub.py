@@ -234,9 +234,9 @@ def zero_shot_metrics(config: Config) -> dict:
 def build_cache(config: Config, cache_dir: Path) -> None:
     """The teacher cache the engine would build for ``config`` (same images, views and transform), built once so
     every arm that shares it opens it with ``--teacher-cache``."""
-    from mobilekd.cache import TeacherCache
     from mobilekd.data import ViewDataset
-    from mobilekd.teachers import resolve_teacher
+    from mobilekd.models.resolve import resolve_teacher
+    from mobilekd.teacher_cache import TeacherCache
 
     teacher = resolve_teacher(config.teacher, config.teacher_size, config.threads or None)
     dataset = ViewDataset(config.training_images(), {"teacher": teacher.preprocess}, config.view_sampler(), preload_side=config.preload,

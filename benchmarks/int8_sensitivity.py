@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.machine import describe
     from export.common import ExportJob, load_student
     from export.parity import calibration_images, embed_torch, load_parity_data, resolve_data_path
-    from export.runtimes import open_runtime, to_layout
     from export.tflite import export_fp32
+    from mobilekd.runtime.runners import open_runtime, to_layout
 
     model, meta = load_student(args.checkpoint, None, 1)
     config = meta.get("config") or {}

@@ -35,10 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import RESULT_FORMAT, write_result
-from benchmarks.machine import describe, load_average, usable_cores
-from benchmarks.runtimes import NotRunnable, count_params_macs, input_hw, load_target, make_runner
+from benchmarks.machine import describe, load_average
+from benchmarks.targets import NotRunnable, count_params_macs, input_hw, load_target, make_runner
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import check_writable_file
+from mobilekd.threads import usable_cores
 
 
 def warn(message: str) -> None:

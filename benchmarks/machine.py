@@ -14,6 +14,8 @@ import sys
 import time
 from importlib import metadata
 
+from mobilekd.threads import usable_cores
+
 LIBRARIES = ("mobilekd", "torch", "timm", "numpy", "onnxruntime", "onnx", "ai-edge-litert", "litert-torch",
              "ai-edge-quantizer", "coremltools", "faiss-cpu")
 
@@ -35,14 +37,6 @@ def cpu_model() -> str:
         except (OSError, subprocess.SubprocessError):
             pass
     return platform.processor() or platform.machine()
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (the affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def cpu_flags() -> list[str]:

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import RESULT_FORMAT, write_result
-from benchmarks.machine import describe, load_average, usable_cores
-from benchmarks.runtimes import load_target
+from benchmarks.machine import describe, load_average
+from benchmarks.targets import load_target
 from mobilekd.errors import MobileKDError, ModelError, cli_entry
 from mobilekd.io import check_writable_file
 from mobilekd.metrics import format_table, retrieval_metrics
+from mobilekd.threads import usable_cores
 
 
 def recall_from_embeddings(query, labels, gallery=None, gallery_labels=None) -> dict[str, float]:
@@ -36,7 +37,7 @@ def make_embedder(spec: str, threads: int | None = None, label: str | None = Non
     """(label, kind, embedder) for ``embed_image_set``; the runtime of an exported file is its own."""
     path = Path(spec)
     if path.suffix.lower() == ".npz":
-        from mobilekd.blackbox import PrecomputedEmbeddings
+        from mobilekd.data.embeddings_npz import PrecomputedEmbeddings
 
         if not path.is_file():
             raise ModelError(f"embeddings file not found: {path}")
@@ -44,10 +45,10 @@ def make_embedder(spec: str, threads: int | None = None, label: str | None = Non
     target = load_target(spec, size=size, label=label)
     if target.model is not None:
         return target.label, target.kind, "torch-eager", target.model
-    from mobilekd.blackbox import FileEmbedder
+    from mobilekd.runtime.file_embedder import FileEmbedder
 
     runtime = target.runtimes(compile=False)[0]
-    # the exported file through export.runtimes, exactly as export parity and a black-box teacher run it
+    # the exported file through mobilekd.runtime.runners, exactly as export parity and a black-box teacher run it
     embedder = FileEmbedder(target.path, threads or usable_cores(), runtime, target.contract)
     return target.label, target.kind, runtime, embedder
 
@@ -58,7 +59,7 @@ def evaluate(specs: list[str], data: str, split: str = "test", gallery_model: st
     import torch
 
     from mobilekd.data import load_image_set
-    from mobilekd.embed import embed_image_set
+    from mobilekd.inference import embed_image_set
 
     if threads:
         torch.set_num_threads(threads)

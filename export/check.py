@@ -20,19 +20,19 @@ import sys
 from pathlib import Path
 
 from export.common import (GATE_FAILED, ExportArgumentParser, add_parity_options, gates_from_args, load_parity,
-                           load_student, path_size, sha256_path)
-from export.contract import ModelContract
-from export.runtimes import runtimes_for
+                           load_student, path_size)
 from mobilekd.errors import MobileKDError, cli_entry
-from mobilekd.io import write_json
+from mobilekd.io import sha256_file, write_json
 from mobilekd.preprocess import Preprocess
+from mobilekd.runtime.contract import ModelContract
+from mobilekd.runtime.runners import runtimes_for
 
 
 def source_check(contract: ModelContract, against: Path) -> dict:
     """Whether the file was exported from ``against``: the sha256 of its ``model.safetensors`` next to the one
     the exporter recorded in model.json ``source.sha256`` (``matches`` None when model.json records none)."""
     recorded = (contract.source or {}).get("sha256")
-    actual = sha256_path(against / "model.safetensors")
+    actual = sha256_file(against / "model.safetensors")
     return {"recorded_sha256": recorded, "against_sha256": actual, "against": str(against),
             "matches": None if not recorded else recorded == actual}
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = runtime.open(model_file, contract, args.threads, pixels=model.preprocess)
         data = load_parity(args, model, Path(args.against), meta)
         report = compute_parity(runner, model, data, gates, embed_torch(model, data.pixels))
-    digest = sha256_path(model_file)
+    digest = sha256_file(model_file)
     if contract.model_sha256 and digest != contract.model_sha256:
         report["passed"] = False
         report.setdefault("failures", []).append(f"{model_file.name} sha256 {digest[:12]}... differs from "

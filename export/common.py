@@ -3,7 +3,7 @@
 Every exporter (``export.onnx``, ``export.tflite``, ``export.coreml``) is a ``Format``: a ``convert`` that writes
 the model file into a private work folder, its own command-line options (``add_options`` / ``read_options``,
 kept in ``ExportJob.options``: this module names no format's flag), and a ``structural_check`` for files whose
-runtime cannot run here (Core ML off macOS). The file is run through ``export.runtimes``, the one runner every
+runtime cannot run here (Core ML off macOS). The file is run through ``mobilekd.runtime.runners``, the one runner every
 consumer of exported files uses. ``run_export`` does the rest identically for all of them:
 
 1. load the checkpoint (``mobilekd.models.load_model``; wrong arch / damaged weights -> one clear error),
@@ -17,7 +17,6 @@ consumer of exported files uses. ``run_export`` does the rest identically for al
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -30,10 +29,10 @@ from typing import Callable
 
 import numpy as np
 
-from export.contract import ModelContract, TensorSpec
-from export.runtimes import runtimes_for, to_layout
 from mobilekd.errors import MobileKDError, ModelError
-from mobilekd.io import check_writable_dir, lock_folder, write_json
+from mobilekd.io import check_writable_dir, lock_folder, sha256_file, write_json
+from mobilekd.runtime.contract import ModelContract, TensorSpec
+from mobilekd.runtime.runners import runtimes_for, to_layout
 
 # --quantize value -> model.json precision
 PRECISION = {"none": "fp32", "fp32": "fp32", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}
@@ -167,20 +166,6 @@ class Format:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def sha256_path(path: Path) -> str:
-    """sha256 of a file, or of every file in a folder (relative names and contents, sorted)."""
-    digest = hashlib.sha256()
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def path_size(path: Path) -> int:
     path = Path(path)
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -240,7 +225,7 @@ def resolve_parity_data(args, checkpoint: Path, meta: dict):
 def resolve_teacher_option(args, meta: dict):
     if not args.teacher:
         return None
-    from mobilekd.teachers import resolve_teacher
+    from mobilekd.models.resolve import resolve_teacher
 
     config = meta.get("config") or {}
     size = args.teacher_size or (config.get("teacher_size") if config.get("teacher") == args.teacher else None)
@@ -342,8 +327,8 @@ def run_export(fmt: Format, args) -> int:
             model_file=result.model_file, runtime=fmt.runtime, precision=precision, input=result.input,
             output=result.output, preprocess=result.preprocess or model.preprocess, embed_dim=int(model.embed_dim),
             source={"checkpoint": str(checkpoint.resolve()), "arch": model.spec.arch,
-                    "sha256": sha256_path(checkpoint / "model.safetensors")},
-            model_sha256=sha256_path(model_path),
+                    "sha256": sha256_file(checkpoint / "model.safetensors")},
+            model_sha256=sha256_file(model_path),
             quantization={**result.quantization, "calibration": job.calib_info},
             build={"tools": tool_versions(fmt.tools), "exporter": result.exporter,
                    "notes": job.notes + result.notes, **result.build})

@@ -15,7 +15,7 @@ minimum_deployment_target=iOS16)`` to an ``.mlpackage`` with a float32 ``input``
 
 ``--image-input``: the input is a Core ML ``ImageType`` (RGB, ``1x3xHxW``; an app hands it a ``CVPixelBuffer``
 of 0..255 pixels) with ``scale = 1/127.5`` and ``bias = -1`` per channel; a per-channel student (ImageNet
-mean/std) gets its own normalisation folded into the graph (``export.normalization``), so the result is exact.
+mean/std) gets its own normalisation folded into the graph (``mobilekd.runtime.normalization``), so the result is exact.
 model.json's ``input.dtype`` is then ``"image"`` and its ``preprocess`` mean 0 / std 1 (raw pixels).
 
 Parity: Core ML runs only on macOS. On Linux the check is structural -- input/output names, shapes and dtypes,
@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from export.common import BuildResult, ExportJob, Format, export_main
-from export.contract import ModelContract, TensorSpec
-from export.normalization import FoldedNormalization, scalar_preprocess
 from export.onnx import layout_module
-from mobilekd.preprocess import Preprocess
 from mobilekd.errors import MobileKDError, cli_entry
+from mobilekd.preprocess import Preprocess
+from mobilekd.runtime.contract import ModelContract, TensorSpec
+from mobilekd.runtime.normalization import FoldedNormalization, scalar_preprocess
 
 INPUT, OUTPUT = "input", "embedding"
 NORM_OPS = ("reduce_l2_norm", "real_div", "maximum", "tile")  # F.normalize as lowered by coremltools

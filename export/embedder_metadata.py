@@ -29,8 +29,8 @@ import json
 import os
 from pathlib import Path
 
-from export.normalization import is_per_channel
 from mobilekd.errors import MobileKDError
+from mobilekd.runtime.normalization import is_per_channel
 
 INSTALL_HINT = "pip install 'mobilekd[litert]'  (adds mediapipe)"
 INPUT_NAME = "image"
@@ -303,7 +303,7 @@ def mediapipe_embeddings(model_path: Path, images, l2_normalize: bool = False, r
 
 def compare_with_mediapipe(export_dir: Path, images, threads: int = 1) -> dict:
     """Run an exported .tflite through MediaPipe's ImageEmbedder and through our LiteRT interpreter path
-    (``export.runtimes``, model.json's preprocessing) on the same pixels.
+    (``mobilekd.runtime.runners``, model.json's preprocessing) on the same pixels.
 
     ``images``: RGB PIL images. ``same_pixels``: both get ``model_pixels(image)`` (already at the input size,
     so MediaPipe's resize is the identity). ``mediapipe_resize``: MediaPipe gets the original image with the
@@ -311,9 +311,9 @@ def compare_with_mediapipe(export_dir: Path, images, threads: int = 1) -> dict:
     Pillow's antialiased bilinear resize -- what an app that hands MediaPipe camera frames gets."""
     import numpy as np
 
-    from export.contract import ModelContract
-    from export.runtimes import open_runtime
     from mobilekd.data.views import evaluation_view, normalize
+    from mobilekd.runtime.contract import ModelContract
+    from mobilekd.runtime.runners import open_runtime
 
     export_dir = Path(export_dir)
     contract = ModelContract.from_dict(json.loads((export_dir / "model.json").read_text()))
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from export.parity import choose_images
-    from mobilekd.data.datasets import load_image_set
+    from mobilekd.data.image_sets import load_image_set
 
     parser = argparse.ArgumentParser(prog="python -m export.embedder_metadata", description=main.__doc__)
     parser.add_argument("export_dir", help="a tflite export folder (model.tflite + model.json)")

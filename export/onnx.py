@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from export.common import BuildResult, ExportJob, Format, export_main
-from export.contract import TensorSpec
 from export.rounding import add_weight_rounding, file_model, read_weight_rounding
 from mobilekd.errors import MobileKDError, cli_entry
+from mobilekd.runtime.contract import TensorSpec
 
 INPUT, OUTPUT = "input", "embedding"
 

@@ -18,22 +18,13 @@ and report
   same images, each query's own image left out) and mean cosine to the teacher -- only when the dims match;
   otherwise the report says why it does not apply and gives the teacher's own Recall@1 for context.
 
-Gates (mean cosine and Recall@1 from issue #5, top-10 overlap and noise-to-spread from issue #14; all
-configurable on the command line):
-
-    precision  mean cosine  Recall@1 drop (points)  top-10 overlap  noise-to-spread
-    fp32       >= 0.9999    --                      >= 0.98         <= 1e-4
-    fp16       >= 0.999     --                      >= 0.85         <= 0.002
-    dynamic    >= 0.99      <= 1.0                  >= 0.4          <= 0.05
-    int8       >= 0.99      <= 1.0                  >= 0.4          <= 0.05
-
-plus an optional minimum per-image cosine (``--min-cos``). Mean cosine alone is not enough: when a student's
-embeddings crowd together, an error that keeps cosine at 0.99 to the float output still reorders every
-neighbour (issue #14: an int8 file at mean cos 0.9905 kept 15 % of each image's top-10 neighbours). The
-overlap and noise-to-spread defaults come from files that are good for search
-(``benchmarks/results/gate_defaults.md``). Non-finite outputs always fail. A gate whose metric could not be
-computed (Recall@1 on unlabeled data) or means nothing (top-10 overlap on so few images that any two lists
-agree past the gate) is reported as skipped, never as passed silently.
+Gates: mean cosine, Recall@1 drop, top-10 neighbour overlap, noise-to-spread, optionally a minimum per-image
+cosine (``--min-cos``); all configurable on the command line, their defaults per precision are ``DEFAULT_GATES``
+(the one place they are written). Mean cosine alone is not enough: when a student's embeddings crowd together,
+an error that keeps cosine at 0.99 still reorders neighbours (issue #14; ``benchmarks/results/gate_defaults.md``).
+Non-finite outputs always fail. A gate whose metric could not be computed (Recall@1 on unlabeled data) or means
+nothing (top-10 overlap on so few images that any two lists agree past the gate) is reported as skipped, never
+as passed silently.
 """
 
 from __future__ import annotations
@@ -46,8 +37,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mobilekd.data.dataset import unreadable_error
-from mobilekd.data.datasets import ImageSet, load_image_set, unreadable_reason
+from mobilekd.data.image_sets import ImageSet, load_image_set, unreadable_reason
+from mobilekd.data.view_dataset import unreadable_error
 from mobilekd.data.views import render_evaluation
 from mobilekd.errors import DataError, MobileKDError
 from mobilekd.metrics import nearest_neighbors, retrieval_metrics
@@ -70,11 +61,8 @@ class Gates:
         return asdict(self)
 
 
-# The neighbour and noise-to-spread defaults come from measured files (benchmarks/results/gate_defaults.md):
-# good files kept top-10 overlap >= 1.000 (fp32), >= 0.920 (fp16), >= 0.539 (int8 / dynamic, CUB students),
-# while int8 files of a weak Omniglot student that the cosine gate passed kept 0.15-0.33 of their neighbours.
-# Noise-to-spread of good files: 0 (fp32), <= 1.4e-4 (fp16); int8 files that reorder neighbours reached 0.046
-# and 0.058, a collapsed student 0.25 -- the int8 bound is a backstop, the overlap gate the main judge.
+# The default gates per precision: the one definition (the neighbour and noise-to-spread values come from
+# measured files: benchmarks/results/gate_defaults.md).
 DEFAULT_GATES = {
     "fp32": Gates(0.9999, min_topk_overlap=0.98, max_noise_ratio=1e-4),
     "fp16": Gates(0.999, min_topk_overlap=0.85, max_noise_ratio=0.002),
@@ -252,7 +240,7 @@ def load_parity_data(data: str, preprocess: Preprocess, limit: int, split: str =
     labels = images.labels if images.labeled else None
     teacher_embeddings = None
     if teacher is not None:
-        from mobilekd.embed import embed_image_set
+        from mobilekd.inference import embed_image_set
 
         teacher_embeddings = np.asarray(embed_image_set(teacher, images, progress=False), dtype=np.float32)
     return ParityData(render_images(images, preprocess), labels, f"{data} ({split} split, {len(images)} images)",

@@ -22,11 +22,11 @@ Route (see ../shared/notes/export.md section 3):
   (litert-torch's PT2E quantizer is the alternative int8 route; measured worse on embedding fidelity and not
   kept -- see benchmarks/results/export_parity.md.)
 * NHWC files with float32 input (every precision unless ``--integer-io``) of a per-channel student take
-  ``(pixel - 127.5) / 127.5`` with the student's own normalisation folded into the graph (``export.normalization``), so MediaPipe's Image Embedder, which allows
+  ``(pixel - 127.5) / 127.5`` with the student's own normalisation folded into the graph (``mobilekd.runtime.normalization``), so MediaPipe's Image Embedder, which allows
   one scalar mean/std only, can load them; ``--keep-normalization`` keeps the student's input. Their
   MediaPipe metadata is written by ``export.embedder_metadata``.
 
-Parity runs the file through ``export.runtimes`` (``litert-xnnpack``: the ``ai_edge_litert`` interpreter).
+Parity runs the file through ``mobilekd.runtime.runners`` (``litert-xnnpack``: the ``ai_edge_litert`` interpreter).
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from export.common import BuildResult, ExportJob, Format, export_main
-from export.contract import TensorSpec
-from export.normalization import FoldedNormalization, is_per_channel, renormalize, same_normalization, scalar_preprocess
 from export.onnx import add_float_convs, float_convs_hint, read_float_convs
 from export.rounding import add_weight_rounding, file_model, read_weight_rounding
-from export.runtimes import to_layout
 from mobilekd.errors import MobileKDError, cli_entry
+from mobilekd.runtime.contract import TensorSpec
+from mobilekd.runtime.normalization import FoldedNormalization, is_per_channel, renormalize, same_normalization, scalar_preprocess
+from mobilekd.runtime.runners import to_layout
 
 SIGNATURE = "serving_default"
 
@@ -62,7 +62,7 @@ def _quiet_litert():
 def file_preprocess(job: ExportJob):
     """The input normalisation of the file: the model's own, or -- for an NHWC file with float32 input of a
     per-channel student, unless ``--keep-normalization`` -- the scalar (127.5, 127.5) with the model's folded in
-    (``export.normalization``; MediaPipe's Image Embedder accepts only one mean/std)."""
+    (``mobilekd.runtime.normalization``; MediaPipe's Image Embedder accepts only one mean/std)."""
     pre = job.model.preprocess
     keep, integer_io = job.options.get("keep_normalization", False), job.options.get("integer_io", False)
     if keep or job.layout != "NHWC" or integer_io or not is_per_channel(pre.mean, pre.std):
@@ -100,12 +100,10 @@ def signature_input(path: Path) -> tuple[str, str]:
 def calibrate_min_max(qt, fp32: Path, samples: list[np.ndarray], threads: int = 1) -> dict:
     """Calibration ranges: the global min/max of every tensor over ``samples`` (batch-1 inputs).
 
-    Why not ``Quantizer.calibrate`` over the whole list: it merges per-sample ranges with a moving average
-    (``qsv_utils.moving_average_update``, smoothing 0.95), so with batch-1 images each range follows the last ~20
-    images and clips activations of the rest -- a loss that more bits do not cure. Measured on the CUB students
-    (benchmarks/results/int8_sensitivity_cub*.md): mean cosine 0.9925 -> 0.9961 (1280-d) and 0.9762 -> 0.9797
-    (128-d) with global min/max, the statistic ONNX Runtime's MinMax calibrator uses. Each sample is calibrated on its own
-    and the ranges merged with the quantizer's own ``qsv_utils.min_max_update``."""
+    Not ``Quantizer.calibrate`` over the whole list: it merges per-sample ranges with a moving average, so with
+    batch-1 images each range follows the last ~20 images and clips the rest (measurements:
+    benchmarks/results/int8_sensitivity_cub*.md). Global min/max is ONNX Runtime's MinMax statistic; each sample
+    is calibrated on its own and the ranges merged with the quantizer's own ``qsv_utils.min_max_update``."""
     from ai_edge_quantizer.utils import qsv_utils
 
     key, name = signature_input(fp32)
@@ -162,7 +160,7 @@ def int8_recipe(qt, job: ExportJob, fp32: Path) -> dict:
     if not job.options.get("integer_io", False):
         for boundary in ("INPUT", "OUTPUT"):
             qt.update_quantization_recipe(regex=".*", operation_name=boundary, algorithm_key=AlgorithmName.NO_QUANTIZE)
-        # the folded normalisation (export.normalization) runs before the QUANTIZE op, in float, so the int8
+        # the folded normalisation (mobilekd.runtime.normalization) runs before the QUANTIZE op, in float, so the int8
         # graph sees exactly what the unfolded int8 file would (its own ops, not the wrapped model's)
         folded = keep_float(qt, [o for o in ops if f"{FoldedNormalization.__name__}_wrapped;" in o[1]])
         io_kind = "float32 input and output" + (f" ({folded} normalisation ops in float)" if folded else "")

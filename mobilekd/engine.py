@@ -32,23 +32,22 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mobilekd.cache import TeacherCache, expected_manifest
 from mobilekd.config import Config
-from mobilekd.data.dataset import ViewDataset, check_readable
-from mobilekd.data.datasets import ImageSet, load_image_set
+from mobilekd.data.image_sets import ImageSet, load_image_set
 from mobilekd.data.sampler import PKBatchSampler
+from mobilekd.data.view_dataset import ViewDataset, check_readable
 from mobilekd.data.views import Degradation
 from mobilekd.distributed import Context, ShardedBatchSampler, init_from_env
-from mobilekd.embed import embed_image_set
 from mobilekd.errors import MobileKDError
-from mobilekd.features import parse_layer_pairs
+from mobilekd.inference import embed_image_set
 from mobilekd.io import atomic_path, check_writable_dir, lock_folder, unlock_folder, write_json
 from mobilekd.losses import LossContext, get_loss
 from mobilekd.metrics import retrieval_metrics
-from mobilekd.models import EmbeddingNet, save_model
-from mobilekd.teachers import resolve_model, resolve_teacher, teacher_dim
+from mobilekd.models import EmbeddingNet, parse_layer_pairs, save_model
+from mobilekd.models.resolve import resolve_model, resolve_teacher, teacher_dim
+from mobilekd.teacher_cache import TeacherCache, expected_manifest
 from mobilekd.threads import set_threads
-from mobilekd.weight_selection import initialise_from
+from mobilekd.weights.selection import initialise_from
 
 STATE_FILE = "train_state.pt"
 # options that must not change between a run and its --resume
@@ -173,7 +172,7 @@ class Trainer:
             return resolve_model(c.student, c.embed_dim, c.student_size, c.pretrained, c.head_bn)
         if Path(c.student).exists():
             raise MobileKDError("--student-weights needs --student to name an architecture, not a checkpoint folder")
-        from mobilekd.weights import student_with_weights
+        from mobilekd.weights.from_file import student_with_weights
 
         student, self.student_source = student_with_weights(c.student_weights, c.student, c.embed_dim, c.student_size,
                                                             c.head_bn, c.data, self.threads)
@@ -193,7 +192,7 @@ class Trainer:
     def _unfold_batchnorm(self) -> None:
         """Folded BatchNorm (imported weights) -> running statistics of real training images, function
         unchanged (``mobilekd.bn_unfold``); train-mode BN then starts where ImageNet left it."""
-        from mobilekd.bn_unfold import unfold_batchnorm
+        from mobilekd.weights.bn_unfold import unfold_batchnorm
 
         c = self.config
         count = min(BN_UNFOLD_IMAGES, len(self.train_set))

@@ -1,12 +1,8 @@
-"""How many CPU threads a run uses when the user does not say (``--threads 0``).
+"""How many CPU threads a run uses when the user does not say (``--threads 0``), and the usable cores.
 
-torch's default is one OpenMP thread per core. On a machine where another process keeps a core busy, every
-parallel region then waits at its barrier for the thread that shares the busy core: measured on the 2-core
-CI machine, one ``while True: pass`` beside ``make demo`` made its epochs 7-10x slower
-(``benchmarks/results/shared_machine.md``). The default here counts the cores that are idle when the run
-starts (sampled from ``/proc/stat`` over a fraction of a second) and uses that many threads, at least one,
-at most the usable cores. On a quiet machine that is torch's default; with half the machine taken it is
-half the threads, and the run keeps the speed of the cores it has. An explicit ``--threads N`` always wins.
+With one OpenMP thread per core, every parallel region waits for the thread that shares a core another process
+keeps busy (``benchmarks/results/shared_machine.md``). So the default counts the cores idle when the run starts
+(sampled from ``/proc/stat``), at least one, at most the usable cores. An explicit ``--threads N`` always wins.
 """
 
 from __future__ import annotations

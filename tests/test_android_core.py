@@ -53,8 +53,8 @@ def _sample_images() -> dict[str, Image.Image]:
 
 
 def _contracts(model):
-    from export.contract import ModelContract, TensorSpec
     from mobilekd.preprocess import TF_LITE_MEAN, TF_LITE_STD, Preprocess
+    from mobilekd.runtime.contract import ModelContract, TensorSpec
 
     sha = "0" * 64
     source = {"checkpoint": "golden", "arch": "mobilenetv1_025", "sha256": sha}
@@ -205,8 +205,8 @@ def test_jvm_core_reproduces_python_golden_vectors(tmp_path):
 
 
 def test_kotlin_reader_fields_match_export_contract():
-    from export import contract as C
     from mobilekd.preprocess import Preprocess
+    from mobilekd.runtime import contract as C
 
     proc = _run("fields")
     assert proc.returncode == 0, proc.stdout + proc.stderr

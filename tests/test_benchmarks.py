@@ -46,8 +46,8 @@ def tiny_models(tmp_path_factory):
     """A tiny checkpoint and its .onnx / .tflite exports, each with a model.json contract."""
     import torch
 
-    from export.contract import ModelContract, TensorSpec
     from mobilekd.models import create_model, save_model
+    from mobilekd.runtime.contract import ModelContract, TensorSpec
 
     base = tmp_path_factory.mktemp("bench_models")
     torch.manual_seed(0)
@@ -117,7 +117,7 @@ def test_latency_structure_per_runtime(latency_result, tiny_models):
 
 @pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_torch_compile_runner_or_clear_reason(tiny_models):
-    from benchmarks.runtimes import NotRunnable, load_target, make_runner
+    from benchmarks.targets import NotRunnable, load_target, make_runner
 
     target = load_target(tiny_models["checkpoint"])
     assert target.runtimes(compile=True) == ["torch-eager", "torch-compile"]
@@ -131,7 +131,7 @@ def test_torch_compile_runner_or_clear_reason(tiny_models):
 
 @pytest.mark.slow  # default-run budget (issue 14): covered in make test-slow
 def test_exported_runners_agree_with_checkpoint(tiny_models):
-    from benchmarks.runtimes import load_target, make_runner
+    from benchmarks.targets import load_target, make_runner
 
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     reference = make_runner(load_target(tiny_models["checkpoint"]), "torch-eager", 1).run_batch(x)
@@ -144,8 +144,8 @@ def test_exported_runners_agree_with_checkpoint(tiny_models):
 
 
 def test_int8_quantize_roundtrip():
-    from export.contract import dequantize as _dequantize, quantize as _quantize
-    from export.runtimes import qparams
+    from mobilekd.runtime.contract import dequantize as _dequantize, quantize as _quantize
+    from mobilekd.runtime.runners import qparams
 
     scale, zero = qparams((0.05, -3)).values()
     q = _quantize(np.array([-1.0, 0.0, 1.0, 100.0], np.float32), scale, zero, np.int8)

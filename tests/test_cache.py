@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from mobilekd.cache import TeacherCache, expected_manifest
 from mobilekd.config import Config
 from mobilekd.data import ViewDataset, load_image_set
 from mobilekd.embed import main as embed_main
 from mobilekd.engine import Trainer
 from mobilekd.errors import MobileKDError
-from mobilekd.teachers import resolve_teacher
+from mobilekd.models.resolve import resolve_teacher
+from mobilekd.teacher_cache import TeacherCache, expected_manifest
 
 
 def _cache_args(data, cache, *extra):
@@ -60,7 +60,7 @@ def test_killed_build_resumes_and_matches_a_fresh_build(folder_dataset, tmp_path
     data = {"path": str(folder_dataset)}
     fresh = TeacherCache.build(tmp_path / "fresh", teacher, dataset, 2, data, chunk=5, progress=False)
 
-    import mobilekd.cache as cache_module
+    import mobilekd.teacher_cache as cache_module
 
     calls = {"n": 0}
     real = cache_module.embed_views

@@ -6,7 +6,7 @@ import pytest
 from conftest import SHARED, make_image
 
 from mobilekd.data import PKBatchSampler, ViewDataset, ViewSampler, load_image_set
-from mobilekd.data.datasets import read_unlabeled
+from mobilekd.data.image_sets import read_unlabeled
 from mobilekd.errors import DataError
 from mobilekd.preprocess import Preprocess
 
@@ -210,7 +210,7 @@ def test_training_evaluation_and_parity_embed_the_same_evaluation_view(folder_da
     import torch
 
     from export.parity import render_images
-    from mobilekd.embed import embed_image_set
+    from mobilekd.inference import embed_image_set
 
     class Pixels:  # a "model" whose embedding is its input
         def __init__(self, preprocess):

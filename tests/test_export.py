@@ -56,8 +56,8 @@ def test_distill_then_export_int8_passes_its_parity_gates_and_check(workspace, t
     """The user's path in one test of the default run: ``mobilekd.distill`` (EfficientNet-Lite0 teacher, a few
     steps) -> ``export.onnx --quantize int8``, calibrated on the run's training split and
     measured on its test split -> ``export.check`` of the published file against the run's checkpoint."""
-    from export.common import sha256_path
     from mobilekd.distill import main as distill_main
+    from mobilekd.io import sha256_file
 
     student = tmp_path / "student"
     assert distill_main(["--data", str(workspace["data"]), "--out", str(student), "--student-size", str(SIZE),
@@ -73,7 +73,7 @@ def test_distill_then_export_int8_passes_its_parity_gates_and_check(workspace, t
                "--max-r1-drop", 100, "--out", out) == 0
     info = manifest(out)
     assert info["precision"] == "int8" and info["embed_dim"] == 16
-    assert info["source"]["sha256"] == sha256_path(student / "model.safetensors")
+    assert info["source"]["sha256"] == sha256_file(student / "model.safetensors")
     assert "train split" in info["quantization"]["calibration"]["source"]
     parity = info["parity"]
     assert parity["passed"] and "forced" not in parity and parity["images"] == 12  # the 3 test-split classes
@@ -89,8 +89,8 @@ def test_distill_then_export_int8_passes_its_parity_gates_and_check(workspace, t
 def test_int8_outputs_are_renormalised_before_search():
     """A dequantized int8 embedding is not unit-norm; searching with the raw vectors ranks by norm error
     (measured: Recall@1 25.0 -> 6.2 on a 1280-d CUB student), so the runner renormalises them."""
-    from export.runtimes import dequantize_output
-    from export.contract import TensorSpec
+    from mobilekd.runtime.contract import TensorSpec
+    from mobilekd.runtime.runners import dequantize_output
 
     spec = TensorSpec("embedding", [1, 4], "int8", quantization={"scale": 0.1, "zero_point": 0}, l2_normalized=True)
     out = dequantize_output(np.array([[3, 4, 0, 0], [1, 0, 0, 0]], np.int8), spec)
@@ -196,10 +196,10 @@ def test_onnx_fp32_int8_and_check(workspace, capsys):
     parity = info["parity"]
     assert parity["passed"] and parity["vs_float"]["min_cos"] > 0.9999 and parity["vs_float"]["r1_drop"] == 0
     assert parity["vs_teacher"]["applicable"] and "cross_r1_exported" in parity["vs_teacher"]
-    from export.common import sha256_path
+    from mobilekd.io import sha256_file
 
-    assert info["model_sha256"] == sha256_path(out / "model.onnx")
-    assert info["source"]["sha256"] == sha256_path(ckpt / "model.safetensors")
+    assert info["model_sha256"] == sha256_file(out / "model.onnx")
+    assert info["source"]["sha256"] == sha256_file(ckpt / "model.safetensors")
     assert "onnxruntime" in info["build"]["tools"]
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     assert session.run(None, {"input": np.zeros((1, 3, SIZE, SIZE), np.float32)})[0].shape == (1, DIM)
@@ -306,13 +306,13 @@ def test_one_runner_for_parity_recall_and_black_box_teacher(workspace, exported)
     student's per-channel normalisation into its graph, so parity converts its pixels first (float rounding
     only); every other route feeds the contract's own pixels: bit-identical."""
     from benchmarks.recall import make_embedder
-    from export.contract import ModelContract
     from export.parity import render_images
-    from export.runtimes import runtimes_for
     from mobilekd.data import load_image_set
-    from mobilekd.embed import embed_image_set
+    from mobilekd.inference import embed_image_set
     from mobilekd.models import load_model
-    from mobilekd.teachers import resolve_teacher
+    from mobilekd.models.resolve import resolve_teacher
+    from mobilekd.runtime.contract import ModelContract
+    from mobilekd.runtime.runners import runtimes_for
 
     root, ckpt = workspace["root"], workspace["ckpt"]
     model = load_model(ckpt).eval()
@@ -496,8 +496,8 @@ def test_coreml_image_input_structural(workspace):
 def test_folded_normalization_is_exact():
     """The graph the image-input / MediaPipe exports contain: scalar-normalised pixels in, the student's
     per-channel normalisation applied inside -- the same embedding as the student on its own inputs."""
-    from export.normalization import FoldedNormalization, scalar_preprocess
     from mobilekd.preprocess import Preprocess
+    from mobilekd.runtime.normalization import FoldedNormalization, scalar_preprocess
 
     torch.manual_seed(0)
     student = create_model("mobilenetv1_025", embed_dim=16, size=SIZE).eval()

@@ -60,7 +60,7 @@ def manifest(folder: Path) -> dict:
 
 
 def images(workspace) -> list:
-    from mobilekd.data.datasets import load_image_set
+    from mobilekd.data.image_sets import load_image_set
 
     subset = load_image_set(str(workspace["data"]), "all")
     return [subset.load_image(i) for i in range(len(subset))]
@@ -76,7 +76,7 @@ def metadata_of(folder: Path) -> dict | None:
 
 
 def test_metadata_holds_the_checkpoints_mean_std(workspace, capsys):
-    from export.common import sha256_path
+    from mobilekd.io import sha256_file
 
     folder = export(workspace, "imagenet", "imagenet-fp32-kept", "--keep-normalization")
     info = manifest(folder)
@@ -88,7 +88,7 @@ def test_metadata_holds_the_checkpoints_mean_std(workspace, capsys):
     record = info["build"]["mediapipe_metadata"]
     assert record["embedded"] is True and record["norm_mean"] == list(IMAGENET_MEAN)
     # the contract's sha256 is of the final file, metadata included, and parity ran on that file
-    assert info["model_sha256"] == sha256_path(folder / "model.tflite") and info["parity"]["passed"]
+    assert info["model_sha256"] == sha256_file(folder / "model.tflite") and info["parity"]["passed"]
     # MediaPipe cannot use per-channel normalisation: model.json says so ...
     assert record["image_embedder"] is False and "Per-channel" in record["image_embedder_reason"]
     assert "refuses per-channel" in capsys.readouterr().out
@@ -274,9 +274,9 @@ def test_mediapipe_image_embedder_matches_litert(workspace, exported, student, o
 def test_mediapipe_head_name_and_a_wrong_model_is_caught(workspace):
     """The comparison can fail: another student's file through MediaPipe is far from this one's."""
     from export.embedder_metadata import mediapipe_embeddings, model_pixels
-    from export.runtimes import open_runtime
-    from export.contract import ModelContract
     from mobilekd.data.views import normalize
+    from mobilekd.runtime.contract import ModelContract
+    from mobilekd.runtime.runners import open_runtime
 
     folder = workspace["root"] / "scalar-none"
     if not folder.exists():

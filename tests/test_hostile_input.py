@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from mobilekd.config import Config
-from mobilekd.data.datasets import load_image_set
+from mobilekd.data.image_sets import load_image_set
 from mobilekd.distill import main as distill_main
 from mobilekd.engine import Trainer
 from mobilekd.errors import MobileKDError

@@ -11,7 +11,7 @@ from mobilekd.config import Config
 from mobilekd.distill import main as distill_main
 from mobilekd.errors import MobileKDError
 from mobilekd.losses import Option, get_loss, loss_specs, register_loss, unregister_loss
-from mobilekd.losses.relative import pairwise_distances
+from mobilekd.losses.distances import pairwise_distances
 
 # every loss key a config file or a script could hold before the registry existed (README's losses table)
 OLD_LOSS_KEYS = {"metric_loss": "triplet", "metric_weight": 0.5, "absolute_weight": 2.0, "absolute_squared": True,

@@ -6,7 +6,7 @@ from PIL import Image
 from mobilekd.data.views import center_view, render
 from mobilekd.errors import ModelError
 from mobilekd.models import (STUDENTS, build_backbone, create_model, default_preprocess, load_model, save_model)
-from mobilekd.teachers import resolve_teacher
+from mobilekd.models.resolve import resolve_teacher
 
 
 def _imagenet_top1(model, image: np.ndarray, arch: str) -> int:
@@ -26,7 +26,7 @@ def test_efficientnet_lite0_imagenet_weights_classify_real_photos():
 
 def test_lite_weights_are_cached_as_safetensors(tmp_path, monkeypatch):
     monkeypatch.setenv("MOBILEKD_CACHE", str(tmp_path))
-    from mobilekd.weights import load_efficientnet_lite
+    from mobilekd.models.pretrained import load_efficientnet_lite
 
     first = load_efficientnet_lite("efficientnet_lite0")
     assert (tmp_path / "efficientnet_lite0_imagenet.safetensors").is_file()

@@ -1,10 +1,10 @@
-"""export.runtimes: a new runtime is one registered class, and every consumer of exported files picks it up."""
+"""mobilekd.runtime.runners: a new runtime is one registered class, and every consumer of exported files picks it up."""
 
 import numpy as np
 import pytest
 
-from export.contract import TensorSpec
-from export.runtimes import RUNTIMES, Runner, open_runtime, register_runtime
+from mobilekd.runtime.contract import TensorSpec
+from mobilekd.runtime.runners import RUNTIMES, Runner, open_runtime, register_runtime
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_a_new_runtime_is_one_entry(linear_runtime, tmp_path, folder_dataset):
 
 
 def test_an_unavailable_runtime_says_how_to_install_it(tmp_path):
-    from export.runtimes import NotRunnable, get_runtime
+    from mobilekd.runtime.runners import NotRunnable, get_runtime
 
     coreml = get_runtime("coreml")
     reason = coreml.why_unavailable()

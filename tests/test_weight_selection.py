@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 from mobilekd.distill import main as distill_main
 from mobilekd.errors import ModelError
 from mobilekd.models import build_backbone, create_model, load_model, save_model
-from mobilekd.weight_selection import initialise_from, select_weights, selection_indices
-from mobilekd.weight_selection import main as selection_main
+from mobilekd.weights.selection import initialise_from, select_weights, selection_indices
+from mobilekd.weights.selection import main as selection_main
 
 
 def lite(width: float):

@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import SHARED
-from mobilekd.bn_unfold import unfold_batchnorm
 from mobilekd.config import Config
 from mobilekd.engine import Trainer
 from mobilekd.errors import ModelError
 from mobilekd.models import ASSETS, SHIPPED_WEIGHTS, create_model, load_model
 from mobilekd.weights import import_tflite, main as weights_main
+from mobilekd.weights.bn_unfold import unfold_batchnorm
 
 WEIGHTS = os.path.join(SHARED, "weights")
 needs_weights = pytest.mark.skipif(
@@ -208,9 +208,9 @@ def test_student_weights_tflite_in_a_short_run_unfolds_bn_once(round_trip, folde
     assert meta["spec"]["arch"] == "tf_mobilenetv1_025" and meta["spec"]["bn_folded"] is False
     assert meta["bn_unfolded"]["images"] > 0 and meta["student_weights"]["self_check"]["passed"]
     # a resumed run restores the unfolded weights and does not unfold again
-    import mobilekd.bn_unfold
+    import mobilekd.weights.bn_unfold
 
-    monkeypatch.setattr(mobilekd.bn_unfold, "unfold_batchnorm", lambda *a, **k: pytest.fail("unfolded twice"))
+    monkeypatch.setattr(mobilekd.weights.bn_unfold, "unfold_batchnorm", lambda *a, **k: pytest.fail("unfolded twice"))
     resumed = Trainer(_train_config(folder_dataset, out, student_weights=str(path), epochs=2, resume=True))
     assert resumed.start_epoch == 1 and not resumed.student.spec.bn_folded
     resumed.run()
@@ -282,10 +282,10 @@ def test_real_width_mismatch_and_missing_quantisation(tmp_path, capsys):
 
 def test_a_float_file_that_fails_the_self_check_writes_nothing(round_trip, folder_dataset, tmp_path, monkeypatch,
                                                                capsys):
-    import mobilekd.tflite_check
+    import mobilekd.weights.tflite_check
 
     _, path = round_trip
-    monkeypatch.setattr(mobilekd.tflite_check, "compare", lambda *a, **k: {
+    monkeypatch.setattr(mobilekd.weights.tflite_check, "compare", lambda *a, **k: {
         "images": 3, "mean_cosine": 0.99, "min_cosine": 0.98, "top1_agreement": 2 / 3})
     out = tmp_path / "never"
     assert weights_main(["import", str(path), "--arch", "mobilenetv1_025", "--out", str(out),

@@ -6,7 +6,7 @@ Compatible Ensembles" (arXiv 2303.17531, WACV 2024; no official code, see ../sha
 one module per concern, each with its formulas:
 
 * ``gallery``: one model's embeddings of a data split, computed or read from an ``.npz`` (through
-  ``mobilekd.blackbox.PrecomputedEmbeddings``), matched to the data set by image id.
+  ``mobilekd.data.embeddings_npz.PrecomputedEmbeddings``), matched to the data set by image id.
 * ``transform``: the gallery -> query embedding transformations (linear or 2-layer MLP) and their fitting loop.
 * ``ensembling``: the ensemble gallery, per-image uncertainty, and the gallery-rejection curve.
 * ``workflows``: ``fit``, ``evaluate``, ``upgrade_check`` (BCT-style backward compatibility) and
@@ -28,7 +28,6 @@ files with arrays ``keys`` and ``embeddings`` (``labels`` optional) -- e.g. writ
 expensive gallery models are embedded once.
 """
 
-from mobilekd.blackbox import check_embeddings
 from mobilekd.compat.cli import build_parser, main
 from mobilekd.compat.ensembling import (DEFAULT_REJECT, ensemble, metrics_with_gallery_subset, rejection_curve,
                                       rejection_order, uncertainty)
@@ -39,6 +38,7 @@ from mobilekd.compat.transform import (COMPAT_FORMAT, HEADS, EmbeddingTransform,
                                        compat_loss, fit_transform, load_transform, make_transform, save_transform)
 from mobilekd.compat.workflows import (MANIFEST, absolute_projection, evaluate, fit, read_manifest, teacher_check,
                                        upgrade_check)
+from mobilekd.data.embeddings_npz import check_embeddings
 
 __all__ = [
     "COMPAT_FORMAT", "DEFAULT_REJECT", "HEADS", "MANIFEST", "EmbeddingSet", "EmbeddingTransform", "FitConfig",

@@ -26,10 +26,12 @@ def _fractions(text: str) -> list[float]:
     return values
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from mobilekd import compat
+DESCRIPTION = ("Compatible embeddings: asymmetric retrieval, cross-model compatible ensembles, gallery rejection, "
+               "upgrades.")
 
-    parser = argparse.ArgumentParser(prog="python -m mobilekd.compat", description=compat.__doc__.split("\n\n")[0])
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mobilekd.compat", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p, split):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mobilekd.blackbox import check_embeddings
+from mobilekd.data.embeddings_npz import check_embeddings
 from mobilekd.errors import MobileKDError
 from mobilekd.metrics import retrieval_metrics
 

@@ -2,7 +2,7 @@
 
 An ``.npz`` embedding file holds arrays ``keys`` [N] (the data set's image ids), ``embeddings`` [N, D] and
 optionally ``labels`` [N] and ``meta`` (JSON: the model, data, split and size it came from). It is read by
-``mobilekd.blackbox.PrecomputedEmbeddings`` -- the reader black-box teachers use -- and validated by
+``mobilekd.data.embeddings_npz.PrecomputedEmbeddings`` -- the reader black-box teachers use -- and validated by
 ``check_keyed_embeddings``, so a file a teacher accepts is a file compat accepts. Embeddings are matched to the
 data set by image id; a file lacking ids, holding duplicates, or rows/ids of different counts is an error.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilekd.blackbox import PrecomputedEmbeddings, check_keyed_embeddings
+from mobilekd.data.embeddings_npz import PrecomputedEmbeddings, check_keyed_embeddings
 from mobilekd.errors import MobileKDError
 from mobilekd.io import atomic_path
 
@@ -87,8 +87,8 @@ def embed_model(spec: str, images, size: int | None = None, threads: int | None 
         return select_images(read_embedding_file(spec), images.keys)
     import torch
 
-    from mobilekd.embed import embed_image_set
-    from mobilekd.teachers import resolve_teacher
+    from mobilekd.inference import embed_image_set
+    from mobilekd.models.resolve import resolve_teacher
 
     if threads:
         torch.set_num_threads(threads)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilekd.blackbox import check_embeddings
+from mobilekd.data.embeddings_npz import check_embeddings
 from mobilekd.errors import MobileKDError
 from mobilekd.io import atomic_path, write_json
 

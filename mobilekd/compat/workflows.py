@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilekd.blackbox import check_embeddings
 from mobilekd.compat.ensembling import DEFAULT_REJECT, ensemble, rejection_curve, uncertainty
 from mobilekd.compat.gallery import check_aligned, embed_model, load_split
 from mobilekd.compat.report import format_fit, write_markdown
 from mobilekd.compat.transform import COMPAT_FORMAT, FitConfig, apply_transform, fit_transform, load_transform, \
     save_transform
+from mobilekd.data.embeddings_npz import check_embeddings
 from mobilekd.errors import MobileKDError
 from mobilekd.io import write_json
 from mobilekd.metrics import retrieval_metrics

@@ -17,26 +17,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mobilekd.losses.distances import off_diagonal, pairwise_distances
 from mobilekd.losses.registry import Option, register_loss
 
 REDUCTIONS = ("frobenius", "mean_sq", "mean_abs")
-
-
-def check_embedding_pair(student: torch.Tensor, teacher: torch.Tensor, loss_name: str) -> None:
-    """The shape checks every (student, teacher) batch loss needs, with one clear message each."""
-    if student.dim() != 2 or teacher.dim() != 2:
-        raise ValueError(f"expected student [N, Ds] and teacher [N, Dt], got {tuple(student.shape)} "
-                         f"and {tuple(teacher.shape)}")
-    if len(student) != len(teacher):
-        raise ValueError(f"student and teacher batch sizes differ: {len(student)} vs {len(teacher)}")
-    if len(student) < 2:
-        raise ValueError(f"{loss_name} needs at least 2 embeddings in the batch, got {len(student)}")
-
-
-def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
-    squared = x.pow(2).sum(dim=1)
-    d2 = squared[:, None] + squared[None, :] - 2.0 * (x @ x.t())
-    return d2.clamp_min(1e-12).sqrt()
 
 
 @register_loss("relative", inputs="embeddings", help="relative teacher loss (Yu et al. 2019)",
@@ -53,6 +37,5 @@ class RelativeTeacherLoss(nn.Module):
         difference = pairwise_distances(student) - pairwise_distances(teacher.detach())
         if self.reduction == "frobenius":
             return difference.pow(2).sum().clamp_min(1e-12).sqrt()
-        off_diagonal = ~torch.eye(len(student), dtype=torch.bool, device=student.device)
-        difference = difference[off_diagonal]
+        difference = difference[off_diagonal(len(student), student.device)]
         return difference.pow(2).mean() if self.reduction == "mean_sq" else difference.abs().mean()

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobilekd.losses.distances import check_embedding_pair, off_diagonal, pairwise_distances
 from mobilekd.losses.registry import register_loss
-from mobilekd.losses.relative import check_embedding_pair, pairwise_distances
 
 
 def _check(student: torch.Tensor, teacher: torch.Tensor) -> None:
@@ -45,9 +45,9 @@ def _check(student: torch.Tensor, teacher: torch.Tensor) -> None:
 
 def normalized_distances(x: torch.Tensor) -> torch.Tensor:
     """psi_D: N x N Euclidean distances (zero diagonal) divided by their mean over the pairs i != j."""
-    off_diagonal = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
-    distances = pairwise_distances(x) * off_diagonal
-    return distances / distances[off_diagonal].mean().clamp_min(1e-12)
+    mask = off_diagonal(len(x), x.device)
+    distances = pairwise_distances(x) * mask
+    return distances / distances[mask].mean().clamp_min(1e-12)
 
 
 def triplet_angles(x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ import kotlin.math.abs
 
 /**
  * The field names and values of model.json (format `mobilekd-export/1`), mirrored from the Python side's
- * `export/contract.py` (the source of truth). `tests/test_android_core.py` compares these lists with the
+ * `mobilekd/runtime/contract.py` (the source of truth). `tests/test_android_core.py` compares these lists with the
  * Python definitions through the CLI (`Cli.kt`, command `fields`), so a field added on one side only fails CI.
  */
 object ContractFields {

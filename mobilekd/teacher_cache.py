@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mobilekd.blackbox import PrecomputedEmbeddings
-from mobilekd.data.dataset import ViewDataset
-from mobilekd.data.datasets import ImageSet
-from mobilekd.embed import embed_views
+from mobilekd.data.embeddings_npz import PrecomputedEmbeddings
+from mobilekd.data.image_sets import ImageSet
+from mobilekd.data.view_dataset import ViewDataset
 from mobilekd.distributed import Context
 from mobilekd.errors import MobileKDError
-from mobilekd.io import write_json
+from mobilekd.inference import embed_views
+from mobilekd.io import sha256_file, write_json
 
 FORMAT = "mobilekd-teacher-cache/1"
 MANIFEST = "manifest.json"
@@ -54,10 +54,7 @@ def teacher_identity(teacher) -> tuple[str, str]:
         specs = teacher.spec if isinstance(teacher.spec, list) else [teacher.spec]
         return json.dumps([spec.to_dict() for spec in specs], sort_keys=True), digest.hexdigest()
     path = Path(teacher.path)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return str(path), digest.hexdigest()
+    return str(path), sha256_file(path)
 
 
 def data_fingerprint(images: ImageSet) -> str:

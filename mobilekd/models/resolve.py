@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
-
-from mobilekd.blackbox import BLACK_BOX_SUFFIXES, FileEmbedder, PrecomputedEmbeddings
+from mobilekd.data.embeddings_npz import PrecomputedEmbeddings
 from mobilekd.errors import ModelError
-from mobilekd.models import EmbeddingNet, check_input_size, create_model, is_checkpoint, load_model
+from mobilekd.models.checkpoint import is_checkpoint, load_model
+from mobilekd.models.embedding_net import EmbeddingNet, check_input_size, create_model
+from mobilekd.runtime.file_embedder import BLACK_BOX_SUFFIXES, FileEmbedder
 
 
 def resolve_model(name: str, embed_dim: int = 128, size: int | None = None, pretrained: bool = False,
@@ -49,9 +50,8 @@ def resolve_teacher(name: str, size: int | None = None, threads: int | None = No
         return PrecomputedEmbeddings(path)
     model = resolve_model(name, embed_dim=0, size=size, pretrained=not path.exists())
     model.eval()
-    # A frozen teacher only runs forward: channels-last weights make PyTorch's CPU convolutions (depthwise above
-    # all) 1.7-1.9x faster with the same outputs (EfficientNet-Lite2 at 192 px, 2 threads: 14 -> 26 images/s,
-    # max |difference| 5e-7). Students stay NCHW: in training, channels-last changed their gradients (train_speed.md).
+    # A frozen teacher only runs forward: channels-last makes CPU convolutions faster with the same outputs.
+    # Students stay NCHW: in training, channels-last changed their gradients (benchmarks/results/train_speed.md).
     model.to(memory_format=torch.channels_last)
     for parameter in model.parameters():
         parameter.requires_grad_(False)

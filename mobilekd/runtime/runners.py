@@ -1,9 +1,8 @@
 """The one way to run an exported file (``.onnx``, ``.tflite``, ``.mlpackage``): a registry of runtimes.
 
-Export parity (``export.parity`` through ``export.onnx`` / ``export.tflite`` / ``export.coreml`` and
-``export.check``), ``benchmarks.latency``, ``benchmarks.recall``, ``benchmarks.int8_sensitivity`` and the
-black-box teacher (``mobilekd.blackbox``) all embed a file through this module, so they measure the same file
-the same way. Like timm's ``@register_model``, a runtime is one decorated class::
+Export parity (``export.parity``, ``export.check``), ``benchmarks`` and the black-box teacher
+(``mobilekd.runtime.file_embedder``) all embed a file through this module, so they measure the same file the
+same way. Like timm's ``@register_model``, a runtime is one decorated class::
 
     @register_runtime("onnxruntime-cpu", suffixes=(".onnx",), requires="onnxruntime", extra="pip install onnxruntime")
     class OrtRunner(Runner):
@@ -13,7 +12,7 @@ the same way. Like timm's ``@register_model``, a runtime is one decorated class:
 
 and ``open_runtime(path, contract, threads)`` (or ``get_runtime(name).open(...)``) returns a ``Runner``.
 
-The contract (``model.json``, ``export.contract``) drives every rule, in one place (``Runner``):
+The contract (``model.json``, ``mobilekd.runtime.contract``) drives every rule, in one place (``Runner``):
 
 * layout: ``contract.input.layout`` (NHWC: the NCHW pixels are transposed);
 * int8/uint8 input: quantized with ``contract.input.quantization``; int8/uint8 output: dequantized with
@@ -21,7 +20,7 @@ The contract (``model.json``, ``export.contract``) drives every rule, in one pla
 * output: L2-normalised unless the contract says it already is (``l2_normalized``) and it is not quantized (a
   dequantized int8 unit vector is unit-norm only up to the int8 grid; the Android core renormalises it too).
 * pixels normalised otherwise than the file expects (``pixels=``: the float student's normalisation when the
-  file folds another one into its graph) are converted first (``export.normalization.renormalize``).
+  file folds another one into its graph) are converted first (``mobilekd.runtime.normalization.renormalize``).
 
 A file without a contract (a black-box ``.onnx`` teacher, a file given to ``benchmarks``) gets one from its own
 tensors (``contract_from_file``): NHWC when the input's last dimension is 3, the tensors' quantization, ImageNet
@@ -38,10 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from export.contract import FORMAT, ModelContract, TensorSpec, dequantize, quantize
-from export.normalization import renormalize, same_normalization
 from mobilekd.errors import MobileKDError, ModelError
 from mobilekd.preprocess import Preprocess
+from mobilekd.runtime.contract import FORMAT, ModelContract, TensorSpec, dequantize, quantize
+from mobilekd.runtime.normalization import renormalize, same_normalization
 
 # the model.json "runtime" of each file suffix (what exporters write)
 FILE_KINDS = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml"}

@@ -23,7 +23,7 @@ FLOAT_MIN_COSINE = 0.9999
 def sample_photos(data: str | None = None, count: int = 8) -> tuple[list[Image.Image], str]:
     """Real photos for the check and a line saying where they came from."""
     if data:
-        from mobilekd.data.datasets import load_image_set
+        from mobilekd.data.image_sets import load_image_set
 
         images = load_image_set(data, "all")
         chosen = np.linspace(0, len(images) - 1, min(count, len(images))).round().astype(int)

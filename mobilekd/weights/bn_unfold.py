@@ -1,16 +1,12 @@
 """BatchNorm unfolding: give a network with folded BatchNorm real running statistics, function unchanged.
 
-Imported TF classifiers fold BN into the convolutions, so every BatchNorm is the identity plus a bias. In
-eval mode that is exact, but in train mode BN normalises each channel by the batch's own statistics, so from
-the first fine-tuning step the network no longer computes the ImageNet function (measured on CUB-100, 128 px:
-R@1 5.35 after 5 epochs vs 54.49 untrained; ``../shared/weights/SOURCE.md``).
-
-Unfolding (measured there: R@1 51.51 after 3 epochs): run the network in eval mode on a few hundred training
-images and record, for each BN, the per-channel mean ``m`` and variance ``v`` of its input. A BN computing
-``y = w0 (x - m0) / sqrt(v0 + eps) + b0`` then gets running stats ``(m, v)``,
-``w = w0 sqrt(v + eps) / sqrt(v0 + eps)`` and ``b = b0 + w0 (m - m0) / sqrt(v0 + eps)``, so its eval-mode
-output is unchanged for every x -- for the folded identity (``w0 = 1, m0 = 0, v0 + eps = 1``) that is
-``w = sqrt(v + eps)``, ``b = m + b0`` -- while train-mode batch statistics now start near ``(m, v)``.
+Imported TF classifiers fold BN into the convolutions, so every BatchNorm is the identity plus a bias: exact in
+eval mode, but train-mode BN normalises by the batch's own statistics and the first fine-tuning step destroys
+the ImageNet function (numbers: ``../shared/weights/SOURCE.md``). Unfolding runs the network in eval mode on a
+few hundred training images and records, for each BN, the per-channel mean ``m`` and variance ``v`` of its
+input. A BN computing ``y = w0 (x - m0) / sqrt(v0 + eps) + b0`` then gets running stats ``(m, v)``,
+``w = w0 sqrt(v + eps) / sqrt(v0 + eps)`` and ``b = b0 + w0 (m - m0) / sqrt(v0 + eps)``: its eval-mode output is
+unchanged for every x, while train-mode batch statistics now start near ``(m, v)``.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ have no bias, so each folded bias goes into the BatchNorm that follows, set to t
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from mobilekd.errors import ModelError
+from mobilekd.io import sha256_file
 
 # TFLite schema enums (tensorflow/compiler/mlir/lite/schema/schema.fbs)
 _TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 9: "int8"}
@@ -71,27 +71,40 @@ class TFLiteClassifier:
         return int(self.layers[-1].weight.shape[0])
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_classifier(path: str | Path) -> TFLiteClassifier:
     """Parse a ``.tflite`` classifier: every convolution's float weights/bias and options, the input's size,
     type and quantisation. Raises ModelError for a missing, truncated or non-TFLite file and for a quantised
     tensor without its scale / zero point."""
-    try:
-        from ai_edge_litert import schema_py_generated as fb
-    except ImportError:
-        raise ModelError("reading .tflite files needs ai-edge-litert: pip install 'mobilekd[litert]'") from None
-
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"weights file not found: {path}")
     data = path.read_bytes()
+    model, graph, ops = _parse(path, data)
+
+    def constant(index: int) -> np.ndarray:
+        return _constant(path, data, model, graph.tensors[index])
+
+    try:
+        layers = [_conv_layer(op_name, op, graph, constant) for op_name, op in ops if op_name in CONV_OPS]
+        first_weight = graph.tensors[next(op for name, op in ops if name in CONV_OPS).inputs[1]]
+        source = graph.tensors[graph.inputs[0]]
+    except ModelError:
+        raise
+    except StopIteration:
+        raise ModelError(f"{path} holds no convolutions: not a MobileNet classifier") from None
+    except Exception as error:
+        raise ModelError(f"{path} is truncated or damaged: {type(error).__name__}: {error}") from None
+    input_dtype, input_quant, size = _image_input(path, source)
+    return TFLiteClassifier(str(path), sha256_file(path), layers, size, input_dtype, input_quant,
+                            _TYPES.get(first_weight.type, str(first_weight.type)))
+
+
+def _parse(path: Path, data: bytes):
+    """(model, its first subgraph, [(op name, op)]) of a TFLite flatbuffer."""
+    try:
+        from ai_edge_litert import schema_py_generated as fb
+    except ImportError:
+        raise ModelError("reading .tflite files needs ai-edge-litert: pip install 'mobilekd[litert]'") from None
     if len(data) < 8 or not fb.Model.ModelBufferHasIdentifier(data, 0):
         raise ModelError(f"{path} is not a TFLite flatbuffer (no 'TFL3' identifier)")
     try:
@@ -104,61 +117,57 @@ def read_classifier(path: str | Path) -> TFLiteClassifier:
     except Exception as error:  # flatbuffers raises struct/index errors on a cut or damaged file
         raise ModelError(f"{path} is truncated or damaged: cannot parse its flatbuffer "
                          f"({type(error).__name__}: {error})") from None
+    return model, graph, ops
 
-    def constant(index: int) -> np.ndarray:
-        tensor = graph.tensors[index]
-        name = tensor.name.decode(errors="replace")
-        dtype = _TYPES.get(tensor.type)
-        buffer = model.buffers[tensor.buffer] if tensor.buffer < len(model.buffers) else None
-        raw = buffer.data if buffer is not None else None
-        if buffer is not None and raw is None and getattr(buffer, "offset", 0) > 1:  # data outside the flatbuffer
-            raw = np.frombuffer(data, np.uint8, count=buffer.size, offset=buffer.offset)
-        shape = [int(d) for d in tensor.shape]
-        if dtype is None or raw is None or len(raw) != int(np.prod(shape)) * np.dtype(dtype).itemsize:
-            raise ModelError(f"{path}: tensor {name!r} has no usable constant data "
-                             f"(type {tensor.type}, shape {shape}): truncated or not a plain classifier")
-        values = np.frombuffer(np.asarray(raw, np.uint8).tobytes(), dtype).reshape(shape)
-        if dtype in ("float32", "float16"):
-            return values.astype(np.float32)
-        quant = tensor.quantization
-        scale = None if quant is None or quant.scale is None else np.asarray(quant.scale, np.float64)
-        zero = None if quant is None or quant.zeroPoint is None else np.asarray(quant.zeroPoint, np.float64)
-        if scale is None or zero is None or len(scale) == 0:
-            raise ModelError(f"{path}: {dtype} tensor {name!r} has no quantisation parameters (scale / zero point)")
-        if len(scale) > 1:  # per-channel along quantizedDimension
-            axis_shape = [1] * len(shape)
-            axis_shape[quant.quantizedDimension] = len(scale)
-            scale, zero = scale.reshape(axis_shape), zero.reshape(axis_shape)
-        return (scale * (values.astype(np.float64) - zero)).astype(np.float32)
 
-    try:
-        layers = []
-        for op_name, op in ops:
-            if op_name not in CONV_OPS:
-                continue
-            options = op.builtinOptions
-            weight_index = op.inputs[1]
-            bias = constant(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
-            weight = constant(weight_index)
-            dense = op_name == "FULLY_CONNECTED"
-            if dense:
-                weight = weight.reshape(weight.shape[0], 1, 1, -1)
-            layers.append(TFLiteLayer(
-                name=graph.tensors[weight_index].name.decode(errors="replace").split(";")[0],
-                kind=CONV_OPS[op_name], weight=weight,
-                bias=bias if bias is not None else np.zeros(weight.shape[3 if op_name == "DEPTHWISE_CONV_2D" else 0],
-                                                            np.float32),
-                stride=1 if dense else (int(options.strideH) if options.strideH == options.strideW else -1),
-                padding="SAME" if dense else _PADDING.get(options.padding, str(options.padding)),
-                activation=_activation(options.fusedActivationFunction, graph.tensors[op.outputs[0]])))
-        first_weight = graph.tensors[next(op for name, op in ops if name in CONV_OPS).inputs[1]]
-        source = graph.tensors[graph.inputs[0]]
-    except ModelError:
-        raise
-    except StopIteration:
-        raise ModelError(f"{path} holds no convolutions: not a MobileNet classifier") from None
-    except Exception as error:
-        raise ModelError(f"{path} is truncated or damaged: {type(error).__name__}: {error}") from None
+def _constant(path: Path, data: bytes, model, tensor) -> np.ndarray:
+    """A constant tensor as float32 (quantised values dequantised, per tensor or per channel)."""
+    name = tensor.name.decode(errors="replace")
+    dtype = _TYPES.get(tensor.type)
+    buffer = model.buffers[tensor.buffer] if tensor.buffer < len(model.buffers) else None
+    raw = buffer.data if buffer is not None else None
+    if buffer is not None and raw is None and getattr(buffer, "offset", 0) > 1:  # data outside the flatbuffer
+        raw = np.frombuffer(data, np.uint8, count=buffer.size, offset=buffer.offset)
+    shape = [int(d) for d in tensor.shape]
+    if dtype is None or raw is None or len(raw) != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+        raise ModelError(f"{path}: tensor {name!r} has no usable constant data "
+                         f"(type {tensor.type}, shape {shape}): truncated or not a plain classifier")
+    values = np.frombuffer(np.asarray(raw, np.uint8).tobytes(), dtype).reshape(shape)
+    if dtype in ("float32", "float16"):
+        return values.astype(np.float32)
+    quant = tensor.quantization
+    scale = None if quant is None or quant.scale is None else np.asarray(quant.scale, np.float64)
+    zero = None if quant is None or quant.zeroPoint is None else np.asarray(quant.zeroPoint, np.float64)
+    if scale is None or zero is None or len(scale) == 0:
+        raise ModelError(f"{path}: {dtype} tensor {name!r} has no quantisation parameters (scale / zero point)")
+    if len(scale) > 1:  # per-channel along quantizedDimension
+        axis_shape = [1] * len(shape)
+        axis_shape[quant.quantizedDimension] = len(scale)
+        scale, zero = scale.reshape(axis_shape), zero.reshape(axis_shape)
+    return (scale * (values.astype(np.float64) - zero)).astype(np.float32)
+
+
+def _conv_layer(op_name: str, op, graph, constant) -> TFLiteLayer:
+    """One convolution (or the final fully connected layer, as a 1x1 convolution) with its options."""
+    options = op.builtinOptions
+    weight_index = op.inputs[1]
+    bias = constant(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+    weight = constant(weight_index)
+    dense = op_name == "FULLY_CONNECTED"
+    if dense:
+        weight = weight.reshape(weight.shape[0], 1, 1, -1)
+    return TFLiteLayer(
+        name=graph.tensors[weight_index].name.decode(errors="replace").split(";")[0],
+        kind=CONV_OPS[op_name], weight=weight,
+        bias=bias if bias is not None else np.zeros(weight.shape[3 if op_name == "DEPTHWISE_CONV_2D" else 0],
+                                                    np.float32),
+        stride=1 if dense else (int(options.strideH) if options.strideH == options.strideW else -1),
+        padding="SAME" if dense else _PADDING.get(options.padding, str(options.padding)),
+        activation=_activation(options.fusedActivationFunction, graph.tensors[op.outputs[0]]))
+
+
+def _image_input(path: Path, source) -> tuple[str, tuple[float, int] | None, int]:
+    """(dtype, (scale, zero point) of a quantised input or None, side) of the square RGB input tensor."""
     input_dtype = _TYPES.get(source.type, str(source.type))
     input_quant = None
     if input_dtype in ("uint8", "int8"):
@@ -169,8 +178,7 @@ def read_classifier(path: str | Path) -> TFLiteClassifier:
     shape = [int(d) for d in source.shape]
     if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
         raise ModelError(f"{path}: input shape {shape} is not a square RGB image [1, H, W, 3]")
-    return TFLiteClassifier(str(path), sha256_of(path), layers, shape[1], input_dtype, input_quant,
-                            _TYPES.get(first_weight.type, str(first_weight.type)))
+    return input_dtype, input_quant, shape[1]
 
 
 def _activation(fused: int, output) -> str:

@@ -1,4 +1,4 @@
-"""Distance-distribution KL distillation.
+"""Distance-distribution KL distillation (registry name ``kl``, class ``DistanceKLLoss``).
 
 Feng, Wang, Huang, Tang, Liu, "Unifying Specialist Image Embedding into Universal Image Embedding",
 arXiv 2003.03701 (2020): a specialist teacher's "absolute distances between images" are turned into a
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobilekd.losses.distances import check_embedding_pair, off_diagonal, pairwise_distances
 from mobilekd.losses.registry import Option, register_loss
-from mobilekd.losses.relative import check_embedding_pair, pairwise_distances
 
 DISTANCES = ("euclidean", "cosine")
 
@@ -56,8 +56,7 @@ class DistanceKLLoss(nn.Module):
     def log_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """N x (N - 1): log softmax_{j != i}(-d_ij / tau) for every anchor i."""
         n = len(x)
-        off_diagonal = ~torch.eye(n, dtype=torch.bool, device=x.device)
-        logits = -self.distances(x)[off_diagonal].view(n, n - 1) / self.temperature
+        logits = -self.distances(x)[off_diagonal(n, x.device)].view(n, n - 1) / self.temperature
         return F.log_softmax(logits, dim=1)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

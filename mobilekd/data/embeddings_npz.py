@@ -1,14 +1,10 @@
-"""Teachers given only as an embedding function: an exported model file, or a file of precomputed embeddings.
+"""The ``.npz`` embedding-file reader: precomputed embeddings looked up by image key.
 
-* ``FileEmbedder``: any exported image embedder (``.onnx``, ``.tflite``) run through ``export.runtimes`` -- the
-  same runner export parity and ``benchmarks`` use (a black-box teacher, or ``benchmarks.recall``'s exported
-  file). How to feed it comes from its ``model.json`` contract when it has one, else from a ``<model>.json``
-  beside it (key ``preprocess``), else from the file's own input tensor with ImageNet mean/std.
-* ``PrecomputedEmbeddings``: a ``.npz`` with arrays ``keys`` (image keys as the data set names them, e.g.
-  ``Black_footed_Albatross/0000.jpg``) and ``embeddings`` [N, D] (``labels`` [N] optional). Only one view per
-  image exists, so such a teacher supports view 0 only (no random crops for the student either: consistency
-  first). It is also the one reader of the embedding files ``mobilekd.compat`` writes and reads, and
-  ``check_keyed_embeddings`` the one validation of such files and of computed embeddings.
+``PrecomputedEmbeddings``: a ``.npz`` with arrays ``keys`` (image keys as the data set names them, e.g.
+``Black_footed_Albatross/0000.jpg``) and ``embeddings`` [N, D] (``labels`` [N] optional). As a teacher it has
+one view per image, so it supports view 0 only (no random crops for the student either). It is also the one
+reader of the embedding files ``mobilekd.compat`` writes, and ``check_keyed_embeddings`` the one validation of
+such files and of computed embeddings.
 """
 
 from __future__ import annotations
@@ -20,31 +16,6 @@ import numpy as np
 import torch
 
 from mobilekd.errors import ModelError
-
-# exported files a black-box teacher may be: single files (a teacher cache identifies the teacher by its sha256)
-BLACK_BOX_SUFFIXES = (".onnx", ".tflite")
-
-
-class FileEmbedder:
-    """Duck-typed like an EmbeddingNet for ``mobilekd.embed``: ``preprocess``, ``embed_dim``, ``eval()`` and
-    ``__call__(NCHW pixels) -> [N, D]`` unit vectors (the runner's, unchanged)."""
-
-    def __init__(self, path: str | Path, threads: int | None = None, runtime: str | None = None, contract=None):
-        from export.runtimes import open_runtime
-
-        self.path = Path(path)
-        self.runner = open_runtime(self.path, contract, threads, runtime=runtime)
-        self.preprocess = self.runner.contract.preprocess
-        self.embed_dim = self.runner.contract.embed_dim or None
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.runner(pixels.detach().cpu().numpy()))
-
-    def eval(self):  # duck-typed like an nn.Module teacher
-        return self
-
-
-OnnxEmbedder = FileEmbedder  # the name before .tflite teachers
 
 
 def check_embeddings(x, name: str = "embeddings") -> np.ndarray:

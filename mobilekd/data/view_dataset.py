@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from mobilekd.data.datasets import ImageSet, check_split, unreadable_reason
+from mobilekd.data.image_sets import ImageSet, check_split, unreadable_reason
 from mobilekd.data.views import Degradation, ViewSampler, evaluation_view, render
 from mobilekd.errors import DataError
 from mobilekd.io import atomic_path

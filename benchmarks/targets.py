@@ -1,11 +1,12 @@
-"""Load what the user named (a checkpoint, a model name, an .onnx / .tflite / .mlpackage) and run it.
+"""Benchmark targets: load what the user named (a checkpoint, a model name, an .onnx / .tflite / .mlpackage)
+and run it on one runtime.
 
 ``load_target`` turns a command-line MODEL into a ``Target`` (kind, preprocessing, contract, size on disk,
 the PyTorch model when there is one); ``make_runner`` gives a runner for one runtime at a fixed thread count,
 whose ``run`` takes preprocessed NCHW float32 pixels and returns float32 embeddings [N, D].
 
 Runtimes: ``torch-eager``, ``torch-compile`` (checkpoints and names), and for exported files the registry of
-``export.runtimes`` -- the one runner export parity uses too: ``onnxruntime-cpu`` (+ one entry per other
+``mobilekd.runtime.runners`` -- the one runner export parity uses too: ``onnxruntime-cpu`` (+ one entry per other
 execution provider installed, e.g. ``onnxruntime-cuda``), ``litert-xnnpack`` (ai-edge-litert Interpreter,
 default op resolver = XNNPACK), ``coreml`` (macOS only; elsewhere ``NotRunnable``).
 """
@@ -19,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from export.common import path_size
-from export.runtimes import NotRunnable, file_kind, find_contract, open_runtime, runtimes_for
 from mobilekd.errors import MobileKDError, ModelError
 from mobilekd.preprocess import Preprocess
+from mobilekd.runtime.runners import NotRunnable, file_kind, find_contract, open_runtime, runtimes_for
 
 __all__ = ["NotRunnable", "Target", "load_target", "make_runner", "input_hw", "count_params_macs"]
 
@@ -34,7 +35,7 @@ class Target:
     path: Path | None
     preprocess: Preprocess
     precision: str = "fp32"
-    contract: object | None = None  # export.contract.ModelContract
+    contract: object | None = None  # mobilekd.runtime.contract.ModelContract
     model: object | None = None  # mobilekd EmbeddingNet (checkpoints and names)
     source_model: object | None = None  # the checkpoint an exported file came from, when found
     file_bytes: int | None = None
@@ -102,7 +103,7 @@ def load_target(spec: str, size: int | None = None, label: str | None = None) ->
         return Target(spec, label, "checkpoint", path, preprocess, model=model, file_bytes=path_size(weights))
     if any(sep in spec for sep in ("/", "\\")):
         raise ModelError(f"model not found: {spec} (no such file or folder)")
-    from mobilekd.teachers import resolve_teacher
+    from mobilekd.models.resolve import resolve_teacher
 
     model = resolve_teacher(spec, size=size)  # names: the real ImageNet weights, pooled features
     if not hasattr(model, "spec"):
