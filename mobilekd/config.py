@@ -63,27 +63,33 @@ class Config:
     layout: str = fixed("auto")  # auto | folder | cub | cars | sop | zip
     train_fraction: float = fixed(0.5)  # first fraction of the classes trains, the rest is the test split
     preload: int = 320  # decode all images into memory, longer side capped at this (0: read from disk)
-    unlabeled: str | None = fixed(None)  # extra unlabeled images (folder or .zip) for the teacher losses (semi-supervised)
+    unlabeled: str | None = fixed(None)  # extra unlabeled images (folder or .zip) for the teacher losses
+    #                                      (semi-supervised)
     unlabeled_per_batch: int = 32  # unlabeled images added to every P x K batch when --unlabeled is given
-    unlabeled_limit: int = fixed(0)  # use this many of the unlabeled images, evenly spaced over the sorted list (0 = all):
-    #                           the teacher embeds every unlabeled image, so a large folder costs teacher time
+    unlabeled_limit: int = fixed(0)  # use this many of the unlabeled images, evenly spaced over the sorted list
+    #                                  (0 = all): the teacher embeds every unlabeled image, so a large folder costs
+    #                                  teacher time
     skip_bad_images: bool = False  # train without unreadable images (counted in model.json) instead of stopping
     # --- student (for mobilekd.train: the model being fine-tuned)
     student: str = fixed("mobilenetv1_025")  # a student/teacher name, timm:<name>, or a checkpoint folder
     embed_dim: int = fixed(128)  # 0 = the backbone's pooled features
     head_bn: bool = fixed(False)
     student_size: int = fixed(224)  # input resolution of the student
-    pretrained: bool = fixed(False)  # start from ImageNet weights (teachers; mobilenetv1_025 -> shipped tf_mobilenetv1_025)
+    pretrained: bool = fixed(False)  # start from ImageNet weights (teachers; mobilenetv1_025 -> shipped
+    #                                  tf_mobilenetv1_025)
     student_weights: str | None = fixed(None)  # backbone weights for --student: a .tflite ImageNet classifier, or a
     #                                     timm-style .safetensors / .pth state dict (see mobilekd.weights)
-    init_from: str | None = fixed(None)  # weight selection (Xu et al. 2024) of the student's backbone from a larger model
-    #                               of its family: a name (efficientnet_lite0), checkpoint folder or .safetensors/.pth
+    init_from: str | None = fixed(None)  # weight selection (Xu et al. 2024) of the student's backbone from a larger
+    #                                      model of its family: a name (efficientnet_lite0), checkpoint folder or
+    #                                      .safetensors/.pth
     # --- teacher
     teacher: str | None = fixed("efficientnet_lite0")  # name, checkpoint folder, .onnx, .npz embeddings, or none;
     #                                              A,B,C = a multi-branch master (ensemble of the branches)
-    teacher_budget: int = fixed(0)  # label-free: the teacher sees only this many images, the student only those (0 = all)
+    teacher_budget: int = fixed(0)  # label-free: the teacher sees only this many images, the student only those
+    #                                 (0 = all)
     mixup_alpha: float = 0.0  # > 0: add mixed images, targets mixed in the teacher's output space (Beta(a, a))
-    domain: list[str] | None = fixed(None)  # extra specialist domains DATA=TEACHER (repeat the flag), one universal student
+    domain: list[str] | None = fixed(None)  # extra specialist domains DATA=TEACHER (repeat the flag), one
+    #                                         universal student
     teacher_size: int | None = fixed(None)  # teacher input resolution (default: the teacher's own)
     teacher_cache: str | None = None  # a cache folder from `python -m mobilekd.embed` (default: OUT/teacher_cache)
     lowres: int | None = None  # cross-quality: the student sees the image down-sampled to this size
@@ -154,86 +160,13 @@ class Config:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> "Config":
-        problems = [*self._loss_problems(), *self._range_problems(), *self._combination_problems()]
+        problems = [*_loss_problems(self), *_range_problems(self), *_combination_problems(self)]
         if self.teacher in ("none", ""):  # after the checks above, as always: "none" counts as given there
             self.teacher = None
-        problems += [*self._teacher_problems(), *self._finite_problems()]
+        problems += [*_teacher_problems(self), *_finite_problems(self)]
         if problems:
             raise MobileKDError("invalid configuration: " + "; ".join(problems))
         return self
-
-    def _loss_problems(self) -> list[str]:
-        problems = [] if self.data else ["no data set given (--data PATH)"]
-        for spec in loss_specs():
-            for option in spec.options:
-                key = spec.option_key(option)
-                problem = option.problem(getattr(self, key), _flag(key))
-                if problem:
-                    problems.append(problem)
-        return problems
-
-    def _range_problems(self) -> list[str]:
-        problems = [f"{_flag(name)} must be >= 1" for name in
-                    ("epochs", "batch_classes", "images_per_class", "student_size", "eval_every")
-                    if getattr(self, name) < 1]
-        problems += [f"{_flag(name)} must be >= 0" for name in
-                     (*(spec.weight_key for spec in loss_specs()), "teacher_budget", "mixup_alpha",
-                      "unlabeled_per_batch", "unlabeled_limit", "lr", "head_lr_scale", "weight_decay", "views",
-                      "steps_per_epoch", "preload", "threads", "num_workers", "embed_dim", "warmup_epochs")
-                     if getattr(self, name) < 0]
-        if self.memory_format not in MEMORY_FORMATS:
-            problems.append(f"--memory-format must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
-        if not 0 < self.crop_scale <= 1:
-            problems.append("--crop-scale must be in (0, 1]")
-        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 95:
-            problems.append("--jpeg-quality must be in 1..95")
-        return problems
-
-    def _combination_problems(self) -> list[str]:
-        problems = []
-        if self.uses_teacher and not self.teacher:
-            problems.append("teacher losses are weighted but no --teacher is given")
-        if not self.active_losses():
-            off = [f"{_flag(spec.option_key(o))} {o.off}" for spec in loss_specs() for o in spec.options
-                   if o.off is not None]
-            problems.append(f"nothing to train: every loss weight is 0 (or switched off: {', '.join(off)})"
-                            if off else "nothing to train: every loss weight is 0")
-        given = [flag for flag, value in (("--student-weights", self.student_weights), ("--pretrained", self.pretrained),
-                                          ("--init-from", self.init_from)) if value]
-        if len(given) > 1:
-            problems.append(f"{' and '.join(given)} each give the student its weights: choose one")
-        if (self.teacher_budget or self.mixup_alpha) and not self.uses_teacher:
-            problems.append("--teacher-budget / --mixup-alpha need a teacher loss (e.g. --kl-weight 1)")
-        for spec in self.domain or []:
-            if spec.count("=") != 1 or not all(spec.split("=")):
-                problems.append(f"--domain expects DATA=TEACHER, got {spec!r}")
-        return problems
-
-    def _teacher_problems(self) -> list[str]:
-        """What the teachers' kinds (from their names: ``A,B`` an ensemble, ``.onnx``/``.tflite`` a black box,
-        ``.npz`` precomputed embeddings) rule out: feature-map losses need a network, precomputed embeddings
-        have one view per image."""
-        from mobilekd.blackbox import BLACK_BOX_SUFFIXES
-
-        if not self.uses_teacher:
-            return []
-        teachers = [self.teacher] + [spec.split("=")[1] for spec in self.domain or [] if spec.count("=") == 1]
-        problems = []
-        for teacher in filter(None, teachers):
-            suffix = Path(teacher).suffix.lower()
-            network = "," not in teacher and suffix not in (*BLACK_BOX_SUFFIXES, ".npz")
-            if self.uses_feature_maps and not network:
-                problems.append("hint/attention losses need a teacher network with feature maps, not a black box "
-                                "or an ensemble")
-            if "," not in teacher and suffix == ".npz" and self.effective_views != 1:
-                problems.append("a teacher of precomputed embeddings has one view per image: use --views 1")
-        return list(dict.fromkeys(problems))
-
-    def _finite_problems(self) -> list[str]:
-        """nan/inf pass every comparison above as False, then poison the run."""
-        return [f"{_flag(key.name)} must be a finite number, got {value}" for key in self.keys()
-                if float in _accepted(key.type) and isinstance(value := getattr(self, key.name), float)
-                and not math.isfinite(value)]
 
     @property
     def effective_views(self) -> int:
@@ -286,7 +219,8 @@ class Config:
                 keys += _loss_key_list()
             else:
                 default = f.default_factory() if f.default_factory is not MISSING else f.default
-                keys.append(Key(f.name, hints[f.name], default, fixed_on_resume=f.metadata.get("fixed_on_resume", False)))
+                fixed_on_resume = f.metadata.get("fixed_on_resume", False)
+                keys.append(Key(f.name, hints[f.name], default, fixed_on_resume=fixed_on_resume))
         return keys
 
     @classmethod
@@ -343,8 +277,9 @@ class Config:
         only given flags override the file."""
         parser = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS,
                                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        recipes = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
         parser.add_argument("--config", help="YAML or JSON file of options, or the name of a shipped recipe "
-                            f"({', '.join(sorted(p.stem for p in PACKAGED_CONFIGS.glob('*.yaml')))}); flags override it")
+                            f"({recipes}); flags override it")
         defaults = {**cls().to_dict(), **(overrides or {})}
         for key in cls.keys():
             _add_flag(parser, key, defaults[key.name])
@@ -359,6 +294,81 @@ class Config:
             values.update(cls.from_file(args.pop("config")))
         values.update(args)
         return cls.from_dict(values).validate()
+
+
+# ------------------------------------------------------------------ validation, one group of checks each
+def _loss_problems(config: Config) -> list[str]:
+    problems = [] if config.data else ["no data set given (--data PATH)"]
+    for spec in loss_specs():
+        for option in spec.options:
+            key = spec.option_key(option)
+            problem = option.problem(getattr(config, key), _flag(key))
+            if problem:
+                problems.append(problem)
+    return problems
+
+def _range_problems(config: Config) -> list[str]:
+    problems = [f"{_flag(name)} must be >= 1" for name in
+                ("epochs", "batch_classes", "images_per_class", "student_size", "eval_every")
+                if getattr(config, name) < 1]
+    problems += [f"{_flag(name)} must be >= 0" for name in
+                 (*(spec.weight_key for spec in loss_specs()), "teacher_budget", "mixup_alpha",
+                  "unlabeled_per_batch", "unlabeled_limit", "lr", "head_lr_scale", "weight_decay", "views",
+                  "steps_per_epoch", "preload", "threads", "num_workers", "embed_dim", "warmup_epochs")
+                 if getattr(config, name) < 0]
+    if config.memory_format not in MEMORY_FORMATS:
+        problems.append(f"--memory-format must be one of {', '.join(MEMORY_FORMATS)}, got {config.memory_format!r}")
+    if not 0 < config.crop_scale <= 1:
+        problems.append("--crop-scale must be in (0, 1]")
+    if config.jpeg_quality is not None and not 1 <= config.jpeg_quality <= 95:
+        problems.append("--jpeg-quality must be in 1..95")
+    return problems
+
+def _combination_problems(config: Config) -> list[str]:
+    problems = []
+    if config.uses_teacher and not config.teacher:
+        problems.append("teacher losses are weighted but no --teacher is given")
+    if not config.active_losses():
+        off = [f"{_flag(spec.option_key(o))} {o.off}" for spec in loss_specs() for o in spec.options
+               if o.off is not None]
+        problems.append(f"nothing to train: every loss weight is 0 (or switched off: {', '.join(off)})"
+                        if off else "nothing to train: every loss weight is 0")
+    given = [flag for flag, value in (("--student-weights", config.student_weights),
+                                      ("--pretrained", config.pretrained), ("--init-from", config.init_from)) if value]
+    if len(given) > 1:
+        problems.append(f"{' and '.join(given)} each give the student its weights: choose one")
+    if (config.teacher_budget or config.mixup_alpha) and not config.uses_teacher:
+        problems.append("--teacher-budget / --mixup-alpha need a teacher loss (e.g. --kl-weight 1)")
+    for spec in config.domain or []:
+        if spec.count("=") != 1 or not all(spec.split("=")):
+            problems.append(f"--domain expects DATA=TEACHER, got {spec!r}")
+    return problems
+
+def _teacher_problems(config: Config) -> list[str]:
+    """What the teachers' kinds (from their names: ``A,B`` an ensemble, ``.onnx``/``.tflite`` a black box,
+    ``.npz`` precomputed embeddings) rule out: feature-map losses need a network, precomputed embeddings
+    have one view per image."""
+    from mobilekd.blackbox import BLACK_BOX_SUFFIXES
+
+    if not config.uses_teacher:
+        return []
+    teachers = [config.teacher] + [spec.split("=")[1] for spec in config.domain or [] if spec.count("=") == 1]
+    problems = []
+    for teacher in filter(None, teachers):
+        suffix = Path(teacher).suffix.lower()
+        network = "," not in teacher and suffix not in (*BLACK_BOX_SUFFIXES, ".npz")
+        if config.uses_feature_maps and not network:
+            problems.append("hint/attention losses need a teacher network with feature maps, not a black box "
+                            "or an ensemble")
+        if "," not in teacher and suffix == ".npz" and config.effective_views != 1:
+            problems.append("a teacher of precomputed embeddings has one view per image: use --views 1")
+    return list(dict.fromkeys(problems))
+
+def _finite_problems(config: Config) -> list[str]:
+    """nan/inf pass every comparison above as False, then poison the run."""
+    return [f"{_flag(key.name)} must be a finite number, got {value}" for key in config.keys()
+            if float in _accepted(key.type) and isinstance(value := getattr(config, key.name), float)
+            and not math.isfinite(value)]
 
 
 def _add_flag(parser: argparse.ArgumentParser, key: Key, default) -> None:

@@ -122,7 +122,8 @@ def domain_name(position: int) -> str:
     return "main" if position == 0 else f"domain{position}"
 
 
-def load_domain_data(config: Config, position: int, data: str, report_dir: Path) -> tuple[ViewDataset, ViewDataset, int]:
+def load_domain_data(config: Config, position: int, data: str,
+                     report_dir: Path) -> tuple[ViewDataset, ViewDataset, int]:
     """A domain's training and test sets, every image decoded (``--preload``) or checked now, before any teacher
     or training work; unreadable ones are listed in ``report_dir`` (and skipped with ``--skip-bad-images``).
     Returns (train set, test set, images skipped)."""
@@ -139,7 +140,8 @@ def load_domain_data(config: Config, position: int, data: str, report_dir: Path)
     train_set = ViewDataset(train_images, {}, view_sampler(c), {"student": degradation},
                             preload_side=c.preload, progress=c.progress)
     test_set = ViewDataset(test_images, {}, preload_side=c.preload, progress=c.progress)
-    report = report_dir / ("unreadable_images.txt" if position == 0 else f"unreadable_images_{domain_name(position)}.txt")
+    report = report_dir / ("unreadable_images.txt" if position == 0 else
+                           f"unreadable_images_{domain_name(position)}.txt")
     checked, skipped = check_readable({"train": train_set, "test": test_set}, report, c.skip_bad_images, c.progress)
     return checked["train"], checked["test"], skipped
 

@@ -25,7 +25,8 @@ from mobilekd.threads import set_threads
 from mobilekd.weight_selection import initialise_from
 
 
-def prepare_student(config: Config, device: torch.device, threads: int) -> tuple[EmbeddingNet, dict | None, dict | None]:
+def prepare_student(config: Config, device: torch.device,
+                    threads: int) -> tuple[EmbeddingNet, dict | None, dict | None]:
     """The run's student on ``device``: seeded, built, initialised ``--init-from`` (a source of another family
     fails here, before anything is written). Returns (student, --student-weights source, --init-from record)."""
     torch.manual_seed(run_seed(config.seed, "student"))
@@ -83,8 +84,9 @@ class Trainer:
         if self.context.enabled:  # gradients of the student and of the losses' parameters are averaged
             from torch.nn.parallel import DistributedDataParallel
 
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_module = DistributedDataParallel(self.step_module, find_unused_parameters=True,
-                                                       device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                                                       device_ids=device_ids)
         self.optimizer, self.scheduler = builders.build_optimizer(c, self.student, self.losses, self.steps_per_epoch)
         self.step = TrainStep(self.step_module, self.optimizer, self.scheduler, c.loss_weight, self.device,
                               c.mixup_alpha, channels_last)
