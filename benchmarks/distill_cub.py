@@ -204,8 +204,6 @@ def parse_seeds(args) -> list[int]:
 def finished_summary(config: Config) -> dict | None:
     """The metrics of an arm that already finished with these options (so adding an arm does not re-run or
     re-evaluate the others), else None."""
-    from mobilekd.engine import RESUME_KEYS
-
     out = Path(config.out)
     try:
         summary = json.loads((out / "metrics.json").read_text())
@@ -213,8 +211,8 @@ def finished_summary(config: Config) -> dict | None:
     except (OSError, ValueError):
         return None
     weights = [k for k in saved if k.endswith("_weight")]
-    same = all(saved.get(k) == getattr(config, k) for k in (*RESUME_KEYS, *weights, "epochs", "lr", "crop_scale",
-                                                             "lowres", "steps_per_epoch", "kl_temperature"))
+    keys = (*Config.resume_keys(), *weights, "epochs", "lr", "crop_scale", "lowres", "steps_per_epoch", "kl_temperature")
+    same = all(saved.get(k) == getattr(config, k) for k in keys)
     return summary if same and summary.get("epochs") == config.epochs else None
 
 
