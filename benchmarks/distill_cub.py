@@ -211,7 +211,8 @@ def finished_summary(config: Config) -> dict | None:
     except (OSError, ValueError):
         return None
     weights = [k for k in saved if k.endswith("_weight")]
-    keys = (*Config.resume_keys(), *weights, "epochs", "lr", "crop_scale", "lowres", "steps_per_epoch", "kl_temperature")
+    keys = (*Config.resume_keys(), *weights, "epochs", "lr", "crop_scale", "lowres", "steps_per_epoch",
+            "kl_temperature")
     same = all(saved.get(k) == getattr(config, k) for k in keys)
     return summary if same and summary.get("epochs") == config.epochs else None
 
