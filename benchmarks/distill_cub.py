@@ -53,7 +53,6 @@ import json
 import statistics
 import sys
 import time
-import typing
 from pathlib import Path
 
 from benchmarks import comma_choices, write_report
@@ -118,7 +117,7 @@ def parse_overrides(args) -> dict:
     """``--set KEY=VALUE`` (repeatable): Config options applied to every arm, typed as the Config field."""
     from mobilekd.config import coerce
 
-    hints = typing.get_type_hints(Config)
+    hints = Config.key_types()
     overrides = {}
     for item in args.set or []:
         key, sep, value = item.partition("=")
@@ -205,8 +204,6 @@ def parse_seeds(args) -> list[int]:
 def finished_summary(config: Config) -> dict | None:
     """The metrics of an arm that already finished with these options (so adding an arm does not re-run or
     re-evaluate the others), else None."""
-    from mobilekd.engine import RESUME_KEYS
-
     out = Path(config.out)
     try:
         summary = json.loads((out / "metrics.json").read_text())
@@ -214,8 +211,9 @@ def finished_summary(config: Config) -> dict | None:
     except (OSError, ValueError):
         return None
     weights = [k for k in saved if k.endswith("_weight")]
-    same = all(saved.get(k) == getattr(config, k) for k in (*RESUME_KEYS, *weights, "epochs", "lr", "crop_scale",
-                                                             "lowres", "steps_per_epoch", "kl_temperature"))
+    keys = (*Config.resume_keys(), *weights, "epochs", "lr", "crop_scale", "lowres", "steps_per_epoch",
+            "kl_temperature")
+    same = all(saved.get(k) == getattr(config, k) for k in keys)
     return summary if same and summary.get("epochs") == config.epochs else None
 
 
@@ -273,7 +271,9 @@ def import_selection(args) -> None:
         raise MobileKDError(f"importing {args.selection_weights} failed (exit {code})")
 
 
-def run_arm(args, arm: str, seed: int) -> dict:
+def run_arm(args, arm: str, seed: int, teacher_tests=None) -> dict:
+    """Train (or, for ``zero_shot``, evaluate) one arm; ``teacher_tests`` (``mobilekd.engine.
+    TeacherTestEmbeddings``) shares the frozen teacher's test pass between the arms of this invocation."""
     from mobilekd.engine import train
 
     config = arm_config(args, arm, seed)
@@ -283,12 +283,12 @@ def run_arm(args, arm: str, seed: int) -> dict:
         print(f"== {arm} stage 1 (seed {seed}): label-free KL on the training and unlabeled images"
               + (" (finished earlier)" if finished else ""), flush=True)
         if not finished:
-            train(stage1)
+            train(stage1, teacher_test_embeddings=teacher_tests)
     summary = finished_summary(config)
     print(f"== {arm} (seed {seed})" + (" (finished earlier: reusing its metrics.json)" if summary else ""), flush=True)
     if summary:
         return summary
-    return zero_shot_metrics(config) if arm == "zero_shot" else train(config)
+    return zero_shot_metrics(config) if arm == "zero_shot" else train(config, teacher_test_embeddings=teacher_tests)
 
 
 def row_name(args, arm: str) -> str:
@@ -345,6 +345,7 @@ def main(argv=None) -> int:
     seeds = parse_seeds(args)
 
     from benchmarks.machine import describe
+    from mobilekd.engine import TeacherTestEmbeddings
 
     started = time.time()
     check_inputs(args, arms)
@@ -353,6 +354,7 @@ def main(argv=None) -> int:
     per_seed: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
     stage1_runs: dict[str, dict[int, dict | None]] = {}
     teacher_metrics = None
+    teacher_tests = TeacherTestEmbeddings()  # the teacher is frozen: its test pass is computed once for all arms
     for seed in seeds:
         configs = [arm_config(args, a, seed) for a in arms if a != "zero_shot"]
         configs += [pretrain_config(args, a, seed) for a in arms if ARMS[a].get("pretrain")]
@@ -365,7 +367,7 @@ def main(argv=None) -> int:
                               sort_keys=True)
             if twin in done:
                 print(f"== {arm} (seed {seed}): the same run as an arm above, reusing its metrics", flush=True)
-            summary = done[twin] = done.get(twin) or run_arm(args, arm, seed)
+            summary = done[twin] = done.get(twin) or run_arm(args, arm, seed, teacher_tests=teacher_tests)
             per_seed[arm][seed] = summary["test"]
             teacher_metrics = teacher_metrics or summary.get("teacher")
             if ARMS[arm].get("pretrain"):  # the first stage's own test metrics: what pre-training alone reached

@@ -1,25 +1,28 @@
 """One configuration object for ``python -m mobilekd.distill`` / ``mobilekd.train`` and the Python API.
 
 Values come from, in increasing priority: the defaults below, a YAML/JSON file (``--config``), and command
-line flags (every field is a flag: ``embed_dim`` -> ``--embed-dim``). ``Config.validate`` turns bad values into
+line flags (every key is a flag: ``embed_dim`` -> ``--embed-dim``). ``Config.validate`` turns bad values into
 one clear error.
 
-The loss keys (``NAME_weight`` and each loss's options, e.g. ``kl_weight``, ``kl_temperature``) are not written
-here: they are generated from the loss registry (:mod:`mobilekd.losses.registry`), and regenerated in place
-when a loss is registered later, so ``Config(rkd_angle_weight=2.0)``, ``--rkd-angle-weight`` and the YAML key
-``rkd_angle_weight`` exist for every registered loss.
+The loss settings are not fields of their own: ``Config.losses`` maps every loss registered in
+:mod:`mobilekd.losses.registry` to its weight and options (``{"kl": {"weight": 1.0, "temperature": 0.1}}``),
+filled from the registry when a Config is made. The flat keys ``NAME_weight`` / ``NAME_OPTION`` read and write
+that mapping -- ``Config(rkd_angle_weight=2.0)``, ``config.kl_weight``, ``--kl-temperature``, the YAML key
+``kl_weight`` -- and a YAML/JSON file may also give them nested (``losses: {kl: {weight: 1.0}}``). The flags
+are generated from the registry when the parser is built, so a loss registered later has them too.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import copy
 import json
 import math
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -30,60 +33,87 @@ from mobilekd.losses.registry import LossSpec, on_change
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"  # recipes shipped with the package, by name for --config
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # --memory-format: the student's tensor layout in training
+LOSSES_FIELD = "losses"  # the field holding the loss settings; the flat loss keys take its place in files and --help
 
 
-@dataclass
+def fixed(default):
+    """A field a ``--resume`` run must keep (it shapes the data, the models or the teacher targets): the
+    checkpoint's keys to compare are these fields (``Config.resume_keys``), not a hand-kept list."""
+    return field(default=default, metadata={"fixed_on_resume": True})
+
+
+class Key(NamedTuple):
+    """One flat configuration key (a field, or a loss's weight / option): what files, flags and checks see."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str = ""
+    choices: tuple | None = None
+    fixed_on_resume: bool = False
+    loss: tuple[str, str] | None = None  # (loss name, option name) for a loss key
+
+
+@dataclass(init=False)
 class Config:
     """Every option of a training or distillation run (see the module docstring)."""
 
     # --- data
-    data: str = ""  # data set: folder, CUB/Cars/SOP root or .zip (see mobilekd.data.datasets)
-    layout: str = "auto"  # auto | folder | cub | cars | sop | zip
-    train_fraction: float = 0.5  # first fraction of the classes trains, the rest is the test split
+    data: str = fixed("")  # data set: folder, CUB/Cars/SOP root or .zip (see mobilekd.data.image_sets)
+    layout: str = fixed("auto")  # auto | folder | cub | cars | sop | zip
+    train_fraction: float = fixed(0.5)  # first fraction of the classes trains, the rest is the test split
     preload: int = 320  # decode all images into memory, longer side capped at this (0: read from disk)
-    unlabeled: str | None = None  # extra unlabeled images (folder or .zip) for the teacher losses (semi-supervised)
+    unlabeled: str | None = fixed(None)  # extra unlabeled images (folder or .zip) for the teacher losses
+    #                                      (semi-supervised)
     unlabeled_per_batch: int = 32  # unlabeled images added to every P x K batch when --unlabeled is given
-    unlabeled_limit: int = 0  # use this many of the unlabeled images, evenly spaced over the sorted list (0 = all):
-    #                           the teacher embeds every unlabeled image, so a large folder costs teacher time
+    unlabeled_limit: int = fixed(0)  # use this many of the unlabeled images, evenly spaced over the sorted list
+    #                                  (0 = all): the teacher embeds every unlabeled image, so a large folder costs
+    #                                  teacher time
     skip_bad_images: bool = False  # train without unreadable images (counted in model.json) instead of stopping
     # --- student (for mobilekd.train: the model being fine-tuned)
-    student: str = "mobilenetv1_025"  # a student/teacher name, timm:<name>, or a checkpoint folder
-    embed_dim: int = 128  # 0 = the backbone's pooled features
-    head_bn: bool = False
-    student_size: int = 224  # input resolution of the student
-    pretrained: bool = False  # start from ImageNet weights (teachers; mobilenetv1_025 -> shipped tf_mobilenetv1_025)
-    student_weights: str | None = None  # backbone weights for --student: a .tflite ImageNet classifier, or a
+    student: str = fixed("mobilenetv1_025")  # a student/teacher name, timm:<name>, or a checkpoint folder
+    embed_dim: int = fixed(128)  # 0 = the backbone's pooled features
+    head_bn: bool = fixed(False)
+    student_size: int = fixed(224)  # input resolution of the student
+    pretrained: bool = fixed(False)  # start from ImageNet weights (teachers; mobilenetv1_025 -> shipped
+    #                                  tf_mobilenetv1_025)
+    student_weights: str | None = fixed(None)  # backbone weights for --student: a .tflite ImageNet classifier, or a
     #                                     timm-style .safetensors / .pth state dict (see mobilekd.weights)
-    init_from: str | None = None  # weight selection (Xu et al. 2024) of the student's backbone from a larger model
-    #                               of its family: a name (efficientnet_lite0), checkpoint folder or .safetensors/.pth
+    init_from: str | None = fixed(None)  # weight selection (Xu et al. 2024) of the student's backbone from a larger
+    #                                      model of its family: a name (efficientnet_lite0), checkpoint folder or
+    #                                      .safetensors/.pth
     # --- teacher
-    teacher: str | None = "efficientnet_lite0"  # name, checkpoint folder, .onnx, .npz embeddings, or none;
+    teacher: str | None = fixed("efficientnet_lite0")  # name, checkpoint folder, .onnx, .npz embeddings, or none;
     #                                              A,B,C = a multi-branch master (ensemble of the branches)
-    teacher_budget: int = 0  # label-free: the teacher sees only this many images, the student only those (0 = all)
+    teacher_budget: int = fixed(0)  # label-free: the teacher sees only this many images, the student only those
+    #                                 (0 = all)
     mixup_alpha: float = 0.0  # > 0: add mixed images, targets mixed in the teacher's output space (Beta(a, a))
-    domain: list[str] | None = None  # extra specialist domains DATA=TEACHER (repeat the flag), one universal student
-    teacher_size: int | None = None  # teacher input resolution (default: the teacher's own)
+    domain: list[str] | None = fixed(None)  # extra specialist domains DATA=TEACHER (repeat the flag), one
+    #                                         universal student
+    teacher_size: int | None = fixed(None)  # teacher input resolution (default: the teacher's own)
     teacher_cache: str | None = None  # a cache folder from `python -m mobilekd.embed` (default: OUT/teacher_cache)
     lowres: int | None = None  # cross-quality: the student sees the image down-sampled to this size
     jpeg_quality: int | None = None  # cross-quality: the student sees a JPEG of this quality
-    # --- losses (total = sum of weight x loss): the registry's keys go here, see _add_loss_fields
+    # --- losses (total = sum of weight x loss): {loss name: {"weight": w, option: value}} for every registered
+    #     loss, filled from the registry when a Config is made; flat keys (kl_weight) read and write it
+    losses: dict = field(default_factory=dict)
     feature_layers: str = "-2=-2,-1=-1"  # student=teacher stage pairs of the feature-map losses: index or module name
     # --- optimisation
     epochs: int = 30
-    batch_classes: int = 16  # P classes per batch
-    images_per_class: int = 4  # K images per class
+    batch_classes: int = fixed(16)  # P classes per batch
+    images_per_class: int = fixed(4)  # K images per class
     steps_per_epoch: int = 0  # 0 = images / (P x K)
     lr: float = 2e-3
     head_lr_scale: float = 1.0  # the embedding head's lr = lr x this (a new head beside a pretrained backbone)
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
-    views: int = 8  # fixed random views per training image, shared by student and cached teacher targets;
+    views: int = fixed(8)  # fixed random views per training image, shared by student and cached teacher targets;
     #                 0 = a fresh random view every step (the teacher, if any, then runs live)
     crop_scale: float = 0.35  # smallest random-resized-crop area fraction (1 = no crops)
     flip: bool = True
     # --- run
     out: str = "runs/distill"
-    seed: int = 0
+    seed: int = fixed(0)
     device: str = "cpu"  # cpu | cuda | cuda:N
     threads: int = 0  # CPU threads (0 = the cores idle when the run starts; see mobilekd.threads)
     eval_every: int = 5  # evaluate on the test split every N epochs (and after the last)
@@ -95,54 +125,45 @@ class Config:
     #   BatchNorm gradients were 6.7 % off there; benchmarks/results/train_speed.md)
     progress: bool = True
 
+    def __init__(self, **values):
+        """Keyword arguments: any field, any flat loss key (``kl_weight=1``), or ``losses`` (nested, merged
+        over the registry's defaults; flat loss keys win)."""
+        for f in _base_fields():
+            if f.name in values:
+                value = values.pop(f.name)
+            else:
+                value = f.default_factory() if f.default_factory is not MISSING else f.default
+            object.__setattr__(self, f.name, value)
+        object.__setattr__(self, LOSSES_FIELD, loss_settings(values.pop(LOSSES_FIELD, None)))
+        for key, value in values.items():
+            located = _loss_keys().get(key)
+            if located is None:
+                raise TypeError(f"Config.__init__() got an unexpected keyword argument {key!r}")
+            self.losses[located[0]][located[1]] = value
+
+    def __getattr__(self, name: str):
+        """A flat loss key (``config.kl_weight``): read from ``losses`` (the registry's default for a loss
+        registered after this Config was made)."""
+        located = None if name.startswith("__") or name == LOSSES_FIELD else _loss_keys().get(name)
+        if located is None:
+            raise AttributeError(f"'Config' object has no attribute {name!r}")
+        loss, option = located
+        settings = self.__dict__.get(LOSSES_FIELD, {}).get(loss)
+        return settings[option] if settings and option in settings else loss_settings()[loss][option]
+
+    def __setattr__(self, name: str, value) -> None:
+        located = None if name in _field_names() else _loss_keys().get(name)
+        if located is None:
+            object.__setattr__(self, name, value)
+        else:
+            self.losses.setdefault(located[0], {})[located[1]] = value
+
     # ------------------------------------------------------------------ validation
     def validate(self) -> "Config":
-        problems = []
-        if not self.data:
-            problems.append("no data set given (--data PATH)")
-        for spec in loss_specs():
-            for option in spec.options:
-                key = spec.option_key(option)
-                problem = option.problem(getattr(self, key), _flag(key))
-                if problem:
-                    problems.append(problem)
-        for name in ("epochs", "batch_classes", "images_per_class", "student_size", "eval_every"):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name.replace('_', '-')} must be >= 1")
-        for name in (*(spec.weight_key for spec in loss_specs()), "teacher_budget", "mixup_alpha",
-                     "unlabeled_per_batch", "unlabeled_limit", "lr", "head_lr_scale", "weight_decay", "views",
-                     "steps_per_epoch", "preload", "threads", "num_workers", "embed_dim", "warmup_epochs"):
-            if getattr(self, name) < 0:
-                problems.append(f"--{name.replace('_', '-')} must be >= 0")
-        if self.memory_format not in MEMORY_FORMATS:
-            problems.append(f"--memory-format must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
-        if not 0 < self.crop_scale <= 1:
-            problems.append("--crop-scale must be in (0, 1]")
-        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 95:
-            problems.append("--jpeg-quality must be in 1..95")
-        if self.uses_teacher and not self.teacher:
-            problems.append("teacher losses are weighted but no --teacher is given")
-        if not self.active_losses():
-            off = [f"{_flag(spec.option_key(o))} {o.off}" for spec in loss_specs() for o in spec.options
-                   if o.off is not None]
-            problems.append(f"nothing to train: every loss weight is 0 (or switched off: {', '.join(off)})"
-                            if off else "nothing to train: every loss weight is 0")
-        given = [flag for flag, value in (("--student-weights", self.student_weights), ("--pretrained", self.pretrained),
-                                          ("--init-from", self.init_from)) if value]
-        if len(given) > 1:
-            problems.append(f"{' and '.join(given)} each give the student its weights: choose one")
-        if self.teacher in ("none", ""):
+        problems = [*_loss_problems(self), *_range_problems(self), *_combination_problems(self)]
+        if self.teacher in ("none", ""):  # after the checks above, as always: "none" counts as given there
             self.teacher = None
-        if (self.teacher_budget or self.mixup_alpha) and not self.uses_teacher:
-            problems.append("--teacher-budget / --mixup-alpha need a teacher loss (e.g. --kl-weight 1)")
-        for spec in self.domain or []:
-            if spec.count("=") != 1 or not all(spec.split("=")):
-                problems.append(f"--domain expects DATA=TEACHER, got {spec!r}")
-        hints = typing.get_type_hints(type(self))
-        for f in fields(self):  # nan/inf pass every comparison above as False, then poison the run
-            value = getattr(self, f.name)
-            if float in _accepted(hints[f.name]) and isinstance(value, float) and not math.isfinite(value):
-                problems.append(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        problems += [*_teacher_problems(self), *_finite_problems(self)]
         if problems:
             raise MobileKDError("invalid configuration: " + "; ".join(problems))
         return self
@@ -152,31 +173,21 @@ class Config:
         """Views per image; with no crops and no flips every view is the full image, so there is one."""
         return 1 if (self.crop_scale >= 1.0 and not self.flip) else self.views
 
+    # the data a configuration names: mobilekd.data.training (kept here as methods for existing callers)
     def view_sampler(self):
-        from mobilekd.data.views import ViewSampler
+        from mobilekd.data.training import view_sampler
 
-        return ViewSampler(self.seed, scale=(self.crop_scale, 1.0), flip=self.flip)
+        return view_sampler(self)
 
     def training_images(self):
-        """The training split of ``data`` followed by the unlabeled images (label -1), if any: the order the teacher
-        cache and the samplers index."""
-        import numpy as np
+        from mobilekd.data.training import training_images
 
-        from mobilekd.data import load_image_set
-
-        images = load_image_set(self.data, "train", self.layout, self.train_fraction)
-        if not self.unlabeled:
-            return images
-        unlabeled = load_image_set(self.unlabeled, layout="unlabeled")
-        if 0 < self.unlabeled_limit < len(unlabeled):
-            unlabeled = unlabeled.subset(np.linspace(0, len(unlabeled) - 1, self.unlabeled_limit).round().astype(int))
-        return images.concat(unlabeled.without_labels())
+        return training_images(self)
 
     def data_identity(self, split: str = "train") -> dict:
-        import os
+        from mobilekd.data.training import data_identity
 
-        return {"path": os.path.abspath(self.data), "layout": self.layout, "split": split,
-                "train_fraction": self.train_fraction}
+        return data_identity(self, split)
 
     def active_losses(self) -> list[LossSpec]:
         """The registered losses this configuration switches on (weight > 0)."""
@@ -194,22 +205,49 @@ class Config:
         return any(spec.inputs == "maps" for spec in self.active_losses())
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every flat key and its value, in ``keys()`` order (what config.json and the checkpoints hold)."""
+        return {key.name: copy.deepcopy(getattr(self, key.name)) for key in self.keys()}
 
-    # ------------------------------------------------------------------ files and command line
+    # ------------------------------------------------------------------ keys, files and command line
+    @classmethod
+    def keys(cls) -> list[Key]:
+        """Every flat key: the fields, with the registered losses' keys where ``losses`` stands."""
+        hints = typing.get_type_hints(cls)
+        keys = []
+        for f in _base_fields(with_losses=True):
+            if f.name == LOSSES_FIELD:
+                keys += _loss_key_list()
+            else:
+                default = f.default_factory() if f.default_factory is not MISSING else f.default
+                fixed_on_resume = f.metadata.get("fixed_on_resume", False)
+                keys.append(Key(f.name, hints[f.name], default, fixed_on_resume=fixed_on_resume))
+        return keys
+
+    @classmethod
+    def key_types(cls) -> dict[str, Any]:
+        """{flat key: its type hint}, for converting values (``coerce``)."""
+        return {key.name: key.type for key in cls.keys()}
+
+    @classmethod
+    def resume_keys(cls) -> tuple[str, ...]:
+        """The keys a ``--resume`` run must share with the checkpoint: ``fixed`` fields and loss options
+        declared ``fixed_on_resume`` (e.g. ``metric_loss``: another metric loss has other parameters)."""
+        return tuple(key.name for key in cls.keys() if key.fixed_on_resume)
+
     @classmethod
     def from_dict(cls, data: dict) -> "Config":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        data = flatten_losses(data)
+        types_ = cls.key_types()
+        unknown = sorted(set(data) - set(types_))
         if unknown:
             raise MobileKDError(f"unknown configuration key(s): {', '.join(unknown)}")
-        hints = typing.get_type_hints(cls)
-        return cls(**{key: coerce(key, value, hints[key]) for key, value in data.items()})
+        return cls(**{key: coerce(key, value, types_[key]) for key, value in data.items()})
 
     @classmethod
     def from_file(cls, path: str | Path) -> dict:
         """The options of a YAML/JSON file, or of a recipe shipped in ``mobilekd/configs`` by its name
-        (``--config cub`` = ``mobilekd/configs/cub.yaml``) when no such file exists."""
+        (``--config cub`` = ``mobilekd/configs/cub.yaml``) when no such file exists; a nested ``losses:`` mapping
+        comes back as flat keys."""
         path = Path(path)
         if not path.exists() and not path.suffix and len(path.parts) == 1:
             shipped = PACKAGED_CONFIGS / f"{path}.yaml"
@@ -231,34 +269,20 @@ class Config:
             raise MobileKDError(f"cannot parse config file {path}: {error}") from None
         if not isinstance(data, dict):
             raise MobileKDError(f"config file {path} must hold a mapping of option: value")
-        return {str(k).replace("-", "_"): v for k, v in data.items()}
+        return flatten_losses({str(k).replace("-", "_"): v for k, v in data.items()})
 
     @classmethod
     def parser(cls, prog: str, description: str, overrides: dict | None = None) -> argparse.ArgumentParser:
-        """Every field as a ``--flag``; defaults are suppressed so only given flags override the file."""
+        """Every key as a ``--flag`` (the loss keys from the registry as it is now); defaults are suppressed so
+        only given flags override the file."""
         parser = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS,
                                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        recipes = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
         parser.add_argument("--config", help="YAML or JSON file of options, or the name of a shipped recipe "
-                            f"({', '.join(sorted(p.stem for p in PACKAGED_CONFIGS.glob('*.yaml')))}); flags override it")
-        hints = typing.get_type_hints(cls)
+                            f"({recipes}); flags override it")
         defaults = {**cls().to_dict(), **(overrides or {})}
-        for field in fields(cls):
-            flag = "--" + field.name.replace("_", "-")
-            kind = hints[field.name]
-            optional = isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
-            base = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind
-            described = field.metadata.get("help")
-            help_text = f"{described} " if described else ""
-            help_text += f"(default: {defaults[field.name]})"
-            if base is bool:
-                parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-            elif typing.get_origin(base) is list:
-                parser.add_argument(flag, action="append", metavar=field.name.upper(), help=help_text + " (repeatable)")
-            else:
-                convert = _optional(base) if optional else base
-                choices = field.metadata.get("choices")  # shown, checked by validate() (one error line)
-                metavar = "{" + ",".join(map(str, choices)) + "}" if choices else field.name.upper()
-                parser.add_argument(flag, type=convert, metavar=metavar, help=help_text)
+        for key in cls.keys():
+            _add_flag(parser, key, defaults[key.name])
         return parser
 
     @classmethod
@@ -270,6 +294,170 @@ class Config:
             values.update(cls.from_file(args.pop("config")))
         values.update(args)
         return cls.from_dict(values).validate()
+
+
+# ------------------------------------------------------------------ validation, one group of checks each
+def _loss_problems(config: Config) -> list[str]:
+    problems = [] if config.data else ["no data set given (--data PATH)"]
+    for spec in loss_specs():
+        for option in spec.options:
+            key = spec.option_key(option)
+            problem = option.problem(getattr(config, key), _flag(key))
+            if problem:
+                problems.append(problem)
+    return problems
+
+def _range_problems(config: Config) -> list[str]:
+    problems = [f"{_flag(name)} must be >= 1" for name in
+                ("epochs", "batch_classes", "images_per_class", "student_size", "eval_every")
+                if getattr(config, name) < 1]
+    problems += [f"{_flag(name)} must be >= 0" for name in
+                 (*(spec.weight_key for spec in loss_specs()), "teacher_budget", "mixup_alpha",
+                  "unlabeled_per_batch", "unlabeled_limit", "lr", "head_lr_scale", "weight_decay", "views",
+                  "steps_per_epoch", "preload", "threads", "num_workers", "embed_dim", "warmup_epochs")
+                 if getattr(config, name) < 0]
+    if config.memory_format not in MEMORY_FORMATS:
+        problems.append(f"--memory-format must be one of {', '.join(MEMORY_FORMATS)}, got {config.memory_format!r}")
+    if not 0 < config.crop_scale <= 1:
+        problems.append("--crop-scale must be in (0, 1]")
+    if config.jpeg_quality is not None and not 1 <= config.jpeg_quality <= 95:
+        problems.append("--jpeg-quality must be in 1..95")
+    return problems
+
+def _combination_problems(config: Config) -> list[str]:
+    problems = []
+    if config.uses_teacher and not config.teacher:
+        problems.append("teacher losses are weighted but no --teacher is given")
+    if not config.active_losses():
+        off = [f"{_flag(spec.option_key(o))} {o.off}" for spec in loss_specs() for o in spec.options
+               if o.off is not None]
+        problems.append(f"nothing to train: every loss weight is 0 (or switched off: {', '.join(off)})"
+                        if off else "nothing to train: every loss weight is 0")
+    given = [flag for flag, value in (("--student-weights", config.student_weights),
+                                      ("--pretrained", config.pretrained), ("--init-from", config.init_from)) if value]
+    if len(given) > 1:
+        problems.append(f"{' and '.join(given)} each give the student its weights: choose one")
+    if (config.teacher_budget or config.mixup_alpha) and not config.uses_teacher:
+        problems.append("--teacher-budget / --mixup-alpha need a teacher loss (e.g. --kl-weight 1)")
+    for spec in config.domain or []:
+        if spec.count("=") != 1 or not all(spec.split("=")):
+            problems.append(f"--domain expects DATA=TEACHER, got {spec!r}")
+    return problems
+
+def _teacher_problems(config: Config) -> list[str]:
+    """What the teachers' kinds (from their names: ``A,B`` an ensemble, ``.onnx``/``.tflite`` a black box,
+    ``.npz`` precomputed embeddings) rule out: feature-map losses need a network, precomputed embeddings
+    have one view per image."""
+    from mobilekd.runtime.file_embedder import BLACK_BOX_SUFFIXES
+
+    if not config.uses_teacher:
+        return []
+    teachers = [config.teacher] + [spec.split("=")[1] for spec in config.domain or [] if spec.count("=") == 1]
+    problems = []
+    for teacher in filter(None, teachers):
+        suffix = Path(teacher).suffix.lower()
+        network = "," not in teacher and suffix not in (*BLACK_BOX_SUFFIXES, ".npz")
+        if config.uses_feature_maps and not network:
+            problems.append("hint/attention losses need a teacher network with feature maps, not a black box "
+                            "or an ensemble")
+        if "," not in teacher and suffix == ".npz" and config.effective_views != 1:
+            problems.append("a teacher of precomputed embeddings has one view per image: use --views 1")
+    return list(dict.fromkeys(problems))
+
+def _finite_problems(config: Config) -> list[str]:
+    """nan/inf pass every comparison above as False, then poison the run."""
+    return [f"{_flag(key.name)} must be a finite number, got {value}" for key in config.keys()
+            if float in _accepted(key.type) and isinstance(value := getattr(config, key.name), float)
+            and not math.isfinite(value)]
+
+
+def _add_flag(parser: argparse.ArgumentParser, key: Key, default) -> None:
+    flag = _flag(key.name)
+    optional = isinstance(key.type, types.UnionType) or typing.get_origin(key.type) is typing.Union
+    base = next(a for a in typing.get_args(key.type) if a is not type(None)) if optional else key.type
+    help_text = (f"{key.help} " if key.help else "") + f"(default: {default})"
+    if base is bool:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+    elif typing.get_origin(base) is list:
+        parser.add_argument(flag, action="append", metavar=key.name.upper(), help=help_text + " (repeatable)")
+    else:
+        convert = _optional(base) if optional else base
+        # choices are shown, and checked by validate() (one error line)
+        metavar = "{" + ",".join(map(str, key.choices)) + "}" if key.choices else key.name.upper()
+        parser.add_argument(flag, type=convert, metavar=metavar, help=help_text)
+
+
+# ------------------------------------------------------------------ the loss settings, from the registry
+def _base_fields(with_losses: bool = False) -> list:
+    return [f for f in fields(Config) if with_losses or f.name != LOSSES_FIELD]
+
+
+def _field_names() -> set[str]:
+    return {f.name for f in fields(Config)}
+
+
+def _loss_key_list() -> list[Key]:
+    """The flat keys of every registered loss, in registration order, each loss's weight first."""
+    keys = []
+    for spec in loss_specs():
+        options = {o.name: o for o in spec.options}
+        keys.append(Key(spec.weight_key, float, spec.weight, f"weight of the {spec.help or spec.name}",
+                        loss=(spec.name, "weight")))
+        keys += [Key(spec.option_key(o), o.type, o.default, o.help, o.choices, o.fixed_on_resume, (spec.name, o.name))
+                 for o in options.values()]
+    return keys
+
+
+def _loss_keys() -> dict[str, tuple[str, str]]:
+    """{flat loss key: (loss name, option name)}; the weight's option name is ``weight``."""
+    return {key.name: key.loss for key in _loss_key_list()}
+
+
+def loss_settings(given: dict | None = None) -> dict[str, dict]:
+    """{loss name: {"weight": w, option: value}} with the registry's defaults, ``given`` (nested) over them."""
+    settings = {spec.name: {"weight": spec.weight, **{o.name: o.default for o in spec.options}}
+                for spec in loss_specs()}
+    for name, options in (given or {}).items():
+        if name not in settings or not set(options) <= set(settings[name]):
+            raise TypeError(f"Config.__init__() got unknown loss settings {name!r}: {options!r}")
+        settings[name].update(options)
+    return settings
+
+
+def flatten_losses(data: dict) -> dict:
+    """``data`` with a nested ``losses: {NAME: {OPTION: value}}`` mapping turned into flat keys (``kl_weight``);
+    flat keys given beside it win."""
+    nested = data.get(LOSSES_FIELD)
+    if nested is None:
+        return data
+    if not isinstance(nested, dict):
+        raise MobileKDError("configuration key 'losses' must map loss names to their options, "
+                            "e.g. losses: {kl: {weight: 1.0, temperature: 0.1}}")
+    known = _loss_keys()
+    flat = {}
+    for name, options in nested.items():
+        if not isinstance(options, dict):
+            raise MobileKDError(f"configuration key 'losses.{name}' must map options to values, e.g. {{weight: 1.0}}")
+        for option, value in options.items():
+            key = f"{name}_{option}".replace("-", "_")
+            if known.get(key) is None:
+                raise MobileKDError(f"unknown configuration key: losses.{name}.{option} (registered losses: "
+                                    f"{', '.join(spec.name for spec in loss_specs())})")
+            flat[key] = value
+    return {**flat, **{k: v for k, v in data.items() if k != LOSSES_FIELD}}
+
+
+def _check_loss_keys(specs: list[LossSpec]) -> None:
+    """Registry listener: refuse a loss whose key is a field or another loss's key (the change is undone)."""
+    taken = _field_names()
+    for spec in specs:
+        for key, *_ in spec.config_fields():
+            if key in taken:
+                raise ValueError(f"loss {spec.name!r}: configuration key {key!r} already exists")
+            taken.add(key)
+
+
+on_change(_check_loss_keys)
 
 
 def _accepted(kind) -> tuple:
@@ -347,41 +535,6 @@ def _convert(value, base):
 
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
-
-
-_LOSS_KEYS_AFTER = "jpeg_quality"  # the generated loss keys follow this field (config files, --help)
-_BASE_FIELDS = [(f.name, f.type, f.default) for f in fields(Config)]
-_GENERATED_METHODS = ("__init__", "__repr__", "__eq__", "__match_args__", "__hash__")
-
-
-def _add_loss_fields(specs: list[LossSpec]) -> None:
-    """(Re)generate Config's loss keys from ``specs`` *in place*: every module that imported ``Config`` sees a
-    loss registered after it. The dataclass is rebuilt from the base fields plus the losses' keys."""
-    base = {name for name, _, _ in _BASE_FIELDS}
-    generated = []
-    for spec in specs:
-        options = {spec.option_key(o): o for o in spec.options}
-        for key, kind, default, help_text in spec.config_fields():
-            if key in base or any(key == other for other, *_ in generated):
-                raise ValueError(f"loss {spec.name!r}: configuration key {key!r} already exists")
-            choices = options[key].choices if key in options else None
-            generated.append((key, kind, dataclasses.field(default=default,
-                                                           metadata={"help": help_text, "choices": choices})))
-    at = next(i for i, (name, _, _) in enumerate(_BASE_FIELDS) if name == _LOSS_KEYS_AFTER) + 1
-    ordered = [*_BASE_FIELDS[:at], *generated, *_BASE_FIELDS[at:]]
-    for name in _GENERATED_METHODS:
-        if name in Config.__dict__:
-            delattr(Config, name)
-    for name in set(Config.__dataclass_fields__) - {name for name, _, _ in ordered}:
-        if name in Config.__dict__:
-            delattr(Config, name)  # the class default of a loss that was unregistered
-    Config.__annotations__ = {name: kind for name, kind, _ in ordered}
-    for name, _, default in ordered:
-        setattr(Config, name, default)
-    dataclass(Config)
-
-
-on_change(_add_loss_fields)
 
 
 def _optional(base):

@@ -46,15 +46,21 @@ def test_teacher_targets_are_those_of_the_same_views(folder_dataset, tmp_path):
     assert torch.allclose(cached, expected, atol=1e-5)
 
 
-def test_teacher_test_embeddings_are_computed_once_per_process(folder_dataset, tmp_path, monkeypatch):
-    import mobilekd.engine as engine
+def test_teacher_test_embeddings_are_shared_between_runs_that_ask_for_it(folder_dataset, tmp_path, monkeypatch):
+    import mobilekd.engine.evaluation as evaluation
+    from mobilekd.engine import TeacherTestEmbeddings
 
-    first = Trainer(tiny_config(folder_dataset, tmp_path / "a")).evaluate()
-    embedded, real = [], engine.embed_image_set
-    monkeypatch.setattr(engine, "embed_image_set", lambda model, *a, **k: embedded.append(model) or real(model, *a, **k))
-    second = Trainer(tiny_config(folder_dataset, tmp_path / "b"))
+    shared = TeacherTestEmbeddings()
+    first = Trainer(tiny_config(folder_dataset, tmp_path / "a"), teacher_test_embeddings=shared).evaluate()
+    embedded, real = [], evaluation.embed_image_set
+    monkeypatch.setattr(evaluation, "embed_image_set",
+                        lambda model, *a, **k: embedded.append(model) or real(model, *a, **k))
+    second = Trainer(tiny_config(folder_dataset, tmp_path / "b"), teacher_test_embeddings=shared)
     assert second.evaluate()["teacher"] == first["teacher"]
     assert embedded == [second.student]  # the student is embedded, the teacher's test pass is reused
+    alone = Trainer(tiny_config(folder_dataset, tmp_path / "c"))  # no sharing asked: its own teacher pass
+    alone.evaluate()
+    assert embedded[1:] == [alone.student, alone.teacher]
 
 
 def test_head_lr_scale_gives_the_new_head_its_own_learning_rate(folder_dataset, tmp_path):

@@ -158,7 +158,7 @@ def tiny_argv(data, tmp_path, arms, *extra):
 
 
 def test_several_seeds_give_mean_sd_and_per_seed_rows(tmp_path, monkeypatch):
-    def fake_run(args, arm, seed):  # no training: the aggregation alone
+    def fake_run(args, arm, seed, teacher_tests=None):  # no training: the aggregation alone
         r1 = {"alone": 10.0, "kl": 20.0}[arm] + 2 * seed
         return {"test": {"R@1": r1, "MAP@R": r1 / 2, "queries": 5}, "teacher": {"R@1": 50.0, "MAP@R": 25.0}}
 
@@ -222,7 +222,7 @@ def test_weight_selection_from_folded_batchnorm_is_unfolded_before_training(fold
 
 def test_identical_arms_run_once(tmp_path, monkeypatch):
     ran = []
-    monkeypatch.setattr(distill_cub, "run_arm", lambda args, arm, seed: ran.append(arm) or {"test": {"R@1": 1.0}})
+    monkeypatch.setattr(distill_cub, "run_arm", lambda args, arm, seed, teacher_tests=None: ran.append(arm) or {"test": {"R@1": 1.0}})
     monkeypatch.setattr(distill_cub, "build_cache", lambda config, folder: None)
     argv = ["--data", str(tmp_path), "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
             "--arms", "zero_shot,alone,init_imagenet,init_random"]

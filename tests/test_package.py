@@ -57,11 +57,19 @@ def test_shipped_recipes_load_into_a_valid_config(name, capsys):
     assert {key: getattr(config, key) for key in keys if key != "data"} == {k: v for k, v in keys.items() if k != "data"}
 
 
-def test_demo_recipe_is_the_demo():
+def test_the_demo_reads_its_recipe_from_the_shipped_yaml(tmp_path):
+    from mobilekd.demo import BUNDLED_DATA, load_recipe
+
     keys = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
-    assert keys["data"] == os.path.relpath(DEMO["data"], Path(mobilekd.__file__).parent.parent)
-    recipe = {**DEMO, **DISTILL_WEIGHTS}
-    assert {k: v for k, v in keys.items() if k not in ("data", "out")} == {k: v for k, v in recipe.items() if k != "data"}
+    assert DEMO["data"] == BUNDLED_DATA and Path(DEMO["data"]).is_file()
+    assert {**DEMO, **DISTILL_WEIGHTS} == {k: v for k, v in keys.items() if k != "out"} | {"data": BUNDLED_DATA}
+    assert DISTILL_WEIGHTS == {"metric_weight": 0.1, "kl_weight": 1.0, "kl_temperature": 0.1}
+    # an edited recipe is what the demo runs: nothing of it is written twice
+    edited = tmp_path / "demo.yaml"
+    edited.write_text((CONFIGS / "demo.yaml").read_text().replace("lr: 0.0005", "lr: 1e-3").replace(
+        "kl_temperature: 0.1", "kl_temperature: 0.2"))
+    run, losses = load_recipe(edited)
+    assert run == {**DEMO, "lr": 0.001} and losses == {**DISTILL_WEIGHTS, "kl_temperature": 0.2}
 
 
 def test_config_by_recipe_name_and_unknown_name():

@@ -183,7 +183,7 @@ def upgrade_check(old: str, new: str, data: str, split: str = "test", tolerance:
 def absolute_projection(student: str, teacher_dim: int):
     """(state-dict name, [teacher_dim, student_dim] array) of the absolute teacher loss's learned
     student->teacher projection saved by the distillation run of checkpoint ``student``, or None."""
-    from mobilekd.engine import load_teacher_projections
+    from mobilekd.engine.checkpoint import load_teacher_projections
 
     path = Path(student)
     projections = load_teacher_projections(path if path.is_dir() else path.parent)

@@ -30,7 +30,7 @@ PROXY_LOSSES = ("proxy_anchor", "normalized_softmax")
 
 @register_loss("metric", inputs="labels", weight=1.0, help="student's own metric loss (pytorch-metric-learning)",
                options=[Option("loss", str, "normalized_softmax", "which metric loss (none: off)",
-                               choices=METRIC_LOSSES, off="none")])
+                               choices=METRIC_LOSSES, off="none", fixed_on_resume=True)])
 class MetricLoss(nn.Module):
     """loss(embeddings, labels) with its miner; ``has_parameters`` tells whether it holds proxies."""
 

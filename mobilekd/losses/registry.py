@@ -17,7 +17,8 @@ engine builds it for every domain where its weight is > 0 and calls it with what
 The loss is built with ``cls.from_context(context, **options)`` when the class defines it (for what depends on
 the run: dimensions, classes, channels; see :class:`LossContext`), else ``cls(**options)``. Its parameters, if
 any, are trained with the student. Registering from outside the package (a plug-in, a test) works the same,
-as long as it happens before the configuration is used; adding a loss is one new module.
+at any time: a Config made afterwards holds the new loss's settings, and a parser built afterwards its flags;
+adding a loss is one new module.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ INPUTS = ("embeddings", "maps", "labels")
 class Option:
     """One hyper-parameter of a loss: the keyword its constructor takes, its type, default and help.
     ``choices`` / ``minimum`` (value >= minimum) / ``above`` (value > above) are checked when the configuration
-    is validated; the value ``off`` (if given) switches the loss off like weight 0 (``--metric-loss none``)."""
+    is validated; the value ``off`` (if given) switches the loss off like weight 0 (``--metric-loss none``);
+    ``fixed_on_resume``: a ``--resume`` run must keep the value (it decides which parameters the loss has)."""
 
     name: str
     type: type
@@ -43,6 +45,7 @@ class Option:
     minimum: float | None = None
     above: float | None = None
     off: Any = None
+    fixed_on_resume: bool = False
 
     def problem(self, value, flag: str) -> str | None:
         """One line saying what is wrong with ``value``, or None."""
@@ -146,8 +149,8 @@ def get_loss(name: str) -> LossSpec:
 
 
 def on_change(listener: Callable[[list[LossSpec]], None]) -> None:
-    """Call ``listener(specs)`` now and whenever the registry changes (the configuration regenerates its
-    keys); a listener that raises rejects the change (e.g. a key that clashes with an existing one)."""
+    """Call ``listener(specs)`` now and whenever the registry changes (the configuration checks the new keys);
+    a listener that raises rejects the change (e.g. a key that clashes with an existing one)."""
     listener(loss_specs())
     _listeners.append(listener)
 

@@ -1,0 +1,88 @@
+"""What the training loop calls around its epochs (as pytorch-metric-learning's end-of-epoch hooks or
+torchdistill's post-epoch processes): evaluation on a cadence, checkpoints, the history and its log line,
+the DDP barrier and, at the end, metrics.json and the folder unlock.
+
+A hook overrides any of ``on_train_start(run)``, ``on_epoch_end(run, epoch, record)`` (``record``: the epoch's
+mean losses, which a hook may extend) and ``on_train_end(run, summary)``; ``main_only`` hooks run in the main
+process only. ``default_hooks`` is the order a run uses: a record is evaluated, then kept, then saved, then
+logged, and every process waits at the barrier before the next epoch.
+"""
+
+from __future__ import annotations
+
+from mobilekd.engine.builders import log
+from mobilekd.io import unlock_folder, write_json
+
+
+class Hook:
+    main_only = True
+
+    def on_train_start(self, run) -> None:
+        pass
+
+    def on_epoch_end(self, run, epoch: int, record: dict) -> None:
+        pass
+
+    def on_train_end(self, run, summary: dict) -> None:
+        pass
+
+
+class EvaluationHook(Hook):
+    """Test metrics every ``eval_every`` epochs and after the last, into the epoch's record."""
+
+    def on_epoch_end(self, run, epoch: int, record: dict) -> None:
+        if (epoch + 1) % run.config.eval_every == 0 or epoch + 1 == run.config.epochs:
+            record.update(run.evaluate())
+
+
+class HistoryHook(Hook):
+    def on_epoch_end(self, run, epoch: int, record: dict) -> None:
+        run.history.append(record)
+
+
+class CheckpointHook(Hook):
+    """``config.json`` at the start, the checkpoint (``run.save``) after every epoch."""
+
+    def on_train_start(self, run) -> None:
+        write_json(run.out / "config.json", run.config.to_dict())
+
+    def on_epoch_end(self, run, epoch: int, record: dict) -> None:
+        run.save(epoch)
+
+
+class LogHook(Hook):
+    def on_epoch_end(self, run, epoch: int, record: dict) -> None:
+        log(epoch_line(record, run.domains))
+
+
+class BarrierHook(Hook):
+    """Every process finishes the epoch (the main one its evaluation and checkpoint) before the next."""
+
+    main_only = False
+
+    def on_epoch_end(self, run, epoch: int, record: dict) -> None:
+        run.context.barrier()
+
+
+class SummaryHook(Hook):
+    """``metrics.json`` and the release of the run's folder lock."""
+
+    def on_train_end(self, run, summary: dict) -> None:
+        write_json(run.out / "metrics.json", summary)
+        unlock_folder(run.out)
+
+
+def default_hooks() -> list[Hook]:
+    return [EvaluationHook(), HistoryHook(), CheckpointHook(), LogHook(), BarrierHook(), SummaryHook()]
+
+
+def epoch_line(record: dict, domains: list) -> str:
+    line = f"epoch {record['epoch']}: loss {record['loss']:.4f} ({record['seconds']:.0f} s)"
+    if "test" in record:
+        line += f" | test R@1 {record['test']['R@1']:.2f} MAP@R {record['test']['MAP@R']:.2f}"
+    for domain in domains[1:]:
+        if domain.name in record:
+            line += f" | {domain.name} R@1 {record[domain.name]['test']['R@1']:.2f}"
+    if "student_to_teacher" in record:
+        line += f" | student->teacher R@1 {record['student_to_teacher']['R@1']:.2f}"
+    return line
