@@ -7,8 +7,10 @@ with kotlinc and runs its JUnit tests on that folder (MOBILEKD_GOLDEN): the Kotl
 reproduce the float32 tensors bit for bit (int8 inputs: within one quantisation step), its index must return
 faiss's top-k, and its reader must accept these model.json files.
 
-Needs a JDK (skipped without ``java``); the Kotlin compiler comes from npm and JUnit from Debian's junit4
-(run-tests.sh installs both; a failed install fails the test).
+The JVM tests need a JDK (skipped without ``java``); the Kotlin compiler comes from npm and JUnit from Debian's
+junit4 (run-tests.sh installs both; a failed install fails the test). Compiling takes over a minute in a clean
+clone, so they run with ``pytest -m slow``; the default run compares the reader's field lists, read from its
+Kotlin source, with mobilekd/runtime/contract.py.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "android_demo" / "core"
 RUN_TESTS = CORE / "run-tests.sh"
 
-pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="no JDK (java) on PATH: the Kotlin core cannot run")
+needs_jdk = pytest.mark.skipif(shutil.which("java") is None, reason="no JDK (java) on PATH: the Kotlin core cannot run")
+CONTRACT_KT = CORE / "src" / "main" / "kotlin" / "com" / "mobilekd" / "core" / "ModelContract.kt"
 
 
 # ------------------------------------------------------------------------------------------ golden data
@@ -53,8 +56,8 @@ def _sample_images() -> dict[str, Image.Image]:
 
 
 def _contracts(model):
-    from mobilekd.preprocess import TF_LITE_MEAN, TF_LITE_STD, Preprocess
     from mobilekd.runtime.contract import ModelContract, TensorSpec
+    from mobilekd.preprocess import TF_LITE_MEAN, TF_LITE_STD, Preprocess
 
     sha = "0" * 64
     source = {"checkpoint": "golden", "arch": "mobilenetv1_025", "sha256": sha}
@@ -191,6 +194,7 @@ def _run(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.
                           env={**os.environ, **(env or {})})
 
 
+@needs_jdk
 @pytest.mark.slow  # compiles the Kotlin core (first run in a clean clone: npm kotlinc install + compile, ~70-80 s)
 def test_jvm_core_reproduces_python_golden_vectors(tmp_path):
     golden = tmp_path / "golden"
@@ -204,13 +208,34 @@ def test_jvm_core_reproduces_python_golden_vectors(tmp_path):
     assert "GOLDEN contract: 3 model.json files parsed" in output, output[-4000:]
 
 
-def test_kotlin_reader_fields_match_export_contract():
-    from mobilekd.preprocess import Preprocess
-    from mobilekd.runtime import contract as C
+def kotlin_contract_fields() -> dict:
+    """What ``run-tests.sh fields`` prints (``ContractFields.asMap()``), read from ModelContract.kt itself: the
+    ``const val`` / ``val X = listOf(...)`` declarations of ``object ContractFields`` and the keys asMap gives
+    them. The reader validates with these same constants (``requireKeys(ContractFields.TOP_REQUIRED, ...)``)."""
+    import re
 
-    proc = _run("fields")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    kotlin = json.loads(proc.stdout.strip().splitlines()[-1])
+    source = CONTRACT_KT.read_text()
+    body = re.search(r"object ContractFields \{(.*?)\n\}", source, re.S)
+    assert body, f"no object ContractFields in {CONTRACT_KT}"
+    body = body.group(1)
+    values = {name: value for name, value in re.findall(r'const val (\w+) = "([^"]*)"', body)}
+    for name, items in re.findall(r"val (\w+) = listOf\(([^)]*)\)", body):
+        values[name] = re.findall(r'"([^"]*)"', items)
+    as_map = re.search(r"fun asMap\(\).*?linkedMapOf\((.*?)\)", body, re.S)
+    assert as_map, "no ContractFields.asMap()"
+    pairs = re.findall(r'"(\w+)" to (\w+)', as_map.group(1))
+    assert len(pairs) == 12, pairs
+    return {key: values[name] for key, name in pairs}
+
+
+def assert_fields_match_python(kotlin: dict) -> None:
+    """The Kotlin reader's field names and allowed values are mobilekd/runtime/contract.py's, and what the Python writer
+    emits is exactly what the Kotlin reader requires."""
+    import torch
+
+    from mobilekd.runtime import contract as C
+    from mobilekd.models import create_model
+    from mobilekd.preprocess import Preprocess
 
     names = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
     assert kotlin["format"] == C.FORMAT
@@ -225,10 +250,6 @@ def test_kotlin_reader_fields_match_export_contract():
                         ("dtypes", C.DTYPES)):
         assert set(kotlin[key]) == set(values), key
 
-    # what the Python writer emits is exactly what the Kotlin reader requires
-    torch = pytest.importorskip("torch")
-    from mobilekd.models import create_model
-
     torch.manual_seed(0)
     written = _contracts(create_model("mobilenetv1_025", embed_dim=16, size=32))["b"].to_dict()
     assert set(written) - {"parity"} == set(kotlin["top_required"]) | {"source"}
@@ -236,3 +257,18 @@ def test_kotlin_reader_fields_match_export_contract():
     assert set(written["output"]) == set(kotlin["output_required"])
     assert set(written["preprocess"]) == set(kotlin["preprocess_fields"])
     assert set(written["input"]["quantization"]) == set(kotlin["quantization_fields"])
+
+
+def test_kotlin_reader_fields_match_export_contract():
+    """A model.json field added or renamed on one side only fails the default run (no JVM needed)."""
+    assert_fields_match_python(kotlin_contract_fields())
+
+
+@needs_jdk
+@pytest.mark.slow  # compiles the Kotlin core; the default run checks the same lists read from the source
+def test_compiled_kotlin_reader_prints_the_fields_its_source_declares():
+    proc = _run("fields")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    kotlin = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert kotlin == kotlin_contract_fields()
+    assert_fields_match_python(kotlin)

@@ -119,7 +119,11 @@ class ModelContract:
         inp = TensorSpec(**data["input"])
         if inp.layout not in LAYOUTS:
             raise MobileKDError(f"model.json input.layout must be one of {LAYOUTS}")
+        try:
+            preprocess = Preprocess.from_dict(data["preprocess"])
+        except (TypeError, ValueError) as error:  # an unknown key, a size < 8, a crop outside (0, 1]
+            raise MobileKDError(f"model.json: bad preprocess ({error})") from None
         return cls(data["model_file"], data["runtime"], data["precision"], inp, TensorSpec(**data["output"]),
-                   Preprocess.from_dict(data["preprocess"]), int(data["embed_dim"]), data.get("source", {}),
+                   preprocess, int(data["embed_dim"]), data.get("source", {}),
                    data.get("parity"), data["format"], data.get("model_sha256"), data.get("quantization"),
                    data.get("build"))

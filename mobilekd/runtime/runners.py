@@ -319,7 +319,8 @@ def open_runtime(path: str | Path, contract: ModelContract | None = None, thread
                  pixels: Preprocess | None = None, preprocess: Preprocess | None = None,
                  runtime: str | None = None) -> Runner:
     """``path`` on ``runtime`` (default: the first registered for its suffix); contract default: the model.json
-    beside the file (``find_contract``), else one made from the file itself."""
+    beside the file (``find_contract``), else one made from the file itself, with ``preprocess`` (default: the
+    ``<file>.json`` beside it, ``sidecar_preprocess``; else the file's input size with ImageNet mean/std)."""
     path = Path(path)
     entries = [get_runtime(runtime)] if runtime else runtimes_for(path)
     if not entries:
@@ -327,6 +328,8 @@ def open_runtime(path: str | Path, contract: ModelContract | None = None, thread
                          f"(known: {', '.join(sorted({s for r in RUNTIMES.values() for s in r.suffixes}))})")
     if contract is None:
         contract = find_contract(path)
+        if contract is None and preprocess is None:
+            preprocess = sidecar_preprocess(path)
     return entries[0].open(path, contract, threads, pixels, preprocess)
 
 
