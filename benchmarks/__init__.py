@@ -24,6 +24,26 @@ def comma_choices(text: str, allowed, what: str) -> list[str]:
     return chosen
 
 
+def command_line(module: str, argv=None) -> str:
+    """The command that produced a result, as a user would type it again (``argv`` defaults to ``sys.argv``)."""
+    import sys
+
+    return f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:])
+
+
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    """The lines of a Markdown table: the header, its rule, and one line per row of cells."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def publish(prefix: str | None, report: str, result: dict) -> None:
+    """Print ``report`` and, when ``prefix`` is given, write it and ``result`` (``write_report``)."""
+    print(report)
+    if prefix:
+        write_report(prefix, report, result)
+
+
 def write_report(prefix: str, report: str, result: dict) -> None:
     """``PREFIX.md`` (the Markdown report) and ``PREFIX.json`` (``result``: command, machine, args, rows ...),
     each written atomically: a kill never leaves a half-written table or JSON."""

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import write_result
+from benchmarks import command_line, write_result
 from mobilekd.config import Config
 from mobilekd.errors import cli_entry
 
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     started = time.time()
     summary = {"test": evaluate_untrained(config)} if args.zero_shot else train(config)
     seconds = time.time() - started
-    command = "python -m benchmarks.demo_recipe " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("benchmarks.demo_recipe", argv)
     settings = {key: getattr(config, key) for key in SETTINGS}
     if args.zero_shot:
         settings = {"student_size": config.student_size, "embed_dim": 0, "threads": config.threads}

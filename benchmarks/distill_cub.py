@@ -55,7 +55,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import comma_choices, write_report
+from benchmarks import command_line, comma_choices, publish
 from mobilekd.config import Config
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import write_json
@@ -398,15 +398,14 @@ def main(argv=None) -> int:
         lines.append("\nFraction of the student-alone -> teacher R@1 gap closed: " +
                      ", ".join(f"{arm} {100 * (rows[row_name(args, arm)]['R@1'] - alone) / gap:.1f}%"
                                for arm in arms if arm != "alone"))
-    command = "python -m benchmarks.distill_cub " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("benchmarks.distill_cub", argv)
     minutes = (time.time() - started) / 60
     report = (f"# Distillation on CUB-100 (classes 50-99 unseen)\n\nCommand: `{command}`\n\n"
               f"Wall time of this invocation: {minutes:.1f} min\n\n" + "\n".join(lines) + "\n")
     result = {"command": command, "machine": describe(), "rows": rows, "args": vars(args), "minutes": minutes}
     if sd:
         result.update(sd=sd, seeds=by_seed)
-    write_report(args.results, report, result)
-    print(report)
+    publish(args.results, report, result)
     return 0
 
 

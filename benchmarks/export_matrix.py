@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import comma_choices, write_result
+from benchmarks import command_line, comma_choices, publish
 from mobilekd.errors import MobileKDError, cli_entry
 
 # a variant is a --quantize value, optionally "+flag" or "+flag=value" for one more exporter option
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                              "error": f"export exited {code} (see its error line above)"})
                 continue
             rows.append(row_of(runtime, variant, json.loads((out / "model.json").read_text()), seconds, code))
-    command = "python -m benchmarks.export_matrix " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("benchmarks.export_matrix", argv)
     spec = json.loads((checkpoint / "model.json").read_text()).get("spec", {})
     teacher_note = next((r["teacher_note"] for r in rows if r.get("teacher_note")), None)
     r1_teacher = next((r["r1_teacher"] for r in rows if r.get("r1_teacher") is not None), None)
@@ -141,11 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             f"parity on {images} held-out images; teacher: {args.teacher or 'none'}"
             + (f" (its own R@1 on them: {r1_teacher:.2f})" if r1_teacher is not None else "") + ".\n"
             + (f"\nTeacher columns: {teacher_note}\n" if teacher_note else "") + "\n" + markdown(rows))
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results + ".md").write_text(text)
-    write_result(args.results + ".json", {"command": command, "machine": describe(), "checkpoint": str(checkpoint),
-                                        "rows": rows})
-    print(text)
+    publish(args.results, text, {"command": command, "machine": describe(), "checkpoint": str(checkpoint),
+                                 "rows": rows})
     return 0
 
 

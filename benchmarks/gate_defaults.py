@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks import write_result
+from benchmarks import command_line, publish
 from benchmarks.export_matrix import row_of
 from mobilekd.errors import MobileKDError, cli_entry
 
@@ -93,14 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                          f"noise/spread <= {_f(summary[key]['max_noise_ratio'], '.3g')}; defaults now: "
                          f"overlap >= {DEFAULT_GATES[key].min_topk_overlap}, "
                          f"noise/spread <= {DEFAULT_GATES[key].max_noise_ratio}")
-    command = "python -m benchmarks.gate_defaults " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("benchmarks.gate_defaults", argv)
     text = f"# Parity gates: overlap and noise-to-spread of measured files\n\nCommand: `{command}`\n\n" + \
         "\n".join(lines) + "\n"
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results + ".md").write_text(text)
-    write_result(args.results + ".json", {"command": command, "machine": describe(), "rows": rows,
-                                        "summary": summary})
-    print(text)
+    publish(args.results, text, {"command": command, "machine": describe(), "rows": rows, "summary": summary})
     return 0
 
 

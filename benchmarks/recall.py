@@ -16,8 +16,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks import RESULT_FORMAT, write_result
 from benchmarks.machine import describe, load_average
 from benchmarks.targets import load_target
@@ -26,12 +24,10 @@ from mobilekd.io import check_writable_file
 from mobilekd.metrics import format_table, retrieval_metrics
 from mobilekd.threads import usable_cores
 
-
 def recall_from_embeddings(query, labels, gallery=None, gallery_labels=None) -> dict[str, float]:
     """The metrics of hand-made or precomputed embeddings (symmetric when ``gallery`` is None)."""
     return retrieval_metrics(query, labels, gallery, labels if gallery is not None and gallery_labels is None
                              else gallery_labels)
-
 
 def make_embedder(spec: str, threads: int | None = None, label: str | None = None, size: int | None = None):
     """(label, kind, embedder) for ``embed_image_set``; the runtime of an exported file is its own."""
@@ -51,7 +47,6 @@ def make_embedder(spec: str, threads: int | None = None, label: str | None = Non
     # the exported file through mobilekd.runtime.runners, exactly as export parity and a black-box teacher run it
     embedder = FileEmbedder(target.path, threads or usable_cores(), runtime, target.contract)
     return target.label, target.kind, runtime, embedder
-
 
 def evaluate(specs: list[str], data: str, split: str = "test", gallery_model: str | None = None,
              labels: list[str] | None = None, batch_size: int = 64, threads: int | None = None,
@@ -91,7 +86,6 @@ def evaluate(specs: list[str], data: str, split: str = "test", gallery_model: st
             result["errors"].append({"model": spec, "error": str(error)})
     return result
 
-
 def format_recall(result: dict) -> str:
     rows = {}
     for row in result["results"]:
@@ -99,7 +93,6 @@ def format_recall(result: dict) -> str:
         if "asymmetric" in row:
             rows[f"{row['model']} -> {row['asymmetric']['gallery']} gallery"] = row["asymmetric"]
     return format_table(rows, ("R@1", "R@2", "R@4", "R@8", "MAP@R", "R-Precision"))
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.recall", description=__doc__.split("\n\n")[0])
@@ -117,7 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="write the result JSON here")
     parser.add_argument("--quiet", action="store_true")
     return parser
-
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
         write_result(args.out, result)
     print(format_recall(result))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

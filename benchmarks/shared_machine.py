@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import comma_choices, write_report
+from benchmarks import comma_choices, command_line, markdown_table, publish
 from mobilekd.errors import MobileKDError, cli_entry
 
 POLICIES = {"default": None, "passive": "PASSIVE", "active": "ACTIVE"}
@@ -107,17 +107,14 @@ def main(argv=None) -> int:
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
     quiet_best = min(r["epoch_s_median"] for r in rows if r["busy"] == 0)
-    command = "python -m benchmarks.shared_machine " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = ["# Student training beside busy processes (demo workload, s per epoch)", "", f"Command: `{command}`", "",
-             "| busy processes | OMP_WAIT_POLICY | --threads | s/epoch (median) | vs best quiet |", "|---|---|---|---|---|"]
-    for row in rows:
-        label = "0 (auto)" if row["threads"] == 0 else str(row["threads"])
-        lines.append(f"| {row['busy']} | {row['wait_policy']} | {label} | {row['epoch_s_median']} | "
-                     f"{row['epoch_s_median'] / quiet_best:.2f}x |")
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        write_report(args.out, report, {"command": command, "machine": describe(), "args": vars(args), "rows": rows})
+    command = command_line("benchmarks.shared_machine", argv)
+    table = markdown_table(
+        ["busy processes", "OMP_WAIT_POLICY", "--threads", "s/epoch (median)", "vs best quiet"],
+        [[row["busy"], row["wait_policy"], "0 (auto)" if row["threads"] == 0 else row["threads"],
+          row["epoch_s_median"], f"{row['epoch_s_median'] / quiet_best:.2f}x"] for row in rows])
+    report = "\n".join(["# Student training beside busy processes (demo workload, s per epoch)", "",
+                        f"Command: `{command}`", "", *table]) + "\n"
+    publish(args.out, report, {"command": command, "machine": describe(), "args": vars(args), "rows": rows})
     return 0
 
 

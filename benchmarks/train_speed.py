@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 
-from benchmarks import comma_choices, write_report
+from benchmarks import comma_choices, command_line, markdown_table, publish
 from mobilekd.errors import cli_entry
 
 SETTINGS = ("eager", "channels_last", "bf16", "compile", "compile+channels_last")
@@ -219,24 +219,23 @@ def main(argv=None) -> int:
             for size, thread, setting in cases]
     grad_error = {setting: gradient_error(args.student, setting) for setting in settings}
     render = {size: round(render_rate(args.data, size), 1) for size in sizes} if args.data else None
-    command = "python -m benchmarks.train_speed " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [f"# Training-step speed ({args.student}, batch {args.batch})", "", f"Command: `{command}`", "",
-             "| size | threads | setting | images/s (median) | images/s (min) | vs eager | gradient error vs float64 |",
-             "|---|---|---|---|---|---|---|"]
+    command = command_line("benchmarks.train_speed", argv)
+    table = []
     for row in rows:
         base = next((r["images_per_s_median"] for r in rows if r["size"] == row["size"] and
                      r["threads"] == row["threads"] and r["setting"] == "eager"), None)
-        ratio = f"{row['images_per_s_median'] / base:.2f}x" if base else "n/a"
-        lines.append(f"| {row['size']} | {row['threads']} | {row['setting']} | {row['images_per_s_median']} | "
-                     f"{row['images_per_s_min']} | {ratio} | {grad_error[row['setting']]:.1e} |")
+        table.append([row["size"], row["threads"], row["setting"], row["images_per_s_median"], row["images_per_s_min"],
+                      f"{row['images_per_s_median'] / base:.2f}x" if base else "n/a",
+                      f"{grad_error[row['setting']]:.1e}"])
+    lines = [f"# Training-step speed ({args.student}, batch {args.batch})", "", f"Command: `{command}`", "",
+             *markdown_table(["size", "threads", "setting", "images/s (median)", "images/s (min)", "vs eager",
+                              "gradient error vs float64"], table)]
     if render:
         lines += ["", "View rendering from the decoded-image cache (1 process): " +
                   ", ".join(f"{size} px {rate} views/s" for size, rate in render.items())]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        write_report(args.out, report, {"command": command, "machine": describe(), "args": vars(args), "rows": rows,
-                                        "render_views_per_s": render, "gradient_error_vs_float64": grad_error})
+    publish(args.out, "\n".join(lines) + "\n", {"command": command, "machine": describe(), "args": vars(args),
+                                                "rows": rows, "render_views_per_s": render,
+                                                "gradient_error_vs_float64": grad_error})
     return 0
 
 
@@ -257,19 +256,19 @@ def engine_main(args, argv, sizes: list[int], threads: list[int]) -> int:
         rows += [{"size": size, "threads": t, "memory_format": fmt,
                   "images_per_s_median": round(statistics.median(rates[(t, fmt)]), 2),
                   "images_per_s_min": round(min(rates[(t, fmt)]), 2)} for t, fmt in cases]
-    command = "python -m benchmarks.train_speed " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = ["# Training speed of the real engine step (ImageNet MobileNetV1-0.25, label-free KL, cached teacher)", "",
-             f"Command: `{command}`", "",
-             "| size | threads | memory format | images/s (median) | images/s (min) | vs 1 thread NCHW |", "|---|---|---|---|---|---|"]
+    command = command_line("benchmarks.train_speed", argv)
+    table = []
     for row in rows:
         base = next(r["images_per_s_median"] for r in rows if r["size"] == row["size"] and r["threads"] == min(
             c[0] for c in cases) and r["memory_format"] == "contiguous")
-        lines.append(f"| {row['size']} | {row['threads']} | {row['memory_format']} | {row['images_per_s_median']} | "
-                     f"{row['images_per_s_min']} | {row['images_per_s_median'] / base:.2f}x |")
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        write_report(args.out, report, {"command": command, "machine": describe(), "args": vars(args), "rows": rows})
+        table.append([row["size"], row["threads"], row["memory_format"], row["images_per_s_median"],
+                      row["images_per_s_min"], f"{row['images_per_s_median'] / base:.2f}x"])
+    report = "\n".join([
+        "# Training speed of the real engine step (ImageNet MobileNetV1-0.25, label-free KL, cached teacher)", "",
+        f"Command: `{command}`", "",
+        *markdown_table(["size", "threads", "memory format", "images/s (median)", "images/s (min)",
+                         "vs 1 thread NCHW"], table)]) + "\n"
+    publish(args.out, report, {"command": command, "machine": describe(), "args": vars(args), "rows": rows})
     return 0
 
 

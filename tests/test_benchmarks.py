@@ -545,3 +545,17 @@ def test_every_result_json_is_stamped_with_git_commit_and_machine(tmp_path):
     data = json.loads((tmp_path / "t.json").read_text())
     assert data["machine"] == {"cpu_model": "given"} and "git_commit" in data
     assert (tmp_path / "t.md").read_text() == "# t\n"
+
+
+def test_publish_prints_and_writes_one_stamped_report(tmp_path, capsys):
+    from benchmarks import markdown_table, publish
+
+    table = markdown_table(["size", "ms"], [[128, 0.8], [224, 1.5]])
+    assert table == ["| size | ms |", "|---|---|", "| 128 | 0.8 |", "| 224 | 1.5 |"]
+    publish(None, "\n".join(table), {"rows": []})  # no prefix: printed only
+    assert "| 224 | 1.5 |" in capsys.readouterr().out and not list(tmp_path.iterdir())
+    publish(str(tmp_path / "study" / "speed"), "\n".join(table), {"rows": [1]})
+    written = json.loads((tmp_path / "study" / "speed.json").read_text())
+    assert written["rows"] == [1] and "git_commit" in written and "cpu" in json.dumps(written["machine"]).lower()
+    assert (tmp_path / "study" / "speed.md").read_text() == "\n".join(table)
+    assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["speed.json", "speed.md"]  # no temp files left
