@@ -21,7 +21,7 @@ and report
 Gates: mean cosine, Recall@1 drop, top-10 neighbour overlap, noise-to-spread, optionally a minimum per-image
 cosine (``--min-cos``); all configurable on the command line, their defaults per precision are ``DEFAULT_GATES``
 (the one place they are written). Mean cosine alone is not enough: when a student's embeddings crowd together,
-an error that keeps cosine at 0.99 still reorders neighbours (issue #14; ``benchmarks/results/gate_defaults.md``).
+an error that keeps cosine at 0.99 still reorders neighbours (issue #14; ``benchmarks/results/gate_defaults/gate_defaults.md``).
 Non-finite outputs always fail. A gate whose metric could not be computed (Recall@1 on unlabeled data) or means
 nothing (top-10 overlap on so few images that any two lists agree past the gate) is reported as skipped, never
 as passed silently.
@@ -62,7 +62,7 @@ class Gates:
 
 
 # The default gates per precision: the one definition (the neighbour and noise-to-spread values come from
-# measured files: benchmarks/results/gate_defaults.md).
+# measured files: benchmarks/results/gate_defaults/gate_defaults.md).
 DEFAULT_GATES = {
     "fp32": Gates(0.9999, min_topk_overlap=0.98, max_noise_ratio=1e-4),
     "fp16": Gates(0.999, min_topk_overlap=0.85, max_noise_ratio=0.002),

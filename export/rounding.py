@@ -6,7 +6,7 @@ weight to its nearest level is not what keeps the layer's *output*: an output ch
 the rounding errors ``e`` of its weights and an input patch ``x``, so its mean square is ``e^T M e`` with
 ``M = E[x x^T]`` over real inputs (AdaRound's objective: Nagel et al., "Up or Down? Adaptive Rounding for
 Post-Training Quantization", ICML 2020). Measured on an ImageNet MobileNetV1-0.25 fine-tuned on CUB
-(``benchmarks/results/int8_rounding.md``): nearly all of its int8 loss came from one depthwise layer whose
+(``benchmarks/results/int8_cub/rounding.md``): nearly all of its int8 loss came from one depthwise layer whose
 edge-detector kernels (weights up to 6 that sum to 0.01) lose their zero sum to nearest rounding, so a flat
 image region -- most of a photo -- gets a response it never had in float.
 

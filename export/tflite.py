@@ -15,12 +15,12 @@ Route (see ../shared/notes/export.md section 3):
   feed); ``--integer-io`` makes them int8, their scale/zero point in model.json, for integer-only runtimes.
   ``--float-convs N`` (shared with export.onnx) keeps the first N convolutions and every op before them in
   float: the int8 graph starts after them, so the input and the most sensitive early layers are not rounded
-  (benchmarks/results/README.md).
+  (benchmarks/results/int8_cub/).
   Before conversion the weights are put on the int8 grid by ``export.rounding`` (each weight rounded up or
   down to keep its layer's output on the calibration images, AdaRound's objective; ``--weight-rounding
   nearest`` leaves the quantizer's round-to-nearest).
   (litert-torch's PT2E quantizer is the alternative int8 route; measured worse on embedding fidelity and not
-  kept -- see benchmarks/results/export_parity.md.)
+  kept -- see benchmarks/results/archive/omniglot_abs1/export_parity.md.)
 * NHWC files with float32 input (every precision unless ``--integer-io``) of a per-channel student take
   ``(pixel - 127.5) / 127.5`` with the student's own normalisation folded into the graph (``mobilekd.runtime.normalization``), so MediaPipe's Image Embedder, which allows
   one scalar mean/std only, can load them; ``--keep-normalization`` keeps the student's input. Their
@@ -102,7 +102,7 @@ def calibrate_min_max(qt, fp32: Path, samples: list[np.ndarray], threads: int = 
 
     Not ``Quantizer.calibrate`` over the whole list: it merges per-sample ranges with a moving average, so with
     batch-1 images each range follows the last ~20 images and clips the rest (measurements:
-    benchmarks/results/int8_sensitivity_cub*.md). Global min/max is ONNX Runtime's MinMax statistic; each sample
+    benchmarks/results/int8_calibration/). Global min/max is ONNX Runtime's MinMax statistic; each sample
     is calibrated on its own and the ranges merged with the quantizer's own ``qsv_utils.min_max_update``."""
     from ai_edge_quantizer.utils import qsv_utils
 

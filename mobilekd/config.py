@@ -120,9 +120,8 @@ class Config:
     resume: bool = False  # continue from OUT/train_state.pt
     num_workers: int = 0  # DataLoader worker processes
     memory_format: str = "auto"  # auto | channels_last | contiguous: the student's layout while training. auto =
-    #   channels-last for a student that starts from trained weights (1.2-1.5x faster steps on this CPU, gradients
-    #   within 6e-5 of float64; benchmarks/results/train_speed_engine.md), NCHW for a random one (channels-last
-    #   BatchNorm gradients were 6.7 % off there; benchmarks/results/train_speed.md)
+    #   channels-last for a student that starts from trained weights (faster), NCHW for a random one (where
+    #   channels-last BatchNorm gradients were off); measured in benchmarks/results/train_speed/
     progress: bool = True
 
     def __init__(self, **values):

@@ -16,18 +16,8 @@ from ``runs/demo`` (the zero-shot row is only evaluated again, in seconds).
 The recipe is ``mobilekd/configs/demo.yaml`` (the distilled arm; the other arms drop its loss keys), read
 here, so ``python -m mobilekd.distill --config demo`` trains exactly the demo's distilled student.
 
-The recipe was chosen by measurement on this data (``python -m benchmarks.demo_recipe``, one seed, 1 thread,
-``benchmarks/results/demo_recipe.md``), not copied from the from-scratch demo (32 px, absolute loss x 30):
-* 64 px: the ImageNet features need more than Omniglot's usual 32 px (zero-shot R@1 / MAP@R 16.9 / 4.7 at
-  32 px, 48.2 / 14.9 at 64, 53.1 / 18.9 at 96, 55.5 / 20.1 at 128); 96 px would roughly double the training
-  time of a demo that must finish in minutes on 2 cores, so it was not trained.
-* pooled features (``embed_dim 0``), lr 5e-4: the student starts from its zero-shot features instead of a
-  random head, at a learning rate for a pretrained backbone.
-* the teacher loss: after 12 epochs the metric loss alone reaches 61.1 / 25.0; label-free KL alone
-  (``--metric-loss none``, the loss that lifted a pretrained student above zero-shot on CUB) 67.5 / 28.9;
-  KL + metric loss x 0.1 69.8 / 30.8 -- above the teacher's 63.8 / 24.0, which sees no Omniglot training.
-* 2 cached views, 12 epochs: the teacher cache costs ~65 s per view at 1 thread, and the R@1 curve is nearly
-  flat after epoch 8 (KL + metric: 64.9 / 69.5 / 69.8 at epochs 4 / 8 / 12).
+Each choice of the recipe (64 px, pooled features, lr 5e-4, KL + metric x 0.1, 2 views, 12 epochs) was measured
+against its alternatives with ``python -m benchmarks.demo_recipe``: ``benchmarks/results/demo_recipe/``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """How many CPU threads a run uses when the user does not say (``--threads 0``), and the usable cores.
 
 With one OpenMP thread per core, every parallel region waits for the thread that shares a core another process
-keeps busy (``benchmarks/results/shared_machine.md``). So the default counts the cores idle when the run starts
+keeps busy (``benchmarks/results/shared_machine/shared_machine.md``). So the default counts the cores idle when the run starts
 (sampled from ``/proc/stat``), at least one, at most the usable cores. An explicit ``--threads N`` always wins.
 """
 

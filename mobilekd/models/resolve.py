@@ -51,7 +51,7 @@ def resolve_teacher(name: str, size: int | None = None, threads: int | None = No
     model = resolve_model(name, embed_dim=0, size=size, pretrained=not path.exists())
     model.eval()
     # A frozen teacher only runs forward: channels-last makes CPU convolutions faster with the same outputs.
-    # Students stay NCHW: in training, channels-last changed their gradients (benchmarks/results/train_speed.md).
+    # Students stay NCHW: in training, channels-last changed their gradients (benchmarks/results/train_speed/step_settings.md).
     model.to(memory_format=torch.channels_last)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
