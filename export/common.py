@@ -364,6 +364,7 @@ def run_export(fmt: Format, args) -> int:
             quantization={**result.quantization, "calibration": job.calib_info},
             build={"tools": tool_versions(fmt.tools), "exporter": result.exporter,
                    "notes": job.notes + result.notes, **result.build})
+        ModelContract.from_dict(contract.to_dict())  # never write a model.json that export.check or the app rejects
         if unavailable:
             report = fmt.structural_check(model_path, contract)
         else:  # fed the float model's pixels; the runner converts them where the file folds another normalisation
