@@ -301,11 +301,14 @@ class TeacherCache:
         try:
             manifest = read_manifest(path)
             differences = describe_mismatch(manifest, expected)
+            missing = missing_chunks(path, manifest) if manifest.get("complete") else []
+            if missing and not differences:
+                differences = f"says complete but {len(missing)} chunk(s) were never written"
         except MobileKDError as error:
             manifest, differences = None, str(error)
         if not differences:
             return manifest
         if stale != "rebuild":
-            raise MobileKDError(f"teacher cache {path} was built for another run ({differences}); pass --rebuild to "
+            raise MobileKDError(f"teacher cache {path} does not fit this run ({differences}); pass --rebuild to "
                                 "replace it, or choose another --teacher-cache folder")
         return None

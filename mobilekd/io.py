@@ -192,7 +192,9 @@ def check_replaceable(folder: str | os.PathLike, marker: str, tool: str, what: s
     folder = Path(folder)
     if not folder.exists() and not folder.is_symlink():
         return
-    if folder.is_symlink() or not folder.is_dir():
+    if folder.is_symlink():
+        raise MobileKDError(f"{what} {folder} is a symbolic link; give the real folder")
+    if not folder.is_dir():
         raise MobileKDError(f"{what} {folder} exists and is not a folder")
     foreign = foreign_entries(folder, marker, tool, legacy)
     if foreign:

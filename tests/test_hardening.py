@@ -117,8 +117,15 @@ def test_embed_refuses_a_cache_of_other_data_or_teacher_size_unless_rebuild(fold
     assert snapshot(cache) == before
 
     assert embed_main(_embed_args(folder_dataset, cache, "--teacher-size", "48", "--rebuild")) == 0
+    capsys.readouterr()
     manifest = json.loads((cache / "manifest.json").read_text())
     assert manifest["transform"]["preprocess"]["size"] == 48 and manifest["complete"]
+
+    (cache / "chunks" / "0").unlink()  # damaged: says complete, a chunk was never written
+    assert embed_main(_embed_args(folder_dataset, cache, "--teacher-size", "48")) == 2
+    assert "never written" in one_error_line(capsys)
+    assert embed_main(_embed_args(folder_dataset, cache, "--teacher-size", "48", "--rebuild")) == 0
+    assert (cache / "chunks" / "0").exists()
 
 
 # ------------------------------------------------------------------------------------- 2. lies accepted
