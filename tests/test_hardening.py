@@ -85,6 +85,9 @@ def test_export_replaces_only_its_own_previous_export(noise_student, tmp_path, c
     assert sorted(p.name for p in out.iterdir()) == [".mobilekd-export.json", "model.json", "model.onnx"]
     assert json.loads((out / "model.json").read_text())["model_sha256"] == json.loads(first)["model_sha256"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".onnx.")]  # no temp or old folder left
+    (out / ".mobilekd-export.json").unlink()  # an export made before the marker existed is replaced too
+    assert export_main("onnx", noise_student["ckpt"], "--out", out) == 0
+    assert (out / ".mobilekd-export.json").is_file()
     capsys.readouterr()
     (out / "notes.txt").write_text("added by the user")  # now it holds something the exporter did not write
     assert export_main("onnx", noise_student["ckpt"], "--out", out) == 2
