@@ -84,7 +84,7 @@ class Preprocess:
                                   f"{', '.join(f.name for f in fields(cls))})")
         data = dict(data)
         for key in ("mean", "std"):
-            if isinstance(data.get(key), list) and all(_number(v) for v in data[key]):
+            if isinstance(data.get(key), (list, tuple)) and all(_number(v) for v in data[key]):
                 data[key] = tuple(float(v) for v in data[key])
         return cls(**data)
 
