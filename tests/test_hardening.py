@@ -74,20 +74,23 @@ def test_export_never_deletes_the_users_files(noise_student, tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mine")]  # no work folder left behind
 
 
-def test_export_replaces_only_its_own_previous_export(noise_student, tmp_path, capsys):
+def test_export_replaces_only_its_own_previous_export(noise_student, exported, tmp_path, capsys):
+    from export.common import check_out_folder
+
     out = tmp_path / "onnx"
-    out.mkdir()  # an empty folder is fine
-    assert export_main("onnx", noise_student["ckpt"], "--out", out) == 0
+    shutil.copytree(exported("onnx"), out)  # the session's export (into a new folder), moved here
     marker = json.loads((out / ".mobilekd-export.json").read_text())
     assert sorted(marker["files"]) == ["model.json", "model.onnx"]
-    first = (out / "model.json").read_text()
+    first = json.loads((out / "model.json").read_text())
     assert export_main("onnx", noise_student["ckpt"], "--out", out) == 0  # its own export: replaced
     assert sorted(p.name for p in out.iterdir()) == [".mobilekd-export.json", "model.json", "model.onnx"]
-    assert json.loads((out / "model.json").read_text())["model_sha256"] == json.loads(first)["model_sha256"]
+    assert json.loads((out / "model.json").read_text())["model_sha256"] == first["model_sha256"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".onnx.")]  # no temp or old folder left
-    (out / ".mobilekd-export.json").unlink()  # an export made before the marker existed is replaced too
-    assert export_main("onnx", noise_student["ckpt"], "--out", out) == 0
-    assert (out / ".mobilekd-export.json").is_file()
+
+    (out / ".mobilekd-export.json").unlink()
+    check_out_folder(out)  # an export made before the marker existed (model.json + its model file) is replaceable
+    (tmp_path / "empty").mkdir()
+    check_out_folder(tmp_path / "empty")
     capsys.readouterr()
     (out / "notes.txt").write_text("added by the user")  # now it holds something the exporter did not write
     assert export_main("onnx", noise_student["ckpt"], "--out", out) == 2
