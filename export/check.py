@@ -7,7 +7,9 @@ float student CKPT (and the teacher) by the same core the exporters use (``expor
 of its precision (overridable). Also verified: the file's sha256 against model.json (a file changed after
 export fails), and the source checkpoint's sha256 recorded in model.json against CKPT's ``model.safetensors``
 (a file exported from another checkpoint fails unless ``--allow-other-source``: its parity against CKPT
-measures two different models). Where the file's runtime cannot run here (Core ML off macOS) the verdict is
+measures two different models), and model.json itself: the Android reader's schema (``ModelContract.from_dict``)
+and the file's own input/output names and shapes (a model.json that lies about its file is bad input, exit 2).
+Where the file's runtime cannot run here (Core ML off macOS) the verdict is
 structure only and says so. ``--write`` stores the new report in model.json. Exit 0 = pass, 1 = gate failed,
 2 = bad input.
 """
@@ -24,7 +26,7 @@ from export.common import (GATE_FAILED, ExportArgumentParser, add_parity_options
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import sha256_file, write_json
 from mobilekd.preprocess import Preprocess
-from mobilekd.runtime.contract import ModelContract
+from mobilekd.runtime.contract import ModelContract, file_disagreements
 from mobilekd.runtime.runners import runtimes_for
 
 
@@ -108,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         report = structural_check(model_file, contract)
     else:  # fed the float model's pixels; the runner converts them where the file folds another normalisation
         runner = runtime.open(model_file, contract, args.threads, pixels=model.preprocess)
+        problems = file_disagreements(contract, *runner.file_tensors())
+        if problems:
+            raise MobileKDError(f"{manifest} does not describe {model_file.name}: {'; '.join(problems)}")
         data = load_parity(args, model, Path(args.against), meta)
         report = compute_parity(runner, model, data, gates, embed_torch(model, data.pixels))
     digest = sha256_file(model_file)

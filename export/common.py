@@ -7,11 +7,13 @@ runtime cannot run here (Core ML off macOS). The file is run through ``mobilekd.
 consumer of exported files uses. ``run_export`` does the rest identically for all of them:
 
 1. load the checkpoint (``mobilekd.models.load_model``; wrong arch / damaged weights -> one clear error),
-2. check the output folder before any work, load the parity images (``--data`` or the test split of the
+2. check the output folder before any work (new, empty or a previous export; never the checkpoint or a folder
+   holding files the exporter did not write), load the parity images (``--data`` or the test split of the
    checkpoint's ``config.data``) and, for int8, the calibration images (``--calib`` or its training split),
 3. build into ``.<out>.<random>`` beside ``--out``, measure parity through the runtime, write ``model.json``,
 4. publish by renaming the folder to ``--out`` only if the gate passed (or ``--force``: kept and marked
-   failing). A failing gate leaves nothing in ``--out`` and exits 1; bad input exits 2 (``cli_entry``).
+   failing); a marker file (``MARKER``) in it lists what the exporter wrote, so a later export may replace it.
+   A failing gate leaves nothing in ``--out`` and exits 1; bad input exits 2 (``cli_entry``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -30,7 +31,8 @@ from typing import Callable
 import numpy as np
 
 from mobilekd.errors import MobileKDError, ModelError
-from mobilekd.io import check_writable_dir, lock_folder, sha256_file, write_json
+from mobilekd.io import (check_replaceable, check_writable_dir, lock_folder, mark_owned, replace_folder,
+                         sha256_file, write_json)
 from mobilekd.runtime.contract import ModelContract, TensorSpec
 from mobilekd.runtime.runners import runtimes_for, to_layout
 
@@ -257,27 +259,42 @@ def gates_from_args(args, precision: str):
                      min_topk_overlap=args.min_topk_overlap, max_noise_ratio=args.max_noise_ratio)
 
 
-def check_out_folder(out: Path) -> None:
-    """--out must be creatable/writable, and if it exists be a previous export (or empty): we replace it."""
-    if out.exists():
-        if not out.is_dir():
-            raise MobileKDError(f"--out {out} exists and is not a folder")
-        entries = [p.name for p in out.iterdir()]
-        if entries and "model.json" not in entries:
-            raise MobileKDError(f"--out {out} is a non-empty folder that is not an export (no model.json); "
-                                "refusing to replace it")
+MARKER, TOOL = ".mobilekd-export.json", "mobilekd-export"  # lists what the exporter wrote in --out
+
+
+def legacy_export(folder: Path) -> set[str]:
+    """The entries of an export made before the marker existed: exactly a mobilekd-export model.json and the
+    model file it names (empty when the folder is anything else)."""
+    try:
+        data = json.loads((folder / "model.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    names = {p.name for p in folder.iterdir()}
+    if not isinstance(data, dict) or data.get("format") != "mobilekd-export/1" or \
+            names != {"model.json", data.get("model_file")}:
+        return set()
+    return names
+
+
+def check_out_folder(out: Path, checkpoint: Path | None = None) -> None:
+    """--out must be creatable/writable, and if it exists be empty or hold only what an export wrote there (its
+    marker, ``MARKER``, lists it): that is replaced; a checkpoint, a run folder or the user's files never are."""
+    if checkpoint is not None:
+        ckpt, target = checkpoint.resolve(), out.resolve()
+        if target == ckpt or target in ckpt.parents:
+            raise MobileKDError(f"--out {out} is {'the' if target == ckpt else 'a folder holding the'} checkpoint "
+                                f"{checkpoint}: exporting there would replace its model.safetensors, training "
+                                "state and history; choose another folder (default: CHECKPOINT/export/...)")
+    check_replaceable(out, MARKER, TOOL, "--out", legacy=legacy_export)
     check_writable_dir(out.parent, f"--out {out}: its folder")  # the work folder is made beside --out, then renamed onto it
 
 
 def publish(work: Path, out: Path) -> None:
-    """Move the finished work folder to ``out`` (replacing a previous export there) with renames only."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.replace(out, old / "x")
-    os.replace(work, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Mark the finished work folder as the exporter's and move it to ``out`` (replacing a previous export
+    there, checked again just before) with renames only."""
+    mark_owned(work, MARKER, TOOL)
+    check_replaceable(out, MARKER, TOOL, "--out", legacy=legacy_export)
+    replace_folder(work, out)
 
 
 def default_out(checkpoint: Path, runtime: str, precision: str, layout: str, default_layout: str) -> Path:
@@ -300,7 +317,7 @@ def run_export(fmt: Format, args) -> int:
     checkpoint = Path(args.checkpoint)
     out = Path(args.out) if args.out else default_out(checkpoint, fmt.runtime, precision, args.layout,
                                                      fmt.default_layout)
-    check_out_folder(out)
+    check_out_folder(out, checkpoint)
     lock_folder(out, beside=True)  # one export per --out at a time; released when this process ends
     job = ExportJob(checkpoint, model, meta, precision, args.layout, out, threads=args.threads, options=options)
 
@@ -332,6 +349,7 @@ def run_export(fmt: Format, args) -> int:
             quantization={**result.quantization, "calibration": job.calib_info},
             build={"tools": tool_versions(fmt.tools), "exporter": result.exporter,
                    "notes": job.notes + result.notes, **result.build})
+        ModelContract.from_dict(contract.to_dict())  # never write a model.json that export.check or the app rejects
         if unavailable:
             report = fmt.structural_check(model_path, contract)
         else:  # fed the float model's pixels; the runner converts them where the file folds another normalisation

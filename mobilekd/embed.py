@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from mobilekd.config import Config
@@ -19,13 +20,20 @@ def main(argv=None) -> int:
 
     Takes the distillation flags that decide the targets (--data, --teacher, --teacher-size, --views, --seed,
     --crop-scale, --flip) and writes the cache to --teacher-cache DIR; pass the same DIR to
-    ``python -m mobilekd.distill --teacher-cache DIR``. Re-running a killed build continues it.
+    ``python -m mobilekd.distill --teacher-cache DIR``. Re-running a killed build continues it; a DIR holding a
+    cache of other data, teacher or transform is refused, naming what differs, unless --rebuild is given
+    (--rebuild also starts a damaged cache over).
     """
 
     @cli_entry
-    def run(args) -> int:
-        config = Config.from_args(args, "python -m mobilekd.embed", main.__doc__.split("\n\n")[0],
-                                  overrides={"absolute_weight": 1.0})
+    def run(argv) -> int:
+        # --rebuild is this command's own flag, not a Config field: taken off before Config parses the rest
+        own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        own.add_argument("--rebuild", action="store_true")
+        args, rest = own.parse_known_args(argv)
+        description = (main.__doc__.split("\n\n")[0] + " --rebuild: replace a cache built for other data, teacher or "
+                       "transform (refused otherwise), or a damaged one.")
+        config = Config.from_args(rest, "python -m mobilekd.embed", description, overrides={"absolute_weight": 1.0})
         if not config.teacher_cache:
             raise MobileKDError("--teacher-cache DIR (where to write the cache) is required")
         if config.effective_views == 0:
@@ -41,7 +49,8 @@ def main(argv=None) -> int:
         teacher = resolve_teacher(config.teacher, config.teacher_size, threads)
         dataset = dataset.with_inputs({"teacher": teacher.preprocess} if teacher.preprocess is not None else {})
         cache = TeacherCache.build(config.teacher_cache, teacher, dataset, config.effective_views,
-                                   config.data_identity("train"), config.device, progress=config.progress)
+                                   config.data_identity("train"), config.device, progress=config.progress,
+                                   stale="rebuild" if args.rebuild else "refuse", restart=args.rebuild)
         print(f"teacher cache: {cache.path} ({len(images)} images x {cache.num_views} views x {cache.embed_dim})")
         return 0
 

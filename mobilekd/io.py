@@ -169,3 +169,66 @@ def _read_holder(fd: int) -> dict:
         return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
     except (OSError, ValueError):
         return {}
+
+
+# ------------------------------------------------------------------------------------------ owned folders
+#
+# A tool that replaces a whole output folder (an export) may delete only what it wrote there itself: it lists
+# its entries in a marker file inside the folder, and a later run replaces the folder only when every entry is
+# listed -- never a folder the user put files in, nor a checkpoint or run folder given by mistake.
+
+
+def mark_owned(folder: str | os.PathLike, marker: str, tool: str) -> None:
+    """Write ``FOLDER/marker`` listing every entry now in ``folder`` as written by ``tool``."""
+    folder = Path(folder)
+    write_json(folder / marker, {"tool": tool, "files": sorted(p.name for p in folder.iterdir() if p.name != marker)})
+
+
+def foreign_entries(folder: str | os.PathLike, marker: str, tool: str, legacy=None) -> list[str]:
+    """The entries of the existing ``folder`` that ``tool`` did not write there: those not listed by its marker
+    (``mark_owned``) nor by ``legacy(folder)`` (a set of names, for folders made before markers existed)."""
+    folder = Path(folder)
+    owned: set[str] = set()
+    try:
+        data = json.loads((folder / marker).read_text())
+        if isinstance(data, dict) and data.get("tool") == tool and isinstance(data.get("files"), list):
+            owned = {str(name) for name in data["files"]} | {marker}
+    except (OSError, ValueError):
+        pass
+    if not owned and legacy is not None:
+        owned = set(legacy(folder))
+    return sorted(p.name for p in folder.iterdir() if p.name not in owned)
+
+
+def check_replaceable(folder: str | os.PathLike, marker: str, tool: str, what: str = "--out", legacy=None) -> None:
+    """Refuse (one error naming the first foreign entries) to replace ``folder`` unless it is absent, empty, or
+    holds only what ``tool`` wrote there."""
+    from mobilekd.errors import MobileKDError
+
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink():
+        raise MobileKDError(f"{what} {folder} is a symbolic link; give the real folder")
+    if not folder.is_dir():
+        raise MobileKDError(f"{what} {folder} exists and is not a folder")
+    foreign = foreign_entries(folder, marker, tool, legacy)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise MobileKDError(f"{what} {folder} holds files {tool} did not write ({shown}); refusing to replace it: "
+                            "choose an empty or new folder")
+
+
+def replace_folder(work: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Put the finished folder ``work`` (a sibling of ``out``) at ``out`` with renames only; a previous ``out``
+    is moved aside first and deleted only once ``work`` is in place."""
+    import shutil
+
+    work, out = Path(work), Path(out)
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / "x")
+    os.replace(work, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -148,7 +148,7 @@ def test_file_embedder_takes_its_preprocessing_from_the_json_beside_it(tiny_onnx
     path.with_suffix(".json").write_text(json.dumps({"preprocess": sidecar.to_dict()}))
     assert FileEmbedder(path).preprocess == sidecar
     path.with_suffix(".json").write_text(json.dumps({"preprocess": {"size": 20, "crop": 1.5}}))
-    with pytest.raises(ModelError, match=r"teacher\.json: bad preprocess \(crop must be in \(0, 1\], got 1\.5\)"):
+    with pytest.raises(ModelError, match=r"teacher\.json: bad preprocess \(preprocess\.crop must be in \(0, 1\], got 1\.5"):
         FileEmbedder(path)
 
 
