@@ -10,7 +10,21 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+
+
+def tiny_config(data, out, **overrides):
+    """A distillation Config that trains in seconds: 32 px student, 16-d, Lite0 teacher at 32 px, 3 short epochs."""
+    from mobilekd.config import Config
+
+    values = dict(data=str(data), out=str(out), student="mobilenetv1_025", student_size=32, embed_dim=16,
+                  teacher="efficientnet_lite0", teacher_size=32, views=2, epochs=3, batch_classes=4,
+                  images_per_class=3, steps_per_epoch=4, eval_every=1, absolute_weight=1.0, relative_weight=0.3,
+                  relative_reduction="mean_sq", progress=False, threads=1, preload=64)
+    values.update(overrides)
+    return Config(**values)
 
 
 def make_image(path, seed: int, size=(24, 20), label_color=None):

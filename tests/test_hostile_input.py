@@ -19,7 +19,7 @@ from mobilekd.distill import main as distill_main
 from mobilekd.engine import Trainer
 from mobilekd.errors import MobileKDError
 from mobilekd.models import create_model, save_model
-from test_distill import tiny_config
+from conftest import tiny_config
 
 ROOT = str(Path(__file__).resolve().parents[1])
 # a metric-only run: no teacher to load, 1 step -- what is tested happens before or right after training

@@ -13,7 +13,7 @@ dependencies {
 }
 
 tasks.test {
-    // golden vectors written by tests/test_android_core.py (MOBILEKD_GOLDEN=folder); skipped when unset
+    // golden vectors written by tests/android_demo/test_core.py (MOBILEKD_GOLDEN=folder); skipped when unset
     System.getenv("MOBILEKD_GOLDEN")?.let { environment("MOBILEKD_GOLDEN", it) }
     testLogging { showStandardStreams = true }
 }

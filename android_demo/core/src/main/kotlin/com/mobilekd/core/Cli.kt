@@ -5,7 +5,7 @@ import kotlin.system.exitProcess
 
 /**
  * `fields`: the model.json field names and allowed values this reader accepts, as JSON (compared with
- * mobilekd/runtime/contract.py by tests/test_android_core.py). `check model.json`: parse and validate one contract.
+ * mobilekd/runtime/contract.py by tests/android_demo/test_core.py). `check model.json`: parse and validate one contract.
  */
 fun main(args: Array<String>) {
     when (args.firstOrNull()) {

@@ -4,7 +4,7 @@ import kotlin.math.abs
 
 /**
  * The field names and values of model.json (format `mobilekd-export/1`), mirrored from the Python side's
- * `mobilekd/runtime/contract.py` (the source of truth). `tests/test_android_core.py` compares these lists with the
+ * `mobilekd/runtime/contract.py` (the source of truth). `tests/android_demo/test_core.py` compares these lists with the
  * Python definitions -- read from this file in the default run, through the CLI (`Cli.kt`, command `fields`) in
  * the slow one -- so a field added on one side only fails CI.
  */

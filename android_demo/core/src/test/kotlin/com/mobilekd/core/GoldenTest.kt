@@ -12,7 +12,7 @@ import java.nio.ByteOrder
 import kotlin.math.abs
 
 /**
- * Golden vectors written by Python (tests/test_android_core.py -> MOBILEKD_GOLDEN=folder): images, their
+ * Golden vectors written by Python (tests/android_demo/test_core.py -> MOBILEKD_GOLDEN=folder): images, their
  * model inputs as mobilekd renders them, embeddings and faiss top-k. Skipped when MOBILEKD_GOLDEN is unset.
  */
 @Suppress("UNCHECKED_CAST")

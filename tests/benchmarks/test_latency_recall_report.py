@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_image
+from conftest import ROOT as REPO, make_image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 
 BENCHMARK_MODEL_SAMPLE = """\
 STARTING!

@@ -9,17 +9,9 @@ from safetensors.torch import load_file
 
 from mobilekd.config import Config
 from mobilekd.distill import main as distill_main
+from conftest import tiny_config
 from mobilekd.engine import Trainer
 from mobilekd.errors import MobileKDError
-
-
-def tiny_config(data, out, **overrides) -> Config:
-    values = dict(data=str(data), out=str(out), student="mobilenetv1_025", student_size=32, embed_dim=16,
-                  teacher="efficientnet_lite0", teacher_size=32, views=2, epochs=3, batch_classes=4,
-                  images_per_class=3, steps_per_epoch=4, eval_every=1, absolute_weight=1.0, relative_weight=0.3,
-                  relative_reduction="mean_sq", progress=False, threads=1, preload=64)
-    values.update(overrides)
-    return Config(**values)
 
 
 def test_short_distillation_lowers_the_loss_and_writes_a_checkpoint(folder_dataset, tmp_path):

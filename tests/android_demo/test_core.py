@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "android_demo" / "core"
 RUN_TESTS = CORE / "run-tests.sh"
 

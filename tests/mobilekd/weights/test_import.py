@@ -177,7 +177,7 @@ def test_old_from_scratch_checkpoint_still_rebuilds_as_itself(tmp_path):
 
     from safetensors.torch import save_file
 
-    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "old_checkpoint")
+    fixture = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "old_checkpoint")
     shutil.copy(os.path.join(fixture, "model.json"), tmp_path / "model.json")
     with open(os.path.join(fixture, "tensors.json")) as handle:
         shapes = json.load(handle)["tensors"]

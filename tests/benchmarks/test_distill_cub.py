@@ -111,7 +111,7 @@ def test_set_overrides_every_arm_in_its_own_folder_and_row():
 
 
 def test_unlabeled_limit_takes_evenly_spaced_photos(folder_dataset, tmp_path):
-    from tests.conftest import CLASS_COLORS, make_image
+    from conftest import CLASS_COLORS, make_image
 
     photos = tmp_path / "photos"
     for i in range(10):
@@ -176,7 +176,7 @@ def test_several_seeds_give_mean_sd_and_per_seed_rows(tmp_path, monkeypatch):
 
 
 def test_unlabeled_arms_share_one_teacher_cache(folder_dataset, tmp_path):
-    from tests.conftest import CLASS_COLORS, make_image
+    from conftest import CLASS_COLORS, make_image
 
     photos = tmp_path / "photos"
     for i in range(6):
