@@ -351,7 +351,7 @@ class OrtRunner(Runner):
     """ONNX Runtime, one execution provider (CPU as the fallback for ops it lacks)."""
 
     @classmethod
-    def unavailable(cls, provider: str = "CPUExecutionProvider") -> str | None:
+    def unavailable(cls, provider: str = "CPUExecutionProvider", **options) -> str | None:
         import onnxruntime as ort
 
         if provider not in ort.get_available_providers():

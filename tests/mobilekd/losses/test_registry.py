@@ -86,10 +86,12 @@ def test_unregistering_removes_the_keys(similarity_match):
 
 
 def test_builtin_losses_are_registered_with_their_inputs():
+    """None of the package's own losses is lost or changes what it consumes; a new loss needs no edit here."""
     inputs = {spec.name: spec.inputs for spec in loss_specs()}
-    assert inputs == {"metric": "labels", "absolute": "embeddings", "relative": "embeddings",
-                      "rkd_distance": "embeddings", "rkd_angle": "embeddings", "kl": "embeddings", "hint": "maps",
-                      "attention": "maps"}
+    assert all(kind in ("embeddings", "maps", "labels") for kind in inputs.values())
+    builtin = {"metric": "labels", "absolute": "embeddings", "relative": "embeddings", "rkd_distance": "embeddings",
+               "rkd_angle": "embeddings", "kl": "embeddings", "hint": "maps", "attention": "maps"}
+    assert {name: inputs.get(name) for name in builtin} == builtin
     assert [spec.name for spec in Config(data="x", absolute_weight=1.0).active_losses()] == ["metric", "absolute"]
 
 
