@@ -45,6 +45,8 @@ class Trainer:
         self.out = check_writable_dir(c.out)
         self.context = init_from_env(c.device)
         self.device = builders.select_device(c, self.context)
+        if self.context.is_main:
+            builders.log(c.losses_line())
         self.threads = set_threads(c.threads)  # 0: the idle cores (mobilekd.threads)
         self.hooks = default_hooks() if hooks is None else hooks
         self.teacher_test_embeddings = teacher_test_embeddings
