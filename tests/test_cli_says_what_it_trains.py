@@ -46,3 +46,48 @@ def test_a_run_prints_its_losses_and_weights_when_it_starts(folder_dataset, tmp_
     assert "losses: metric x 0.5 (normalized_softmax)\n" in capsys.readouterr().out
     line = Config(data="D", metric_weight=0.1, kl_weight=1.0).losses_line()
     assert line == "losses: metric x 0.1 (normalized_softmax), kl x 1.0 (temperature 0.1)"
+
+
+# ------------------------------------------------------------------ python -m mobilekd.evaluate
+def test_evaluate_a_checkpoint_and_its_exported_file_without_training(noise_student, exported, tmp_path, capsys):
+    from mobilekd.evaluate import main as evaluate_main
+
+    data, out = str(noise_student["data"]), tmp_path / "m.json"
+    assert evaluate_main([str(noise_student["ckpt"]), "--data", data, "--out", str(out), "--threads", "1",
+                          "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| model | R@1 | R@2 | R@4 | R@8 | MAP@R |" in printed
+    saved = json.loads(out.read_text())
+    assert saved["test"]["queries"] == 12 and f"{saved['test']['MAP@R']:.2f}" in printed
+    onnx = exported("onnx") / "model.onnx"
+    assert evaluate_main([str(onnx), "--data", data, "--threads", "1", "--no-progress"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.startswith(f"| {onnx} |") and f"{saved['test']['MAP@R']:.2f}" in row  # fp32: same retrieval
+
+
+def test_evaluate_a_pretrained_model_name_is_the_zero_shot_arm(folder_dataset, tmp_path, capsys):
+    from mobilekd.engine import evaluate_untrained
+    from mobilekd.evaluate import main as evaluate_main
+
+    assert evaluate_main(["mobilenetv1_025", "--pretrained", "--size", "32", "--data", str(folder_dataset),
+                          "--threads", "1", "--no-progress", "--preload", "64"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    zero_shot = evaluate_untrained(Config(data=str(folder_dataset), student="mobilenetv1_025", pretrained=True,
+                                          student_size=32, teacher=None, out=str(tmp_path / "z"), threads=1,
+                                          progress=False, preload=64))
+    assert row == "| mobilenetv1_025 | " + " | ".join(f"{zero_shot[k]:.2f}" for k in
+                                                       ("R@1", "R@2", "R@4", "R@8", "MAP@R")) + " |"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["missing.onnx"], "model file not found: missing.onnx"),
+    (["no_such_model"], "unknown model 'no_such_model'"),
+    (["mobilenetv1_025", "--size", "0"], "--size must be >= 1"),
+])
+def test_evaluate_bad_input_is_one_error_line(argv, message, folder_dataset, tmp_path, capsys):
+    from mobilekd.evaluate import main as evaluate_main
+
+    out = tmp_path / "m.json"
+    assert evaluate_main([*argv, "--data", str(folder_dataset), "--out", str(out), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1 and not out.exists()
