@@ -91,3 +91,33 @@ def test_evaluate_bad_input_is_one_error_line(argv, message, folder_dataset, tmp
     assert evaluate_main([*argv, "--data", str(folder_dataset), "--out", str(out), "--threads", "1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1 and not out.exists()
+
+
+# ------------------------------------------------------------------ the teacher's test pass, cached
+def test_a_second_run_reuses_the_teachers_test_embeddings(folder_dataset, tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    import mobilekd.engine.evaluation as evaluation
+
+    calls = []
+    real = evaluation.embed_image_set
+    monkeypatch.setattr(evaluation, "embed_image_set", lambda *a, **k: calls.append(k.get("desc")) or real(*a, **k))
+    small = dict(epochs=1, steps_per_epoch=1)
+    first = mobilekd.engine.train(tiny_config(folder_dataset, tmp_path / "r1", **small))
+    assert calls.count("eval teacher (main)") == 1
+    cache = tmp_path / "r1" / "teacher_cache"
+    assert (cache / "teacher_test.npz").is_file()
+    calls.clear()
+    second = mobilekd.engine.train(tiny_config(folder_dataset, tmp_path / "r2", teacher_cache=str(cache), **small))
+    assert calls == ["eval student (main)"] and second["teacher"] == first["teacher"]
+    assert f"teacher test embeddings: reusing {cache / 'teacher_test.npz'}" in capsys.readouterr().out
+
+    # made from something else (here: other images): ignored, said so, embedded again and replaced
+    with np.load(cache / "teacher_test.npz") as saved:
+        identity = json.loads(str(saved["identity"]))
+        np.savez(cache / "teacher_test.npz", embeddings=saved["embeddings"],
+                 identity=np.array(json.dumps({**identity, "data_fingerprint": "other"})))
+    calls.clear()
+    third = mobilekd.engine.train(tiny_config(folder_dataset, tmp_path / "r3", teacher_cache=str(cache), **small))
+    assert calls == ["eval student (main)", "eval teacher (main)"] and third["teacher"] == first["teacher"]
+    assert "were made with another data_fingerprint: embedding the test split again" in capsys.readouterr().out
