@@ -121,3 +121,21 @@ def test_a_second_run_reuses_the_teachers_test_embeddings(folder_dataset, tmp_pa
     third = mobilekd.engine.train(tiny_config(folder_dataset, tmp_path / "r3", teacher_cache=str(cache), **small))
     assert calls == ["eval student (main)", "eval teacher (main)"] and third["teacher"] == first["teacher"]
     assert "were made with another data_fingerprint: embedding the test split again" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ benchmarks.distill_cub: where and what
+@pytest.mark.parametrize("title", [None, "Birds of paradise"])
+def test_distill_cub_reports_into_its_run_folder_titled_by_its_data(title, tmp_path, monkeypatch):
+    from benchmarks import distill_cub
+
+    monkeypatch.setattr(distill_cub, "run_arm", lambda args, arm, seed, teacher_tests=None: {
+        "test": {"R@1": 10.0, "MAP@R": 5.0, "queries": 5}, "teacher": {"R@1": 50.0, "MAP@R": 25.0}})
+    monkeypatch.setattr(distill_cub, "build_cache", lambda config, folder: None)
+    data = tmp_path / "garden_birds"
+    data.mkdir()
+    runs = tmp_path / "runs"
+    assert distill_cub.main(["--data", str(data), "--out", str(runs), "--arms", "alone,kl",
+                             *(["--title", title] if title else [])]) == 0
+    report = (runs / "distill_cub.md").read_text()
+    assert report.startswith(f"# Distillation on {title or 'garden_birds'} ") and "CUB-100" not in report
+    assert json.loads((runs / "distill_cub.json").read_text())["rows"]
