@@ -1,5 +1,5 @@
 """TFLite (LiteRT) export, no TensorFlow:
-``python -m export.tflite CKPT [--quantize {none,fp16,dynamic,int8}] [--calib DATA] [--out DIR]``.
+``python -m export.tflite CKPT [--quantize {fp32,fp16,dynamic,int8}] [--calib DATA] [--out DIR]``.
 
 Route (see ../shared/notes/export.md section 3):
 
@@ -287,7 +287,7 @@ def read_options(args: argparse.Namespace, precision: str) -> dict:
 
 
 FORMAT = Format("tflite", ".tflite", convert, ("litert-torch", "ai-edge-quantizer", "ai-edge-litert"),
-                ("none", "fp16", "dynamic", "int8"), "none", "NHWC", __doc__.splitlines()[0], calibrated=True,
+                ("fp32", "fp16", "dynamic", "int8"), "fp32", "NHWC", __doc__.splitlines()[0], calibrated=True,
                 add_options=add_options, read_options=read_options, gate_hint=float_convs_hint)
 
 

@@ -139,3 +139,20 @@ def test_distill_cub_reports_into_its_run_folder_titled_by_its_data(title, tmp_p
     report = (runs / "distill_cub.md").read_text()
     assert report.startswith(f"# Distillation on {title or 'garden_birds'} ") and "CUB-100" not in report
     assert json.loads((runs / "distill_cub.json").read_text())["rows"]
+
+
+# ------------------------------------------------------------------ one precision vocabulary
+@pytest.mark.parametrize("runtime", ["onnx", "tflite", "coreml"])
+def test_every_exporter_speaks_one_precision_vocabulary(runtime):
+    import importlib
+
+    from export.common import build_parser
+
+    fmt = importlib.import_module(f"export.{runtime}").FORMAT
+    parser = build_parser(fmt)
+    assert fmt.default_quantize == "fp32" and parser.parse_args(["CKPT"]).quantize == "fp32"
+    assert {"fp32", "fp16", "int8"} <= set(fmt.quantize_choices) and "none" not in fmt.quantize_choices
+    for word, precision in (("fp32", "fp32"), ("none", "fp32"), ("fp16", "fp16"), ("int8", "int8")):
+        assert parser.parse_args(["CKPT", "--quantize", word]).quantize == precision  # old spellings: aliases
+    if "dynamic" in fmt.quantize_choices:
+        assert parser.parse_args(["CKPT", "--quantize", "dynamic-int8"]).quantize == "dynamic"
