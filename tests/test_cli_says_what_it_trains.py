@@ -156,3 +156,25 @@ def test_every_exporter_speaks_one_precision_vocabulary(runtime):
         assert parser.parse_args(["CKPT", "--quantize", word]).quantize == precision  # old spellings: aliases
     if "dynamic" in fmt.quantize_choices:
         assert parser.parse_args(["CKPT", "--quantize", "dynamic-int8"]).quantize == "dynamic"
+
+
+# ------------------------------------------------------------------ benchmarks.latency: only meaningful floors
+def test_latency_reports_no_int8_floor_from_a_slow_int_mm_fallback():
+    from benchmarks.latency import floor_fields, format_results
+
+    macs, median = 5_000_000, 2.0
+    slow = {"fp32": {"1": 40.0}, "int8": {"1": 1.2}}  # torch._int_mm's CPU fallback: ~1 GOPS
+    fields = floor_fields(macs, median, "int8", slow, 1)
+    assert fields["floor_ratio"] is None and "floor_ms" not in fields
+    assert fields["floor_note"] == ("int8 floor: not measured meaningfully (torch._int_mm peak 1.2 GOPS below fp32 "
+                                    "40.0 GFLOPS at 1 thread(s))")
+    fp32 = floor_fields(macs, median, "fp32", slow, 1)
+    assert fp32["floor_ms"] == pytest.approx(0.25) and fp32["floor_ratio"] == pytest.approx(8.0)
+    fast = floor_fields(macs, median, "int8", {"fp32": {"1": 40.0}, "int8": {"1": 100.0}}, 1)
+    assert fast["floor_ratio"] == pytest.approx(20.0) and fast["floor_precision"] == "int8"
+    assert floor_fields(macs, median, "int8", {"fp32": {"1": 40.0}}, 1)["floor_ratio"] is None  # no _int_mm
+
+    row = {"model": "m", "runtime": "litert-xnnpack", "threads": 1, "median_ms": median, **fields}
+    text = format_results({"results": [row, dict(row, threads=2)], "not_runnable": []})
+    assert "| - |" in text and "0.0" not in text.split("\n")[2]  # no ratio of 0.0
+    assert text.count("int8 floor: not measured meaningfully") == 1
