@@ -178,3 +178,53 @@ def test_latency_reports_no_int8_floor_from_a_slow_int_mm_fallback():
     text = format_results({"results": [row, dict(row, threads=2)], "not_runnable": []})
     assert "| - |" in text and "0.0" not in text.split("\n")[2]  # no ratio of 0.0
     assert text.count("int8 floor: not measured meaningfully") == 1
+
+
+# ------------------------------------------------------------------ a quiet TFLite export
+HARMLESS_NOISE = ("Failed to load", "_C_mxfp8", "is an Enum subclass", "LeafSpec", "absl::InitializeLog",
+                  "Estimated count of arithmetic ops")
+
+
+def test_quiet_conversion_drops_only_the_known_noise(caplog):
+    import logging
+    import warnings
+
+    pytest.importorskip("litert_torch")
+    from export.tflite import quiet_conversion
+
+    caplog.clear()  # importing litert_torch above, outside a conversion, logged what it logs
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        with quiet_conversion():
+            _library_noise_and_real_problems()
+    assert [str(w.message) for w in caught] == ["a real problem"]
+    assert [r.getMessage() for r in caplog.records] == ["a real torchao warning"]
+    logging.getLogger("torchao").warning("Failed to load again")  # outside the conversion: untouched
+    assert caplog.records[-1].getMessage() == "Failed to load again"
+
+
+def _library_noise_and_real_problems():
+    import logging
+    import warnings
+
+    warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
+    warnings.warn("a real problem", UserWarning)
+    logging.getLogger("torchao").warning("Failed to load /x/torchao/_C_mxfp8.so: Could not load this library")
+    logging.getLogger("torchao").warning("a real torchao warning")
+    logging.getLogger("torch.utils._pytree").warning(
+        "%s is an Enum subclass and is now natively supported by torch.compile", "<enum 'KernelPreference'>")
+
+
+@pytest.mark.slow  # a real conversion in a fresh process (the import-time noise): ~35 s on 2 cores
+def test_a_tflite_export_prints_no_known_library_noise(noise_student, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("litert_torch")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-m", "export.tflite", str(noise_student["ckpt"]), "--out",
+                             str(tmp_path / "t"), "--threads", "1"], capture_output=True, text=True, timeout=600,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    assert not [line for line in result.stderr.splitlines() if any(n in line for n in HARMLESS_NOISE)], result.stderr
