@@ -41,8 +41,8 @@ pre-training stage share ``teacher_cache_unlabeled``) of ``--views`` views per i
 ``init_imagenet`` on ImageNet students) run once. Missing input folders stop the run before any training. The table (R@1/2/4/8, MAP@R for the teacher and each arm,
 the fraction of the student->teacher R@1 gap closed) goes to ``--results`` ``.md`` / ``.json`` (default
 ``OUT/distill_cub``, in the run folder) with the command and the machine, titled with ``--title`` (default: the
-name of ``--data``'s folder). JSON: ``command``, ``machine``, ``args`` (``student_size`` ...), ``rows`` (name -> metrics;
-with several ``--seeds``, the mean over seeds), and with several seeds ``sd`` (name -> the standard deviation
+name of ``--data``'s folder). JSON: ``command``, ``machine``, ``args`` (``student_size`` ...), ``rows`` (name ->
+metrics; with several ``--seeds``, the mean over seeds), and with several seeds ``sd`` (name -> the standard deviation
 of each metric over seeds) and ``seeds`` (name -> {seed: metrics}).
 """
 

@@ -200,7 +200,8 @@ class Config:
         for spec in self.active_losses():
             shown = [_option_text(option, getattr(self, spec.option_key(option))) for option in spec.options]
             shown = [text for text in shown if text]
-            parts.append(f"{spec.name} x {float(self.loss_weight(spec.name))}" + (f" ({', '.join(shown)})" if shown else ""))
+            options = f" ({', '.join(shown)})" if shown else ""
+            parts.append(f"{spec.name} x {float(self.loss_weight(spec.name))}{options}")
         return "losses: " + (", ".join(parts) or "none")
 
     def loss_weight(self, name: str) -> float:

@@ -33,4 +33,5 @@ from mobilekd.engine.trainer import Trainer, evaluate_embedder, evaluate_untrain
 __all__ = ["BN_UNFOLD_IMAGES", "Domain", "Hook", "RESUME_KEYS", "STATE_FILE", "StepModule", "StepOutput",
            "TeacherTestEmbeddings", "TrainStep", "Trainer", "build_losses", "build_optimizer", "build_student",
            "build_teacher_cache", "default_hooks", "evaluate_embedder", "evaluate_untrained",
-           "load_teacher_projections", "log", "mix_inputs_and_targets", "open_or_build_cache", "phase_seed", "run_seed", "train"]
+           "load_teacher_projections", "log", "mix_inputs_and_targets", "open_or_build_cache", "phase_seed",
+           "run_seed", "train"]
