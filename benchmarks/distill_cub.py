@@ -39,9 +39,10 @@ every cached arm come from one teacher-embedding cache per seed (``OUT/seed<S>/t
 pre-training stage share ``teacher_cache_unlabeled``) of ``--views`` views per image. Arms resume after a kill
 (re-run the same command); finished arms are reused, and arms of identical options (``alone`` and
 ``init_imagenet`` on ImageNet students) run once. Missing input folders stop the run before any training. The table (R@1/2/4/8, MAP@R for the teacher and each arm,
-the fraction of the student->teacher R@1 gap closed) goes to ``--results`` ``.md`` / ``.json`` with the command
-and the machine. JSON: ``command``, ``machine``, ``args`` (``student_size`` ...), ``rows`` (name -> metrics;
-with several ``--seeds``, the mean over seeds), and with several seeds ``sd`` (name -> the standard deviation
+the fraction of the student->teacher R@1 gap closed) goes to ``--results`` ``.md`` / ``.json`` (default
+``OUT/distill_cub``, in the run folder) with the command and the machine, titled with ``--title`` (default: the
+name of ``--data``'s folder). JSON: ``command``, ``machine``, ``args`` (``student_size`` ...), ``rows`` (name ->
+metrics; with several ``--seeds``, the mean over seeds), and with several seeds ``sd`` (name -> the standard deviation
 of each metric over seeds) and ``seeds`` (name -> {seed: metrics}).
 """
 
@@ -330,12 +331,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="ImageNet MobileNetV1-0.5 .tflite the init_selection arm selects its weights from")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--results", default="benchmarks/results/distill_cub_imagenet/distill_cub")
+    parser.add_argument("--results", help="report path without suffix (.md and .json; default: OUT/distill_cub, "
+                        "in the run folder: the committed results under benchmarks/results/ change only on purpose)")
+    parser.add_argument("--title", help="the data set's name in the report (default: --data's folder name)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.seed is not None:
         args.seeds = str(args.seed)
+    if args.results is None:
+        args.results = str(Path(args.out) / "distill_cub")
     return args
+
+
+def data_title(args) -> str:
+    """The data set's name in the report: ``--title``, else the name of ``--data`` (folder, or zip without
+    its suffix) -- not a fixed "CUB-100" for whatever data was given."""
+    if args.title:
+        return args.title
+    path = Path(args.data).resolve()
+    return path.stem if path.suffix.lower() == ".zip" else path.name
 
 
 @cli_entry
@@ -400,7 +414,7 @@ def main(argv=None) -> int:
                                for arm in arms if arm != "alone"))
     command = command_line("benchmarks.distill_cub", argv)
     minutes = (time.time() - started) / 60
-    report = (f"# Distillation on CUB-100 (classes 50-99 unseen)\n\nCommand: `{command}`\n\n"
+    report = (f"# Distillation on {data_title(args)} (test classes unseen in training)\n\nCommand: `{command}`\n\n"
               f"Wall time of this invocation: {minutes:.1f} min\n\n" + "\n".join(lines) + "\n")
     result = {"command": command, "machine": describe(), "rows": rows, "args": vars(args), "minutes": minutes}
     if sd:

@@ -29,8 +29,8 @@ from benchmarks import command_line, comma_choices, publish
 from mobilekd.errors import MobileKDError, cli_entry
 
 # a variant is a --quantize value, optionally "+flag" or "+flag=value" for one more exporter option
-MATRIX = {"onnx": ("none", "fp16", "int8", "int8+float-convs=2"),
-          "tflite": ("none", "fp16", "dynamic", "int8", "int8+integer-io", "int8+float-convs=2"),
+MATRIX = {"onnx": ("fp32", "fp16", "int8", "int8+float-convs=2"),
+          "tflite": ("fp32", "fp16", "dynamic", "int8", "int8+integer-io", "int8+float-convs=2"),
           "coreml": ("fp32", "fp16", "int8")}
 PRECISION = {"none": "fp32", "fp32": "fp32", "fp16": "fp16", "dynamic": "dynamic int8", "int8": "int8",
              "int8+integer-io": "int8, int8 I/O", "int8+float-convs=2": "int8, first 2 convs float"}

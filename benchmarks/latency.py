@@ -18,7 +18,9 @@ weights are loaded before, so for ``torch-*`` it is the run-time working memory 
 Floor: the model's MACs x 2 / a peak FLOP/s of this CPU measured in the same run with a large matrix
 multiply at the same thread count (fp32 ``torch.mm``; int8 ``torch._int_mm`` for int8 models), reported as
 ``floor_ms`` and ``floor_ratio`` = median / floor (1 = the model runs at matmul peak; depthwise-heavy
-MobileNets are memory-bound and sit far above it).
+MobileNets are memory-bound and sit far above it). An int8 peak below the fp32 one (``torch._int_mm``'s slow
+fallback on CPUs or builds without its fast kernel) makes no floor: int8 rows then have ``floor_ratio`` null and
+a ``floor_note`` saying why, printed below the table.
 """
 
 from __future__ import annotations
@@ -126,6 +128,33 @@ def measure_peak(precision: str, threads: int, n: int = 1024, repeats: int = 8) 
     return 2 * n ** 3 / best / 1e9
 
 
+def int8_floor_problem(peaks: dict, threads: int) -> str | None:
+    """Why the int8 peak at ``threads`` threads makes no floor, or None. ``torch._int_mm`` has a fast CPU kernel
+    only on some builds and CPUs; elsewhere it runs a slow fallback (~1 GOP/s), which would put every int8 model
+    "far below its floor". An int8 peak below the fp32 one is such a fallback, not this CPU's int8 peak."""
+    int8, fp32 = peaks.get("int8", {}).get(str(threads)), peaks.get("fp32", {}).get(str(threads))
+    if int8 is None:
+        return "int8 floor: not measured (torch._int_mm does not run here)"
+    if fp32 is not None and int8 < fp32:
+        return (f"int8 floor: not measured meaningfully (torch._int_mm peak {int8:.1f} GOPS below fp32 {fp32:.1f} "
+                f"GFLOPS at {threads} thread(s))")
+    return None
+
+
+def floor_fields(macs: int | None, median_ms: float, precision: str, peaks: dict, threads: int) -> dict:
+    """``floor_ms`` / ``floor_precision`` / ``floor_ratio`` of one result, or for an int8 model whose peak is not
+    meaningful ``floor_ratio`` None and ``floor_note`` saying why; nothing without MACs or a peak."""
+    if precision == "int8":
+        problem = int8_floor_problem(peaks, threads)
+        if problem:
+            return {"floor_ratio": None, "floor_note": problem}
+    peak = peaks.get(precision, {}).get(str(threads))
+    if not macs or not peak:
+        return {}
+    floor_ms = 2 * macs / (peak * 1e9) * 1e3
+    return {"floor_ms": floor_ms, "floor_precision": precision, "floor_ratio": median_ms / floor_ms}
+
+
 def stats_ms(times_ns: list[int]) -> dict:
     t = np.asarray(times_ns, dtype=np.float64) / 1e6
     return {"runs": int(len(t)), "median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
@@ -231,13 +260,8 @@ def benchmark(specs: list[str], threads: list[int], runs: int = 30, warmup: int 
         if i in failed or len(times) < 2:
             continue
         record.update(stats_ms(times))
-        macs = model_info[target.label].get("macs")
         precision = "int8" if target.precision == "int8" else "fp32"
-        peak = peaks.get(precision, {}).get(str(th))
-        if macs and peak:
-            record["floor_ms"] = 2 * macs / (peak * 1e9) * 1e3
-            record["floor_precision"] = precision
-            record["floor_ratio"] = record["median_ms"] / record["floor_ms"]
+        record.update(floor_fields(model_info[target.label].get("macs"), record["median_ms"], precision, peaks, th))
         result["results"].append(record)
     result["load_average"] = {"before": load_before, "after": load_average()}
     return result
@@ -363,6 +387,8 @@ def format_results(result: dict) -> str:
                      f"| {fmt(r.get('floor_ratio'), 1)} | {fmt(r.get('peak_mem_mb'), 1)} |")
     for item in result["not_runnable"]:
         lines.append(f"\nnot runnable here: {item['model']} [{item['runtime']}]: {item['reason']}")
+    for note in dict.fromkeys(r["floor_note"] for r in result["results"] if r.get("floor_note")):
+        lines.append(f"\n{note}")
     return "\n".join(lines)
 
 

@@ -36,8 +36,11 @@ from mobilekd.io import (check_replaceable, check_writable_dir, lock_folder, mar
 from mobilekd.runtime.contract import ModelContract, TensorSpec
 from mobilekd.runtime.runners import runtimes_for, to_layout
 
-# --quantize value -> model.json precision
-PRECISION = {"none": "fp32", "fp32": "fp32", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}
+# --quantize value -> model.json precision. One vocabulary for every format, the precision model.json records and
+# the default folder (CHECKPOINT/export/<runtime>-<precision>) is named by; "none" (ONNX's and TFLite's old name
+# for fp32) and "dynamic-int8" stay accepted as aliases.
+PRECISION = {"none": "fp32", "fp32": "fp32", "fp16": "fp16", "dynamic": "dynamic", "dynamic-int8": "dynamic",
+             "int8": "int8"}
 GATE_FAILED = 1
 
 
@@ -79,7 +82,8 @@ def build_parser(fmt: "Format") -> ExportArgumentParser:
     parser = ExportArgumentParser(prog=f"python -m export.{runtime}", description=fmt.description)
     parser.add_argument("checkpoint", help="student checkpoint folder (model.json + model.safetensors)")
     parser.add_argument("--quantize", default=default_quantize, choices=fmt.quantize_choices,
-                        help=f"precision (default {default_quantize})")
+                        type=lambda value: PRECISION.get(value, value),
+                        help=f"precision (default {default_quantize}; none: an alias of fp32)")
     parser.add_argument("--out", help=f"output folder (default CHECKPOINT/export/{runtime}-<precision>)")
     parser.add_argument("--size", type=int, help="input size in pixels (default: the checkpoint's)")
     parser.add_argument("--layout", default=fmt.default_layout, choices=("NHWC", "NCHW"),

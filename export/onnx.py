@@ -1,4 +1,4 @@
-"""ONNX export: ``python -m export.onnx CKPT [--quantize {none,fp16,int8}] [--calib DATA] [--out DIR]``.
+"""ONNX export: ``python -m export.onnx CKPT [--quantize {fp32,fp16,int8}] [--calib DATA] [--out DIR]``.
 
 Route (see ../shared/notes/export.md section 2):
 
@@ -235,8 +235,8 @@ def float_convs_hint(job: ExportJob) -> str:
     return ""
 
 
-FORMAT = Format("onnx", ".onnx", convert, ("onnx", "onnxruntime", "onnxscript", "onnxslim"), ("none", "fp16", "int8"),
-                "none", "NCHW", __doc__.splitlines()[0], calibrated=True, add_options=add_options,
+FORMAT = Format("onnx", ".onnx", convert, ("onnx", "onnxruntime", "onnxscript", "onnxslim"), ("fp32", "fp16", "int8"),
+                "fp32", "NCHW", __doc__.splitlines()[0], calibrated=True, add_options=add_options,
                 read_options=read_options, gate_hint=float_convs_hint)
 
 

@@ -1,5 +1,5 @@
 """TFLite (LiteRT) export, no TensorFlow:
-``python -m export.tflite CKPT [--quantize {none,fp16,dynamic,int8}] [--calib DATA] [--out DIR]``.
+``python -m export.tflite CKPT [--quantize {fp32,fp16,dynamic,int8}] [--calib DATA] [--out DIR]``.
 
 Route (see ../shared/notes/export.md section 3):
 
@@ -35,6 +35,9 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import logging
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +51,54 @@ from mobilekd.runtime.normalization import FoldedNormalization, is_per_channel, 
 from mobilekd.runtime.runners import to_layout
 
 SIGNATURE = "serving_default"
+
+
+# Library noise of a conversion that is known to be harmless, silenced by ``quiet_conversion`` (anything else
+# still reaches the user): logger name -> the start of its harmless messages.
+HARMLESS_LOG_MESSAGES = {
+    # torchao's CUDA-only kernels (MX formats, CUTLASS sm90a) do not load on a CPU machine; nothing uses them
+    "torchao": ("Failed to load ",),
+    # torchao registers an Enum with torch's pytree: a deprecation addressed to torchao, not to the user
+    "torch.utils._pytree": ("%s is an Enum subclass and is now natively supported",),
+}
+# warnings raised inside the converter: (category, message regex)
+HARMLESS_WARNINGS = ((FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),)
+# TensorFlow/absl C++ logging of the converter (read by the library from the environment): 1 drops its INFO
+# lines ("Estimated count of arithmetic ops", and absl's "All log messages before absl::InitializeLog()"), keeps
+# its warnings and errors
+CONVERTER_LOG_LEVEL = ("TF_CPP_MIN_LOG_LEVEL", "1")
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def quiet_conversion():
+    """Drop the known-harmless noise of importing and running the converter and quantizer (see
+    ``HARMLESS_LOG_MESSAGES``, ``HARMLESS_WARNINGS``, ``CONVERTER_LOG_LEVEL``); other warnings and log lines pass."""
+    filters = [(logging.getLogger(name), _DropMessages(prefixes)) for name, prefixes in HARMLESS_LOG_MESSAGES.items()]
+    variable, level = CONVERTER_LOG_LEVEL
+    previous = os.environ.get(variable)
+    for logger, drop in filters:
+        logger.addFilter(drop)
+    if previous is None:  # a level the user set is kept
+        os.environ[variable] = level
+    try:
+        with warnings.catch_warnings():
+            for category, message in HARMLESS_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
+            yield
+    finally:
+        for logger, drop in filters:
+            logger.removeFilter(drop)
+        if previous is None:
+            os.environ.pop(variable, None)
 
 
 def _quiet_litert():
@@ -213,6 +264,12 @@ def _tensor_spec(detail: dict, layout: str | None = None, l2: bool | None = None
 
 
 def convert(job: ExportJob, work: Path) -> BuildResult:
+    """The TFLite file of ``job`` in ``work``, without the libraries' known-harmless noise."""
+    with quiet_conversion():
+        return _convert(job, work)
+
+
+def _convert(job: ExportJob, work: Path) -> BuildResult:
     from ai_edge_litert.interpreter import Interpreter
 
     fp32 = work / "fp32.tflite"
@@ -287,7 +344,7 @@ def read_options(args: argparse.Namespace, precision: str) -> dict:
 
 
 FORMAT = Format("tflite", ".tflite", convert, ("litert-torch", "ai-edge-quantizer", "ai-edge-litert"),
-                ("none", "fp16", "dynamic", "int8"), "none", "NHWC", __doc__.splitlines()[0], calibrated=True,
+                ("fp32", "fp16", "dynamic", "int8"), "fp32", "NHWC", __doc__.splitlines()[0], calibrated=True,
                 add_options=add_options, read_options=read_options, gate_hint=float_convs_hint)
 
 

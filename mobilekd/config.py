@@ -192,6 +192,17 @@ class Config:
         """The registered losses this configuration switches on (weight > 0)."""
         return [spec for spec in loss_specs() if spec.is_on(self)]
 
+    def losses_line(self) -> str:
+        """The active losses and their weights in one line, as a run prints it when it starts, e.g.
+        ``losses: metric x 0.1 (normalized_softmax), kl x 1.0 (temperature 0.1)``."""
+        parts = []
+        for spec in self.active_losses():
+            shown = [_option_text(option, getattr(self, spec.option_key(option))) for option in spec.options]
+            shown = [text for text in shown if text]
+            options = f" ({', '.join(shown)})" if shown else ""
+            parts.append(f"{spec.name} x {float(self.loss_weight(spec.name))}{options}")
+        return "losses: " + (", ".join(parts) or "none")
+
     def loss_weight(self, name: str) -> float:
         return getattr(self, get_loss(name).weight_key)
 
@@ -530,6 +541,14 @@ def _convert(value, base):
     if base is str:
         return value if isinstance(value, str) else str(value) if isinstance(value, (int, float)) else _NO
     return value if isinstance(value, base) else _NO
+
+
+def _option_text(option, value) -> str:
+    """How ``losses_line`` shows a loss option: a flag by its name when on, the option naming the loss's kind
+    (``metric_loss``) by its value alone, any other as ``name value``."""
+    if isinstance(value, bool):
+        return option.name if value else ""
+    return str(value) if option.name == "loss" else f"{option.name} {value}"
 
 
 def _flag(key: str) -> str:

@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     zero_shot = evaluate_untrained(alone_config)
     print("[2/3] student alone: fine-tuned with its metric loss only", flush=True)
     alone = train(alone_config)
-    print(f"[3/3] distilled: teacher {common['teacher']} (ImageNet) {DISTILL_WEIGHTS}", flush=True)
+    weighted = {key: value for key, value in DISTILL_WEIGHTS.items() if not (key.endswith("_weight") and value == 0)}
+    print(f"[3/3] distilled: teacher {common['teacher']} (ImageNet) {weighted}", flush=True)
     distilled = train(Config(**common, out=f"{args.out}/distilled", **DISTILL_WEIGHTS))
 
     rows = {"teacher EfficientNet-Lite0 (ImageNet, 128 px, 1280-d)": distilled["teacher"],

@@ -6,7 +6,9 @@ Example (CUB-100, MobileNetV1-0.25 student, EfficientNet-Lite0 ImageNet teacher,
         --teacher efficientnet_lite0 --absolute-weight 1 --relative-weight 0.3 --epochs 90 --out runs/cub
 
 The total loss is the sum of weight x loss over every registered loss (``mobilekd.losses``): ``--help`` lists
-each one's ``--NAME-weight`` flag and options; the absolute teacher loss is on by default (weight 1).
+each one's ``--NAME-weight`` flag and options. The defaults are ``Config``'s, the same for the command line,
+YAML files and the Python API: the metric loss at weight 1, every teacher loss at 0 (a distillation run names
+the teacher losses it trains). The run prints the active losses and their weights when it starts.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def summary_table(summary: dict, student_name: str) -> str:
 @cli_entry
 def main(argv=None) -> int:
     config = Config.from_args(argv, "python -m mobilekd.distill", description(),
-                              overrides={"absolute_weight": 1.0, "out": "runs/distill"})
+                              overrides={"out": "runs/distill"})
     from mobilekd.engine import train
 
     summary = train(config)

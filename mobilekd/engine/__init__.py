@@ -18,7 +18,7 @@ resumed after a kill reaches the same weights as one that never stopped (same de
 
 Modules: ``builders`` (each part of a run from a Config), ``step`` (one training step), ``evaluation``,
 ``checkpoint``, ``hooks``, ``loop`` (the epochs), ``trainer`` (:class:`Trainer`, ``train``,
-``evaluate_untrained``), ``seeds``.
+``evaluate_untrained``, ``evaluate_embedder``), ``seeds``.
 """
 
 from mobilekd.engine.builders import (BN_UNFOLD_IMAGES, Domain, build_losses, build_optimizer, build_student,
@@ -28,9 +28,10 @@ from mobilekd.engine.evaluation import TeacherTestEmbeddings
 from mobilekd.engine.hooks import Hook, default_hooks
 from mobilekd.engine.seeds import phase_seed, run_seed
 from mobilekd.engine.step import StepModule, StepOutput, TrainStep, mix_inputs_and_targets
-from mobilekd.engine.trainer import Trainer, evaluate_untrained, train
+from mobilekd.engine.trainer import Trainer, evaluate_embedder, evaluate_untrained, train
 
 __all__ = ["BN_UNFOLD_IMAGES", "Domain", "Hook", "RESUME_KEYS", "STATE_FILE", "StepModule", "StepOutput",
            "TeacherTestEmbeddings", "TrainStep", "Trainer", "build_losses", "build_optimizer", "build_student",
-           "build_teacher_cache", "default_hooks", "evaluate_untrained", "load_teacher_projections", "log",
-           "mix_inputs_and_targets", "open_or_build_cache", "phase_seed", "run_seed", "train"]
+           "build_teacher_cache", "default_hooks", "evaluate_embedder", "evaluate_untrained",
+           "load_teacher_projections", "log", "mix_inputs_and_targets", "open_or_build_cache", "phase_seed",
+           "run_seed", "train"]

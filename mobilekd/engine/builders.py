@@ -30,6 +30,7 @@ from mobilekd.losses import LossContext
 from mobilekd.models import EmbeddingNet
 from mobilekd.models.resolve import resolve_model, resolve_teacher, teacher_dim
 
+TEACHER_TEST_FILE = "teacher_test.npz"  # the teacher's test-split embeddings and what they were made from
 BN_UNFOLD_IMAGES = 256  # training images whose statistics unfold a folded-BN student's BatchNorm
 
 
@@ -55,6 +56,7 @@ class Domain:
     feature_stages: tuple[list[int], list[int]] | None = None
     test_set: ViewDataset | None = field(default=None, repr=False)  # test images, decoded once
     test_teacher: np.ndarray | None = field(default=None, repr=False)
+    test_cache: Path | None = None  # where the teacher's test embeddings are kept across runs (evaluation)
     teacher_metrics: dict | None = None
 
 
@@ -187,6 +189,8 @@ def build_domain(config: Config, position: int, data: str, teacher_name: str | N
         cache_dir = out / ("teacher_cache" if position == 0 else f"teacher_cache_{name}")
         domain.targets = open_or_build_cache(c, teacher, domain.train_set, cache_dir, str(device),
                                              c.teacher_cache if position == 0 else None, data, context)
+    if teacher is not None:  # beside the teacher targets (a shared --teacher-cache), else in the run folder
+        domain.test_cache = (domain.targets.path if domain.targets is not None else out) / TEACHER_TEST_FILE
     if teacher is not None and c.uses_feature_maps:
         domain.feature_stages = parse_layer_pairs(c.feature_layers, student.feature_info, teacher.feature_info)
     return domain, skipped

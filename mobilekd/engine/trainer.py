@@ -8,7 +8,8 @@ from dataclasses import replace
 import torch
 
 from mobilekd.config import Config
-from mobilekd.data.view_dataset import ViewDataset
+from mobilekd.data.image_sets import load_image_set
+from mobilekd.data.view_dataset import ViewDataset, check_readable
 from mobilekd.distributed import Context, init_from_env
 from mobilekd.engine import builders
 from mobilekd.engine.builders import Domain
@@ -45,6 +46,8 @@ class Trainer:
         self.out = check_writable_dir(c.out)
         self.context = init_from_env(c.device)
         self.device = builders.select_device(c, self.context)
+        if self.context.is_main:
+            builders.log(c.losses_line())
         self.threads = set_threads(c.threads)  # 0: the idle cores (mobilekd.threads)
         self.hooks = default_hooks() if hooks is None else hooks
         self.teacher_test_embeddings = teacher_test_embeddings
@@ -173,6 +176,20 @@ def evaluate_untrained(config: Config) -> dict:
         return evaluate_domain(student, domain, c, device)["test"]
     finally:
         unlock_folder(out)
+
+
+def evaluate_embedder(embedder, config: Config) -> dict:
+    """Test metrics of a ready embedder -- an exported file's runner (``FileEmbedder``) or any model with a
+    ``preprocess`` -- on ``config``'s test split (``data``, ``layout``, ``train_fraction``, ``preload``)
+    through the runs' own evaluation. Unreadable test images are listed in ``config.out``."""
+    c = config.validate()
+    out = check_writable_dir(c.out)
+    test_images = load_image_set(c.data, "test", c.layout, c.train_fraction)
+    test_set = ViewDataset(test_images, {}, preload_side=c.preload, progress=c.progress)
+    checked, _ = check_readable({"test": test_set}, out / "unreadable_images.txt", False, c.progress)
+    test_set = checked["test"]
+    domain = Domain("main", c.data, test_set.images, test_set.images, None, test_set, test_set=test_set)
+    return evaluate_domain(embedder, domain, c, builders.select_device(c, Context()))["test"]
 
 
 def train(config: Config, hooks: list[Hook] | None = None,

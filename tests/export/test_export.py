@@ -63,7 +63,7 @@ def test_distill_then_export_int8_passes_its_parity_gates_and_check(workspace, t
     assert distill_main(["--data", str(workspace["data"]), "--out", str(student), "--student-size", str(SIZE),
                          "--embed-dim", "16", "--teacher", "efficientnet_lite0", "--teacher-size", "32",
                          "--views", "1", "--epochs", "1", "--steps-per-epoch", "2", "--batch-classes", "3",
-                         "--images-per-class", "2", "--no-progress", "--threads", "1"]) == 0
+                         "--images-per-class", "2", "--absolute-weight", "1", "--no-progress", "--threads", "1"]) == 0
     assert json.loads((student / "model.json").read_text())["epoch"] == 1
     out = tmp_path / "int8"
     # Two steps leave the student's embeddings crowded (mean cosine ~0.9999 between images), which the
