@@ -13,7 +13,7 @@ import mobilekd.engine
 from mobilekd.config import PACKAGED_CONFIGS, Config
 from mobilekd.distill import main as distill_main
 from mobilekd.losses import loss_specs
-from test_distill import tiny_config
+from conftest import tiny_config
 
 
 def _configs_trained_by_distill(monkeypatch, argv) -> Config:
