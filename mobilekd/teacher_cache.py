@@ -36,7 +36,7 @@ from mobilekd.data.embeddings_npz import PrecomputedEmbeddings
 from mobilekd.data.image_sets import ImageSet
 from mobilekd.data.view_dataset import ViewDataset
 from mobilekd.distributed import Context
-from mobilekd.errors import MobileKDError
+from mobilekd.errors import MobileKDError, loader_reason
 from mobilekd.inference import embed_views
 from mobilekd.io import sha256_file, write_json
 
@@ -84,6 +84,16 @@ def _file_size(path: str) -> int:
         return os.path.getsize(path)
     except OSError:
         return -1
+
+
+def check_free_space(file: Path, data_bytes: int) -> None:
+    """Refuse a memory-mapped file the disk cannot hold: writing rows into a sparse file past the free space
+    kills the process with SIGBUS ("Bus error", exit 135) and no message, instead of this one error."""
+    needed = data_bytes + 4096  # the .npy header
+    free = shutil.disk_usage(file.parent).free
+    if needed > free:
+        raise MobileKDError(f"teacher cache {file} needs {needed:,} bytes but only {free:,} bytes are free on its "
+                            "disk: free some space or put --teacher-cache elsewhere")
 
 
 def expected_manifest(teacher, dataset: ViewDataset, views: int, data: dict) -> dict:
@@ -146,7 +156,8 @@ def load_embeddings(path: Path, manifest: dict) -> np.ndarray:
     try:
         embeddings = np.load(path / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:  # truncated file, bad header, object dtype
-        raise MobileKDError(f"teacher cache {path}: cannot read {EMBEDDINGS} ({error}); rebuild the cache") from None
+        raise MobileKDError(f"teacher cache {path}: cannot read {EMBEDDINGS} ({loader_reason(error)}); rebuild "
+                            "the cache") from None
     if embeddings.dtype != np.float32 or list(embeddings.shape) != manifest["shape"]:
         raise MobileKDError(f"teacher cache {path}: {EMBEDDINGS} is {embeddings.dtype} {list(embeddings.shape)}, "
                             f"{MANIFEST} says float32 shape {manifest['shape']}; rebuild the cache")
@@ -259,6 +270,7 @@ class TeacherCache:
                                                "complete": True})
                 else:
                     shape = (len(dataset), int(views), int(teacher.embed_dim))
+                    check_free_space(path / EMBEDDINGS, int(np.prod(shape)) * 4)
                     np.lib.format.open_memmap(path / EMBEDDINGS, mode="w+", dtype=np.float32, shape=shape).flush()
                     write_json(manifest_path, {**expected, "shape": list(shape), "dtype": "float32",
                                                "chunk": chunk, "complete": False})
