@@ -64,8 +64,8 @@ class PrecomputedEmbeddings:
                 keys, embeddings = data["keys"], data["embeddings"]
                 self.labels = data["labels"] if "labels" in data else None
         except (OSError, ValueError, EOFError) as error:  # random bytes: "pickled data", bad zip, truncated
-            raise ModelError(f"{self.path} is not an embeddings .npz (arrays 'keys' and 'embeddings') or it is "
-                             f"damaged ({loader_reason(error)})") from None
+            raise ModelError(f"{self.path}: not a readable .npz -- not an embeddings file (arrays 'keys' and "
+                             f"'embeddings') or a damaged one ({loader_reason(error)})") from None
         self.keys, normalised = check_keyed_embeddings(np.atleast_1d(keys).tolist(), embeddings, str(self.path))
         self.index = {k: i for i, k in enumerate(self.keys)}
         self.embeddings = torch.from_numpy(normalised)
