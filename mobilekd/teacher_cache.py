@@ -90,7 +90,10 @@ def check_free_space(file: Path, data_bytes: int) -> None:
     """Refuse a memory-mapped file the disk cannot hold: writing rows into a sparse file past the free space
     kills the process with SIGBUS ("Bus error", exit 135) and no message, instead of this one error."""
     needed = data_bytes + 4096  # the .npy header
-    free = shutil.disk_usage(file.parent).free
+    existing = file.parent
+    while not existing.exists() and existing != existing.parent:  # the cache folder may not exist yet
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free + (file.stat().st_size if file.is_file() else 0)  # a stale file goes
     if needed > free:
         raise MobileKDError(f"teacher cache {file} needs {needed:,} bytes but only {free:,} bytes are free on its "
                             "disk: free some space or put --teacher-cache elsewhere")
@@ -259,6 +262,8 @@ class TeacherCache:
             if manifest is None and manifest_path.is_file():  # start over
                 shutil.rmtree(chunks_dir, ignore_errors=True)
             if manifest is None or not (path / EMBEDDINGS).is_file():
+                if not isinstance(teacher, PrecomputedEmbeddings):  # before anything is created
+                    check_free_space(path / EMBEDDINGS, len(dataset) * int(views) * int(teacher.embed_dim) * 4)
                 path.mkdir(parents=True, exist_ok=True)
                 chunks_dir.mkdir(exist_ok=True)
                 if isinstance(teacher, PrecomputedEmbeddings):
@@ -270,7 +275,6 @@ class TeacherCache:
                                                "complete": True})
                 else:
                     shape = (len(dataset), int(views), int(teacher.embed_dim))
-                    check_free_space(path / EMBEDDINGS, int(np.prod(shape)) * 4)
                     np.lib.format.open_memmap(path / EMBEDDINGS, mode="w+", dtype=np.float32, shape=shape).flush()
                     write_json(manifest_path, {**expected, "shape": list(shape), "dtype": "float32",
                                                "chunk": chunk, "complete": False})
