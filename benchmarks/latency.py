@@ -422,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         threads = [int(v) for v in args.threads.split(",")]
         result = benchmark_adb(args.models, threads, args.adb, args.runs, args.warmup, args.adb_binary, args.adb_gpu)
     else:
+        if args.size and min(args.size) < 1:
+            raise MobileKDError(f"--size H W must be positive pixel counts, got {args.size[0]} {args.size[1]}")
         if args.size and (args.size[0] != args.size[1]):
             raise MobileKDError("--size H W: mobilekd models take square inputs; give H == W")
         threads = parse_threads(args.threads)

@@ -20,7 +20,7 @@ from benchmarks import RESULT_FORMAT, write_result
 from benchmarks.machine import describe, load_average
 from benchmarks.targets import load_target
 from mobilekd.errors import MobileKDError, ModelError, cli_entry
-from mobilekd.io import check_writable_file
+from mobilekd.io import check_writable_file, require_file
 from mobilekd.metrics import format_table, retrieval_metrics
 from mobilekd.threads import usable_cores
 
@@ -35,8 +35,7 @@ def make_embedder(spec: str, threads: int | None = None, label: str | None = Non
     if path.suffix.lower() == ".npz":
         from mobilekd.data.embeddings_npz import PrecomputedEmbeddings
 
-        if not path.is_file():
-            raise ModelError(f"embeddings file not found: {path}")
+        require_file(path, "embeddings file", ModelError)
         return label or path.name, "embeddings", "embeddings", PrecomputedEmbeddings(path)
     target = load_target(spec, size=size, label=label)
     if target.model is not None:
@@ -116,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise MobileKDError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise MobileKDError(f"--threads must be >= 1 (or left out: all usable cores), got {args.threads}")
+    if args.size is not None and args.size < 1:
+        raise MobileKDError(f"--size must be a positive pixel count, got {args.size}")
     if args.out:
         check_writable_file(args.out)  # before the measurement, not after it
     threads = args.threads

@@ -31,13 +31,32 @@ def load_results(paths: list[str]) -> list[dict]:
             data = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise MobileKDError(f"result file not found: {path}") from None
+        except IsADirectoryError:
+            raise MobileKDError(f"{path} is a directory, not a result JSON file") from None
+        except UnicodeDecodeError:
+            raise MobileKDError(f"{path} is not a result JSON: it is not text (a binary file?)") from None
         except (OSError, json.JSONDecodeError) as error:
             raise MobileKDError(f"{path} is not a readable result JSON: {error}") from None
-        if not isinstance(data, dict) or data.get("kind") not in ("latency", "recall") or "machine" not in data:
-            raise MobileKDError(f"{path} is not a benchmarks result (needs 'kind' latency|recall and 'machine')")
+        check_result_format(data, path)
         data["_file"] = str(path)
         results.append(data)
     return results
+
+
+def check_result_format(data, path) -> None:
+    """The shape ``build_report`` reads: a latency/recall result with a ``machine`` object and a ``results`` list
+    of objects (anything else would fail deep in the report with a KeyError or TypeError)."""
+    if not isinstance(data, dict) or data.get("kind") not in ("latency", "recall") or "machine" not in data:
+        raise MobileKDError(f"{path} is not a benchmarks result (needs 'kind' latency|recall and 'machine')")
+    latency = data["kind"] == "latency"
+    rows = ("model", "runtime", "threads") if latency else ("model", "symmetric")
+    lists = {"results": rows, **({"models": ("label",)} if latency else {})}
+    if not isinstance(data["machine"], dict) or not (latency or isinstance(data.get("data"), dict)) or not all(
+            isinstance(data.get(name), list) and all(isinstance(row, dict) and all(k in row for k in keys)
+                                                     for row in data[name]) for name, keys in lists.items()):
+        wanted = "; ".join(f"'{name}': a list of objects with {', '.join(keys)}" for name, keys in lists.items())
+        raise MobileKDError(f"{path} is not a {data['kind']} result: needs 'machine'"
+                            f"{'' if latency else ' and data'} objects; {wanted}")
 
 
 def check_machines(results: list[dict], allow_mixed: bool) -> dict[str, str]:

@@ -21,6 +21,7 @@ import numpy as np
 
 from export.common import path_size
 from mobilekd.errors import MobileKDError, ModelError
+from mobilekd.io import require_file
 from mobilekd.preprocess import Preprocess
 from mobilekd.runtime.runners import NotRunnable, file_kind, find_contract, open_runtime, runtimes_for
 
@@ -76,7 +77,9 @@ def load_target(spec: str, size: int | None = None, label: str | None = None) ->
     label = label or default_label(spec)
     kind = file_kind(path)
     if kind:
-        if not path.exists():
+        if kind != "coreml":  # an .mlpackage is a folder
+            require_file(path, "model file", ModelError)
+        elif not path.exists():
             raise ModelError(f"model file not found: {path}")
         contract = find_contract(path)
         target = Target(spec, label, kind, path, Preprocess(), contract=contract, file_bytes=path_size(path))
@@ -92,13 +95,13 @@ def load_target(spec: str, size: int | None = None, label: str | None = None) ->
             target.notes.append("--size ignored: exported models have a fixed input shape")
         return target
     if path.exists():
-        from mobilekd.models import is_checkpoint, load_model
+        from mobilekd.models import check_input_size, is_checkpoint, load_model
 
         if not is_checkpoint(path):
             raise ModelError(f"{path} is neither a mobilekd checkpoint folder (model.json + model.safetensors) "
                              "nor an .onnx / .tflite / .mlpackage file")
         model = load_model(path).eval()
-        preprocess = model.preprocess.with_size(size) if size else model.preprocess
+        preprocess = model.preprocess.with_size(check_input_size(model, size)) if size else model.preprocess
         weights = path / "model.safetensors" if path.is_dir() else path
         return Target(spec, label, "checkpoint", path, preprocess, model=model, file_bytes=path_size(weights))
     if any(sep in spec for sep in ("/", "\\")):

@@ -21,8 +21,8 @@ import json
 import sys
 from pathlib import Path
 
-from export.common import (GATE_FAILED, ExportArgumentParser, add_parity_options, gates_from_args, load_parity,
-                           load_student, path_size)
+from export.common import (GATE_FAILED, ExportArgumentParser, add_parity_options, check_parity_options,
+                           gates_from_args, load_parity, load_student, path_size)
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import sha256_file, write_json
 from mobilekd.preprocess import Preprocess
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                              "was exported from (the difference is still reported)")
     add_parity_options(parser)
     args = parser.parse_args(argv)
+    check_parity_options(args)
 
     model_file, manifest = locate(args.file)
     contract = ModelContract.from_dict(json.loads(manifest.read_text()))

@@ -228,6 +228,17 @@ def resolve_parity_data(args, checkpoint: Path, meta: dict):
     return data, float(config.get("train_fraction", 0.5))
 
 
+def check_parity_options(args) -> None:
+    """Parity numbers a run cannot mean, refused before any work: a negative --parity-images (0 means all) or
+    a --teacher-size below 1 would otherwise silently mean "all images" / "the teacher's own size"."""
+    if args.parity_images < 0:
+        raise MobileKDError(f"--parity-images must be >= 0 (0 = all), got {args.parity_images}")
+    if args.teacher_size is not None and args.teacher_size < 1:
+        raise MobileKDError(f"--teacher-size must be a positive pixel count, got {args.teacher_size}")
+    if args.threads < 1:
+        raise MobileKDError(f"--threads must be >= 1, got {args.threads}")
+
+
 def resolve_teacher_option(args, meta: dict):
     if not args.teacher:
         return None
@@ -315,8 +326,9 @@ def run_export(fmt: Format, args) -> int:
     precision = PRECISION[args.quantize]
     options = fmt.read_options(args, precision) if fmt.read_options is not None else {}
     gates = gates_from_args(args, precision)
-    if args.calib_images < 1 or args.parity_images < 0:
-        raise MobileKDError("--calib-images must be >= 1 and --parity-images >= 0")
+    if args.calib_images < 1:
+        raise MobileKDError(f"--calib-images must be >= 1, got {args.calib_images}")
+    check_parity_options(args)
     model, meta = load_student(args.checkpoint, args.size, args.threads)
     checkpoint = Path(args.checkpoint)
     out = Path(args.out) if args.out else default_out(checkpoint, fmt.runtime, precision, args.layout,

@@ -129,7 +129,10 @@ def calibration_images(preprocess: Preprocess, count: int, calib: str | None = N
     if calib:
         root = Path(calib).expanduser()
         flat = root.is_dir() and not any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
-        images = load_image_set(root, "all", layout="unlabeled" if flat else "auto", min_per_class=1)
+        try:
+            images = load_image_set(root, "all", layout="unlabeled" if flat else "auto", min_per_class=1)
+        except DataError as error:  # the data set loader's words name --data; this is --calib
+            raise DataError(f"--calib {calib}: {str(error).replace('--data', '--calib')}") from None
         source = str(calib)
     elif train_data:
         images = load_image_set(train_data, "train", train_fraction=train_fraction, min_per_class=1)

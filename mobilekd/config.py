@@ -26,7 +26,8 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from mobilekd.errors import MobileKDError
+from mobilekd.errors import MobileKDError, shown
+from mobilekd.io import require_file
 from mobilekd.losses import get_loss, loss_specs
 from mobilekd.losses.registry import LossSpec, on_change
 
@@ -265,8 +266,7 @@ class Config:
                 names = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
                 raise MobileKDError(f"config file not found: {path} (shipped recipes: {names})")
             path = shipped
-        if not path.is_file():
-            raise MobileKDError(f"config file not found: {path}")
+        require_file(path, "config file")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
@@ -277,6 +277,9 @@ class Config:
             data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as error:
             raise MobileKDError(f"cannot parse config file {path}: {error}") from None
+        if _expanded_size(data) > MAX_CONFIG_VALUES:
+            raise MobileKDError(f"config file {path} expands to more than {MAX_CONFIG_VALUES:,} values (YAML "
+                                "aliases repeating aliases?): refused")
         if not isinstance(data, dict):
             raise MobileKDError(f"config file {path} must hold a mapping of option: value")
         return flatten_losses({str(k).replace("-", "_"): v for k, v in data.items()})
@@ -306,6 +309,24 @@ class Config:
         return cls.from_dict(values).validate()
 
 
+MAX_CONFIG_VALUES = 100_000  # a real config holds a few hundred; a 300-byte YAML alias bomb expands to millions
+
+
+def _expanded_size(data, limit: int = MAX_CONFIG_VALUES) -> int:
+    """How many values ``data`` holds with every YAML alias expanded (a shared list counts each time it is
+    referenced, as printing or copying it would), counted no further than ``limit + 1``."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        value = stack.pop()
+        count += 1
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return count
+
+
 # ------------------------------------------------------------------ validation, one group of checks each
 def _loss_problems(config: Config) -> list[str]:
     problems = [] if config.data else ["no data set given (--data PATH)"]
@@ -326,6 +347,8 @@ def _range_problems(config: Config) -> list[str]:
                   "unlabeled_per_batch", "unlabeled_limit", "lr", "head_lr_scale", "weight_decay", "views",
                   "steps_per_epoch", "preload", "threads", "num_workers", "embed_dim", "warmup_epochs")
                  if getattr(config, name) < 0]
+    if config.teacher_size is not None and config.teacher_size < 1:  # 0 would silently mean the teacher's own
+        problems.append(f"--teacher-size must be >= 1 (or left out: the teacher's own), got {config.teacher_size}")
     if config.memory_format not in MEMORY_FORMATS:
         problems.append(f"--memory-format must be one of {', '.join(MEMORY_FORMATS)}, got {config.memory_format!r}")
     if not 0 < config.crop_scale <= 1:
@@ -501,7 +524,7 @@ def coerce(key: str, value, kind):
             return converted
     names = " or ".join(_EXPECTED.get(b, "a list of strings" if typing.get_origin(b) is list else str(b))
                         for b in accepted if b is not type(None))
-    raise MobileKDError(f"configuration key {key!r}: {value!r} is not {names}"
+    raise MobileKDError(f"configuration key {shown(key)}: {shown(value)} is not {names}"
                         + (" (or none)" if type(None) in accepted else ""))
 
 

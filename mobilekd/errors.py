@@ -20,6 +20,32 @@ class ModelError(MobileKDError):
     """A model or checkpoint that cannot be built or loaded."""
 
 
+def shown(value, limit: int = 200) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters: a value from a hostile file (a YAML
+    alias bomb expands to millions of items) must not become a megabyte-long error line. reprlib bounds the
+    work as well as the text."""
+    import reprlib
+
+    brief = reprlib.Repr()
+    brief.maxstring = brief.maxother = limit
+    brief.maxlist = brief.maxtuple = brief.maxdict = brief.maxset = 20
+    text = brief.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+UNSAFE_ADVICE = ("weights_only", "allow_pickle", "pickle", "arbitrary code")
+
+
+def loader_reason(error: BaseException) -> str:
+    """What a file loader's exception says, for an error message -- its type and first line, or only its type
+    when the text advises an unsafe retry (torch.load's "re-run with weights_only=False", numpy's
+    "allow_pickle=True"): a file from elsewhere must never be loaded with pickle enabled on our advice."""
+    text = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    if not text or any(word in str(error).lower() for word in UNSAFE_ADVICE):
+        return type(error).__name__
+    return f"{type(error).__name__}: {text}"
+
+
 def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a CLI ``main`` so MobileKDError (and Ctrl-C) end with one line on stderr and exit code 2 / 130.
 

@@ -4,6 +4,7 @@ one sha256 of a file or folder."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -11,21 +12,33 @@ import tempfile
 from pathlib import Path
 
 
+# what a destination, not the program, is to blame for: a read-only file system, a full disk, no permission
+WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; on success rename it over ``path``, else delete it."""
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, else delete it. A write the
+    destination refuses (read-only, full, not permitted) is one MobileKDError naming the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        from mobilekd.errors import MobileKDError
+
+        raise MobileKDError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -48,6 +61,19 @@ def write_json(path: str | os.PathLike, data) -> None:
         with open(tmp, "w") as handle:
             json.dump(data, handle, indent=2, sort_keys=False)
             handle.write("\n")
+
+
+def require_file(path: str | os.PathLike, what: str, error: type | None = None) -> Path:
+    """``path`` if it is a file; else one ``error`` (default MobileKDError) saying it is missing -- or that it
+    is a directory, which "not found" would hide."""
+    from mobilekd.errors import MobileKDError
+
+    path = Path(path)
+    if path.is_dir():
+        raise (error or MobileKDError)(f"{what} {path} is a directory, not a file")
+    if not path.is_file():
+        raise (error or MobileKDError)(f"{what} not found: {path}")
+    return path
 
 
 # ------------------------------------------------------------------------------------------ destinations

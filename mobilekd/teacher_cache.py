@@ -36,7 +36,7 @@ from mobilekd.data.embeddings_npz import PrecomputedEmbeddings
 from mobilekd.data.image_sets import ImageSet
 from mobilekd.data.view_dataset import ViewDataset
 from mobilekd.distributed import Context
-from mobilekd.errors import MobileKDError
+from mobilekd.errors import MobileKDError, loader_reason
 from mobilekd.inference import embed_views
 from mobilekd.io import sha256_file, write_json
 
@@ -84,6 +84,19 @@ def _file_size(path: str) -> int:
         return os.path.getsize(path)
     except OSError:
         return -1
+
+
+def check_free_space(file: Path, data_bytes: int) -> None:
+    """Refuse a memory-mapped file the disk cannot hold: writing rows into a sparse file past the free space
+    kills the process with SIGBUS ("Bus error", exit 135) and no message, instead of this one error."""
+    needed = data_bytes + 4096  # the .npy header
+    existing = file.parent
+    while not existing.exists() and existing != existing.parent:  # the cache folder may not exist yet
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free + (file.stat().st_size if file.is_file() else 0)  # a stale file goes
+    if needed > free:
+        raise MobileKDError(f"teacher cache {file} needs {needed:,} bytes but only {free:,} bytes are free on its "
+                            "disk: free some space or put --teacher-cache elsewhere")
 
 
 def expected_manifest(teacher, dataset: ViewDataset, views: int, data: dict) -> dict:
@@ -146,7 +159,8 @@ def load_embeddings(path: Path, manifest: dict) -> np.ndarray:
     try:
         embeddings = np.load(path / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:  # truncated file, bad header, object dtype
-        raise MobileKDError(f"teacher cache {path}: cannot read {EMBEDDINGS} ({error}); rebuild the cache") from None
+        raise MobileKDError(f"teacher cache {path}: cannot read {EMBEDDINGS} ({loader_reason(error)}); rebuild "
+                            "the cache") from None
     if embeddings.dtype != np.float32 or list(embeddings.shape) != manifest["shape"]:
         raise MobileKDError(f"teacher cache {path}: {EMBEDDINGS} is {embeddings.dtype} {list(embeddings.shape)}, "
                             f"{MANIFEST} says float32 shape {manifest['shape']}; rebuild the cache")
@@ -248,6 +262,8 @@ class TeacherCache:
             if manifest is None and manifest_path.is_file():  # start over
                 shutil.rmtree(chunks_dir, ignore_errors=True)
             if manifest is None or not (path / EMBEDDINGS).is_file():
+                if not isinstance(teacher, PrecomputedEmbeddings):  # before anything is created
+                    check_free_space(path / EMBEDDINGS, len(dataset) * int(views) * int(teacher.embed_dim) * 4)
                 path.mkdir(parents=True, exist_ok=True)
                 chunks_dir.mkdir(exist_ok=True)
                 if isinstance(teacher, PrecomputedEmbeddings):

@@ -13,7 +13,7 @@ from mobilekd.compat.report import format_evaluation, format_fit, format_teacher
 from mobilekd.compat.transform import HEADS, FitConfig
 from mobilekd.compat.workflows import MANIFEST, evaluate, fit, teacher_check, upgrade_check
 from mobilekd.errors import MobileKDError, cli_entry
-from mobilekd.io import write_json
+from mobilekd.io import check_writable_dir, check_writable_file, write_json
 
 
 def _fractions(text: str) -> list[float]:
@@ -95,9 +95,30 @@ def _emit(args, name: str, result: dict, text: str) -> None:
         write_markdown(out / f"{name}.md", text + "\n")
 
 
+SIZE_FLAGS = ("size", "query_size", "gallery_size", "teacher_size")
+
+
+def check_options(args) -> None:
+    """Numbers no subcommand can use, and an --out that cannot be written, are refused before any work (a zero
+    size or thread count would otherwise silently mean "the default")."""
+    for name in SIZE_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise MobileKDError(f"--{name.replace('_', '-')} must be a positive pixel count, got {value}")
+    if getattr(args, "batch_size", 1) < 1:
+        raise MobileKDError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if getattr(args, "random_seeds", 0) < 0:
+        raise MobileKDError(f"--random-seeds must be >= 0 (0 = off), got {args.random_seeds}")
+    if args.threads < 0:
+        raise MobileKDError(f"--threads must be >= 1 (or 0: torch's choice), got {args.threads}")
+    if args.out:
+        (check_writable_file if args.command == "embed" else check_writable_dir)(args.out)
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_options(args)
     threads = args.threads or None
     if threads:
         torch.set_num_threads(threads)

@@ -152,8 +152,8 @@ def upgrade_check(old: str, new: str, data: str, split: str = "test", tolerance:
                   old_size: int | None = None, new_size: int | None = None, threads: int | None = None,
                   layout: str = "auto", progress: bool = False) -> dict:
     """Can the new query model search a gallery indexed by the old one?"""
-    if tolerance < 0:
-        raise MobileKDError("--tolerance must be >= 0 (R@1 points)")
+    if not 0 <= tolerance <= 100:  # also refuses NaN, which every comparison would silently fail
+        raise MobileKDError(f"--tolerance must be in 0..100 (R@1 points), got {tolerance}")
     images = load_split(data, split, layout)
     labels = np.asarray(images.labels)
     o = embed_model(old, images, old_size, threads, progress=progress)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mobilekd.errors import ModelError
+from mobilekd.errors import ModelError, loader_reason
 
 
 def check_embeddings(x, name: str = "embeddings") -> np.ndarray:
@@ -52,6 +52,8 @@ class PrecomputedEmbeddings:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise ModelError(f"{self.path} is a directory, not an embeddings .npz file")
         if not self.path.is_file():
             raise ModelError(f"embeddings file not found: {self.path}")
         try:
@@ -61,8 +63,9 @@ class PrecomputedEmbeddings:
                                      f"(found {', '.join(data.files) or 'none'})")
                 keys, embeddings = data["keys"], data["embeddings"]
                 self.labels = data["labels"] if "labels" in data else None
-        except (OSError, ValueError) as error:
-            raise ModelError(f"{self.path}: not a readable .npz ({error})") from None
+        except (OSError, ValueError, EOFError) as error:  # random bytes: "pickled data", bad zip, truncated
+            raise ModelError(f"{self.path}: not a readable .npz -- not an embeddings file (arrays 'keys' and "
+                             f"'embeddings') or a damaged one ({loader_reason(error)})") from None
         self.keys, normalised = check_keyed_embeddings(np.atleast_1d(keys).tolist(), embeddings, str(self.path))
         self.index = {k: i for i, k in enumerate(self.keys)}
         self.embeddings = torch.from_numpy(normalised)

@@ -202,6 +202,12 @@ def _from_class_keys(source: ImageSource, items: list[tuple[str, str]], name: st
                     class_names, name)
 
 
+def _unlistable(error: OSError) -> None:
+    """``os.walk``'s onerror: a folder that cannot be listed is an error of its own, not "no images" (os.walk
+    skips it silently by default)."""
+    raise DataError(f"cannot read folder {error.filename}: {error.strerror or error}")
+
+
 def read_folder(root: Path) -> ImageSet:
     """``ROOT/<class>/<image>``: every image below a class folder belongs to that class."""
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -210,7 +216,7 @@ def read_folder(root: Path) -> ImageSet:
     items = []
     for class_dir in class_dirs:
         files = [os.path.relpath(os.path.join(dirpath, f), root)
-                 for dirpath, _, names in os.walk(class_dir) for f in names if _is_image(f)]
+                 for dirpath, _, names in os.walk(class_dir, onerror=_unlistable) for f in names if _is_image(f)]
         if not files:
             raise DataError(f"class folder {class_dir} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
         items += [(class_dir.name, f) for f in files]
@@ -310,7 +316,7 @@ def read_unlabeled(root: Path) -> ImageSet:
         with zipfile.ZipFile(root) as archive:
             keys = sorted(n for n in archive.namelist() if _is_image(n))
     else:
-        keys = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, names in os.walk(root)
+        keys = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, names in os.walk(root, onerror=_unlistable)
                       for f in names if _is_image(f))
     if not keys:
         raise DataError(f"{root} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
@@ -349,16 +355,19 @@ def load_image_set(path: str | os.PathLike, split: str = "all", layout: str = "a
     root = Path(path).expanduser()
     if not root.exists():
         raise DataError(f"data path does not exist: {root}")
-    if layout == "auto":
-        layout = detect_layout(root)
-    if layout == "unlabeled":
-        return read_unlabeled(root)
-    if layout == "sop":
-        images = read_sop(root, split)
-    else:
-        images = {"folder": read_folder, "cub": read_cub, "cars": read_cars, "zip": read_zip}[layout](root)
-        if split != "all":
-            images = split_classes(images, split, train_fraction)
+    try:
+        if layout == "auto":
+            layout = detect_layout(root)
+        if layout == "unlabeled":
+            return read_unlabeled(root)
+        if layout == "sop":
+            images = read_sop(root, split)
+        else:
+            images = {"folder": read_folder, "cub": read_cub, "cars": read_cars, "zip": read_zip}[layout](root)
+    except PermissionError as error:  # a listing or index file the user may not read
+        raise DataError(f"cannot read {error.filename or root}: {error.strerror or error}") from None
+    if split != "all" and layout != "sop":
+        images = split_classes(images, split, train_fraction)
     check_split(images, min_per_class, f"{root} ({split} split)")
     return images
 

@@ -12,6 +12,7 @@ import torch
 
 from mobilekd.data.embeddings_npz import PrecomputedEmbeddings
 from mobilekd.errors import ModelError
+from mobilekd.io import require_file
 from mobilekd.models.checkpoint import is_checkpoint, load_model
 from mobilekd.models.embedding_net import EmbeddingNet, check_input_size, create_model
 from mobilekd.runtime.file_embedder import BLACK_BOX_SUFFIXES, FileEmbedder
@@ -41,12 +42,10 @@ def resolve_teacher(name: str, size: int | None = None, threads: int | None = No
         return master
     path = Path(name)
     if path.suffix.lower() in BLACK_BOX_SUFFIXES:
-        if not path.is_file():
-            raise ModelError(f"teacher model file not found: {path}")
+        require_file(path, "teacher model file", ModelError)
         return FileEmbedder(path, threads)
     if path.suffix.lower() == ".npz":
-        if not path.is_file():
-            raise ModelError(f"teacher embeddings file not found: {path}")
+        require_file(path, "teacher embeddings file", ModelError)
         return PrecomputedEmbeddings(path)
     model = resolve_model(name, embed_dim=0, size=size, pretrained=not path.exists())
     model.eval()

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilekd.errors import ModelError
+from mobilekd.errors import ModelError, loader_reason
 
 
 def read_state_dict(path: str | os.PathLike, unwrap: tuple[str, ...] = ("state_dict",),
@@ -19,13 +19,18 @@ def read_state_dict(path: str | os.PathLike, unwrap: tuple[str, ...] = ("state_d
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"{path} is a directory, not a weights file")
+    if not path.exists():
+        raise ModelError(f"weights file not found: {path}")
     try:
         if path.suffix == ".safetensors":
             with safe_open(str(path), "pt", device=device) as handle:
                 return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # damaged files raise many types
-        raise ModelError(f"cannot read weights {path}: {type(error).__name__}: {str(error).splitlines()[0][:300]}") from None
+        raise ModelError(f"cannot read weights {path}: not a weights file (.safetensors or a torch.save state "
+                         f"dict), or a damaged one ({loader_reason(error)})") from None
     for key in unwrap:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

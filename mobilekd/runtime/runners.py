@@ -39,7 +39,7 @@ import numpy as np
 
 from mobilekd.errors import MobileKDError, ModelError
 from mobilekd.preprocess import Preprocess
-from mobilekd.runtime.contract import FORMAT, ModelContract, TensorSpec, dequantize, quantize
+from mobilekd.runtime.contract import FORMAT, ModelContract, TensorSpec, dequantize, file_disagreements, quantize
 from mobilekd.runtime.normalization import renormalize, same_normalization
 
 # the model.json "runtime" of each file suffix (what exporters write)
@@ -167,8 +167,12 @@ def dequantize_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 def _check_agrees(path: Path, contract: ModelContract, found_input, found_output) -> None:
-    """A model.json that does not describe this file (dtype or int8 parameters differ) is refused: feeding
-    int8 through the wrong scale gives plausible-looking, wrong embeddings."""
+    """A model.json that does not describe this file (tensor names, shapes -- layout and size --, dtype or int8
+    parameters differ) is refused: the runtime would fail on the first call with a long error of its own, and
+    feeding int8 through the wrong scale gives plausible-looking, wrong embeddings."""
+    problems = file_disagreements(contract, found_input, found_output)
+    if problems:
+        raise ModelError(f"model.json does not describe {path.name}: {'; '.join(problems)}")
     for side, want, got in (("input", contract.input, found_input), ("output", contract.output, found_output)):
         if got is None or got.dtype is None:
             continue
