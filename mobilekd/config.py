@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -33,6 +34,8 @@ from mobilekd.losses.registry import LossSpec, on_change
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"  # recipes shipped with the package, by name for --config
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # --memory-format: the student's tensor layout in training
+MAX_SEED = 2 ** 32 - 1  # numpy's SeedSequence/RandomState and torch.manual_seed all take 0..2**32-1
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")  # --device: what select_device can place a run on
 LOSSES_FIELD = "losses"  # the field holding the loss settings; the flat loss keys take its place in files and --help
 
 
@@ -118,6 +121,7 @@ class Config:
     threads: int = 0  # CPU threads (0 = the cores idle when the run starts; see mobilekd.threads)
     eval_every: int = 5  # evaluate on the test split every N epochs (and after the last)
     resume: bool = False  # continue from OUT/train_state.pt
+    overwrite: bool = False  # replace the files of an earlier run in --out (never files the run did not write)
     num_workers: int = 0  # DataLoader worker processes
     memory_format: str = "auto"  # auto | channels_last | contiguous: the student's layout while training. auto =
     #   channels-last for a student that starts from trained weights (faster), NCHW for a random one (where
@@ -315,6 +319,10 @@ def _range_problems(config: Config) -> list[str]:
                   "unlabeled_per_batch", "unlabeled_limit", "lr", "head_lr_scale", "weight_decay", "views",
                   "steps_per_epoch", "preload", "threads", "num_workers", "embed_dim", "warmup_epochs")
                  if getattr(config, name) < 0]
+    if isinstance(config.seed, int) and not 0 <= config.seed <= MAX_SEED:
+        problems.append(f"--seed must be in 0..{MAX_SEED} (what numpy and torch accept), got {config.seed}")
+    if not isinstance(config.device, str) or not DEVICE_PATTERN.fullmatch(config.device):
+        problems.append(f"--device must be cpu, cuda, cuda:N or mps, got {config.device!r}")
     if config.memory_format not in MEMORY_FORMATS:
         problems.append(f"--memory-format must be one of {', '.join(MEMORY_FORMATS)}, got {config.memory_format!r}")
     if not 0 < config.crop_scale <= 1:

@@ -20,6 +20,14 @@ class ModelError(MobileKDError):
     """A model or checkpoint that cannot be built or loaded."""
 
 
+class WriteError(MobileKDError, OSError):
+    """A file that could not be written (a full disk, a read-only file system, no permission): one error line
+    for the CLIs, and still an OSError for callers that handle those. ``str()`` is the message alone."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
 def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a CLI ``main`` so MobileKDError (and Ctrl-C) end with one line on stderr and exit code 2 / 130.
 

@@ -13,19 +13,27 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; on success rename it over ``path``, else delete it."""
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, else delete it. An OSError
+    while writing (a full disk, a read-only file system) becomes a ``WriteError`` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        from mobilekd.errors import WriteError
+
+        if isinstance(error, WriteError):
+            raise
+        raise WriteError(error.errno, f"cannot write {path}: {error.strerror or error}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -52,6 +60,8 @@ def write_json(path: str | os.PathLike, data) -> None:
 
 # ------------------------------------------------------------------------------------------ destinations
 
+NAME_MAX = 255  # bytes in one file or folder name (ext4, xfs, btrfs, APFS, NTFS)
+
 
 def check_writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     """Fail early, before any work, when ``path`` cannot become a writable folder.
@@ -62,6 +72,10 @@ def check_writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     from mobilekd.errors import MobileKDError
 
     path = Path(path).expanduser()
+    too_long = [part for part in path.parts if len(os.fsencode(part)) > NAME_MAX]
+    if too_long:
+        raise MobileKDError(f"{what} {path}: the name {too_long[0][:40]}... is too long "
+                            f"({len(os.fsencode(too_long[0]))} bytes; file systems allow {NAME_MAX})")
     existing = path
     while not existing.exists():
         if existing.is_symlink():  # a dangling link: mkdir would fail on it
