@@ -32,6 +32,7 @@ RUN_MARKER = ".mobilekd-run.json"  # lists what runs wrote in OUT (``mobilekd.io
 RUN_TOOL = "mobilekd run"
 RUN_FILES = ("config.json", "model.json", "model.safetensors", STATE_FILE, "history.json", "metrics.json",
              "teacher_cache", "unreadable_images.txt")
+CHECKPOINT_FILES = ("model.safetensors", "model.json", STATE_FILE)  # a run that got this far is not replaced silently
 
 
 def _run_name(name: str) -> bool:
@@ -63,7 +64,8 @@ def run_entries(out: Path) -> tuple[list[str], list[str]]:
 
 def check_run_folder(out: Path, config: Config) -> list[str]:
     """Refuse (one error) to train into ``out`` when it holds files no run wrote, or -- unless ``--resume`` or
-    ``--overwrite`` -- an earlier run's files; with ``--overwrite`` only the run's own files are replaced
+    ``--overwrite`` -- an earlier run's checkpoint (what a run stopped before its first checkpoint left, e.g.
+    its list of unreadable images, is replaced as before); with ``--overwrite`` only the run's own files are replaced
     (a file no run wrote, of a name a run writes, is refused). Returns the run entries already there."""
     owned, foreign = run_entries(out)
     clash = [name for name in foreign if _run_name(name)]
@@ -71,9 +73,10 @@ def check_run_folder(out: Path, config: Config) -> list[str]:
         shown = ", ".join((clash or foreign)[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise MobileKDError(f"--out {out} holds files no mobilekd run wrote ({shown}); refusing to write there: "
                             "choose an empty or new folder")
-    if owned and not (config.resume or config.overwrite):
-        raise MobileKDError(f"--out {out} holds an earlier run ({', '.join(owned[:4])}); pass --resume to continue "
-                            "it, --overwrite to replace its files, or choose another --out")
+    trained = [name for name in CHECKPOINT_FILES if name in owned]
+    if trained and not (config.resume or config.overwrite):
+        raise MobileKDError(f"--out {out} holds an earlier run's checkpoint ({', '.join(trained)}); pass --resume "
+                            "to continue it, --overwrite to replace its files, or choose another --out")
     return owned
 
 
