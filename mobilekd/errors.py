@@ -41,7 +41,8 @@ def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
         except MobileKDError as error:
             if os.environ.get("MOBILEKD_DEBUG"):
                 raise
-            print(f"error: {error}", file=sys.stderr)
+            # a file name that is not UTF-8 is shown escaped (\udce9) rather than failing the print
+            print(f"error: {error}".encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

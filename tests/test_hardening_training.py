@@ -132,11 +132,23 @@ def test_weights_import_refuses_the_sizes_distill_refuses(tmp_path, capsys):
 # ------------------------------------------------------------------------------ 4. tracebacks -> one line
 
 
-def test_a_non_utf8_image_name_is_one_error_line(folder_dataset, tmp_path, capsys):
+def test_a_non_utf8_image_name_trains_with_a_teacher_cache(folder_dataset, tmp_path):
+    """Linux file names are bytes: one that is not UTF-8 is an image like any other (the teacher cache's
+    fingerprint failed on it)."""
     bad = os.path.join(os.fsencode(folder_dataset / "class_0"), b"caf\xe9.png")
     shutil.copyfile(folder_dataset / "class_0" / "0.png", bad)
+    assert distill(folder_dataset, tmp_path / "out", "--teacher", "efficientnet_lite0", "--teacher-size", "32",
+                   "--absolute-weight", "1") == 0
+    assert (tmp_path / "out" / "teacher_cache").is_dir()
+
+
+def test_an_unreadable_non_utf8_image_is_listed_in_one_error_line(folder_dataset, tmp_path, capsys):
+    bad = os.path.join(os.fsencode(folder_dataset / "class_0"), b"caf\xe9.png")
+    with open(bad, "wb") as handle:
+        handle.write(b"not an image")
     assert distill(folder_dataset, tmp_path / "out") == 2
-    assert "UTF-8" in one_error_line(capsys)
+    assert "1 unreadable image" in one_error_line(capsys)
+    assert bad in (tmp_path / "out" / "unreadable_images.txt").read_bytes()
 
 
 def _cub(root, images: bytes, labels: bytes):

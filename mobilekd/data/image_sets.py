@@ -227,21 +227,6 @@ def _from_class_keys(source: ImageSource, items: list[tuple[str, str]], name: st
                     class_names, name)
 
 
-def check_names(keys: list[str], root: Path) -> None:
-    """Refuse file names that are not valid UTF-8 (Python hands them over with surrogates, which the cache
-    fingerprint, the reports and model.json cannot hold as text), naming the first few."""
-    bad = []
-    for key in keys:
-        try:
-            key.encode("utf-8")
-        except UnicodeEncodeError:
-            bad.append(os.fsencode(key).decode("utf-8", "replace"))
-    if bad:
-        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise DataError(f"{root}: {len(bad)} file name(s) are not valid UTF-8 ({shown}); rename them "
-                        "(e.g. convmv -f latin1 -t utf8 -r --notest FOLDER)")
-
-
 def read_folder(root: Path) -> ImageSet:
     """``ROOT/<class>/<image>``: every image below a class folder belongs to that class."""
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -254,7 +239,6 @@ def read_folder(root: Path) -> ImageSet:
         if not files:
             raise DataError(f"class folder {class_dir} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
         items += [(class_dir.name, f) for f in files]
-    check_names([key for _, key in items], root)
     return _from_class_keys(ImageSource(root), items, root.name)
 
 
@@ -384,7 +368,6 @@ def read_unlabeled(root: Path) -> ImageSet:
                       for f in names if _is_image(f))
     if not keys:
         raise DataError(f"{root} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-    check_names(keys, root)
     return ImageSet(ImageSource(root), keys, np.full(len(keys), -1, dtype=np.int64), [], root.name)
 
 
