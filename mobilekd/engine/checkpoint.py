@@ -141,12 +141,14 @@ def load_state(path: Path, device) -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if isinstance(error, pickle.UnpicklingError):
-            reason = "it holds objects other than tensors and plain data"
-        raise MobileKDError(f"--resume: {path} is damaged or not a mobilekd training state ({reason[:120]}); "
+        reason = ("it holds objects other than tensors and plain data" if isinstance(error, pickle.UnpicklingError)
+                  else error.strerror or str(error) if isinstance(error, OSError)
+                  else "truncated, or not a file torch.save wrote")
+        raise MobileKDError(f"--resume: {path} is damaged or not a mobilekd training state ({reason}); "
                             "resume from an intact copy, or start a new run in another --out") from None
     missing = [k for k in STATE_ENTRIES if k not in state] if isinstance(state, dict) else list(STATE_ENTRIES)
+    if not missing and not isinstance(state["config"], dict):
+        missing = ["config mapping"]
     if missing:
         raise MobileKDError(f"--resume: {path} is damaged or not a mobilekd training state (no "
                             f"{', '.join(missing)}); resume from an intact copy, or start a new run in another --out")
