@@ -69,14 +69,16 @@ def read_regular_file(path: str, limit: int) -> bytes:
     checked with ``fstat`` on the open descriptor, so a FIFO never blocks and nothing is read before the check."""
     import stat
 
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    nonblocking = getattr(os, "O_NONBLOCK", 0)  # POSIX; elsewhere there are no FIFOs to open by name
+    fd = os.open(path, os.O_RDONLY | nonblocking | getattr(os, "O_BINARY", 0))
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError("not a regular file")
         if info.st_size > limit:
             raise OSError(f"larger than {limit} bytes")
-        os.set_blocking(fd, True)
+        if nonblocking:
+            os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as handle:
             data = handle.read(limit + 1)
     finally:
