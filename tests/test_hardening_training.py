@@ -279,7 +279,8 @@ def test_weights_import_into_a_file_is_refused_before_the_work(tmp_path, capsys)
     from mobilekd.weights import main as weights_main
 
     (tmp_path / "taken").write_text("mine")
-    assert weights_main(["import", _some_file(tmp_path), "--arch", "mobilenetv1_025", "--out", str(tmp_path / "taken")]) == 2
+    assert weights_main(["import", _some_file(tmp_path), "--arch", "mobilenetv1_025",
+                         "--out", str(tmp_path / "taken")]) == 2
     assert "not a folder" in one_error_line(capsys)
     assert (tmp_path / "taken").read_text() == "mine"
 

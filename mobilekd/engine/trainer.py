@@ -12,7 +12,8 @@ from mobilekd.data.view_dataset import ViewDataset
 from mobilekd.distributed import Context, init_from_env
 from mobilekd.engine import builders
 from mobilekd.engine.builders import Domain
-from mobilekd.engine.checkpoint import STATE_FILE, check_run_folder, mark_run_folder, resume, run_entries, save_checkpoint
+from mobilekd.engine.checkpoint import (STATE_FILE, check_run_folder, mark_run_folder, resume, run_entries,
+                                       save_checkpoint)
 from mobilekd.engine.evaluation import TeacherTestEmbeddings, evaluate_domain, evaluate_domains
 from mobilekd.engine.hooks import Hook, default_hooks
 from mobilekd.engine.loop import epoch_batches, fit
