@@ -92,6 +92,18 @@ def test_a_users_config_json_is_never_replaced(folder_dataset, tmp_path, capsys)
         assert snapshot(out) == {"config.json": b'{"mine": 1}\n'}
 
 
+def test_a_run_nested_in_out_is_neither_refused_nor_touched(run_copy, tmp_path):
+    """A run inside ``--out`` (a pre-training stage: benchmarks/distill_cub.py's ``OUT/stage1``) is a run's folder,
+    not the user's files."""
+    data, run = run_copy
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    shutil.move(run, outer / "stage1")
+    before = snapshot(outer / "stage1")
+    assert distill(data, outer) == 0
+    assert snapshot(outer / "stage1") == before
+
+
 def test_overwrite_is_a_config_file_key(tmp_path):
     from mobilekd.config import Config
 

@@ -53,13 +53,20 @@ def _legacy_run(folder: Path) -> set[str]:
     return {name for name in names if _run_name(name)}
 
 
+def _is_run_folder(path: Path) -> bool:
+    """Whether ``path`` is itself a run's folder (a run nested in another, e.g. a pre-training stage)."""
+    return path.is_dir() and not path.is_symlink() and ((path / RUN_MARKER).is_file() or bool(_legacy_run(path)))
+
+
 def run_entries(out: Path) -> tuple[list[str], list[str]]:
-    """(entries runs wrote in ``out``, entries they did not), the lock and the marker left out."""
+    """(entries runs wrote in ``out``, entries they did not), the lock, the marker and nested run folders (which
+    a run never writes into) left out."""
     if not out.is_dir():
         return [], []
     foreign = [n for n in foreign_entries(out, RUN_MARKER, RUN_TOOL, _legacy_run) if n != LOCK_FILE]
+    nested = [n for n in foreign if _is_run_folder(out / n)]
     owned = sorted(p.name for p in out.iterdir() if p.name not in (*foreign, LOCK_FILE, RUN_MARKER))
-    return owned, foreign
+    return owned, [n for n in foreign if n not in nested]
 
 
 def check_run_folder(out: Path, config: Config) -> list[str]:
