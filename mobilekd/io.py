@@ -74,7 +74,7 @@ def check_writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     path = Path(path).expanduser()
     too_long = [part for part in path.parts if len(os.fsencode(part)) > NAME_MAX]
     if too_long:
-        raise MobileKDError(f"{what} {path}: the name {too_long[0][:40]}... is too long "
+        raise MobileKDError(f"{what}: the name {too_long[0][:40]}... in it is too long "
                             f"({len(os.fsencode(too_long[0]))} bytes; file systems allow {NAME_MAX})")
     existing = path
     while not existing.exists():
