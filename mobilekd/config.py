@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -34,6 +35,8 @@ from mobilekd.losses.registry import LossSpec, on_change
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"  # recipes shipped with the package, by name for --config
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # --memory-format: the student's tensor layout in training
+MAX_SEED = 2 ** 32 - 1  # numpy's SeedSequence/RandomState and torch.manual_seed all take 0..2**32-1
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")  # --device: what select_device can place a run on
 LOSSES_FIELD = "losses"  # the field holding the loss settings; the flat loss keys take its place in files and --help
 
 
@@ -119,6 +122,7 @@ class Config:
     threads: int = 0  # CPU threads (0 = the cores idle when the run starts; see mobilekd.threads)
     eval_every: int = 5  # evaluate on the test split every N epochs (and after the last)
     resume: bool = False  # continue from OUT/train_state.pt
+    overwrite: bool = False  # replace the files of an earlier run in --out (never files the run did not write)
     num_workers: int = 0  # DataLoader worker processes
     memory_format: str = "auto"  # auto | channels_last | contiguous: the student's layout while training. auto =
     #   channels-last for a student that starts from trained weights (faster), NCHW for a random one (where
@@ -256,33 +260,8 @@ class Config:
 
     @classmethod
     def from_file(cls, path: str | Path) -> dict:
-        """The options of a YAML/JSON file, or of a recipe shipped in ``mobilekd/configs`` by its name
-        (``--config cub`` = ``mobilekd/configs/cub.yaml``) when no such file exists; a nested ``losses:`` mapping
-        comes back as flat keys."""
-        path = Path(path)
-        if not path.exists() and not path.suffix and len(path.parts) == 1:
-            shipped = PACKAGED_CONFIGS / f"{path}.yaml"
-            if not shipped.is_file():
-                names = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
-                raise MobileKDError(f"config file not found: {path} (shipped recipes: {names})")
-            path = shipped
-        require_file(path, "config file")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise MobileKDError(f"config file {path} is not a text file (expected YAML or JSON)") from None
-        except OSError as error:
-            raise MobileKDError(f"cannot read config file {path}: {error.strerror or error}") from None
-        try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as error:
-            raise MobileKDError(f"cannot parse config file {path}: {error}") from None
-        if _expanded_size(data) > MAX_CONFIG_VALUES:
-            raise MobileKDError(f"config file {path} expands to more than {MAX_CONFIG_VALUES:,} values (YAML "
-                                "aliases repeating aliases?): refused")
-        if not isinstance(data, dict):
-            raise MobileKDError(f"config file {path} must hold a mapping of option: value")
-        return flatten_losses({str(k).replace("-", "_"): v for k, v in data.items()})
+        """The options of a YAML/JSON file or shipped recipe, as flat keys (``read_config_file``)."""
+        return read_config_file(path)
 
     @classmethod
     def parser(cls, prog: str, description: str, overrides: dict | None = None) -> argparse.ArgumentParser:
@@ -311,6 +290,36 @@ class Config:
 
 MAX_CONFIG_VALUES = 100_000  # a real config holds a few hundred; a 300-byte YAML alias bomb expands to millions
 
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The options of a YAML/JSON file, or of a recipe shipped in ``mobilekd/configs`` by its name
+    (``--config cub`` = ``mobilekd/configs/cub.yaml``) when no such file exists; a nested ``losses:`` mapping
+    comes back as flat keys."""
+    path = Path(path)
+    if not path.exists() and not path.suffix and len(path.parts) == 1:
+        shipped = PACKAGED_CONFIGS / f"{path}.yaml"
+        if not shipped.is_file():
+            names = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
+            raise MobileKDError(f"config file not found: {path} (shipped recipes: {names})")
+        path = shipped
+    require_file(path, "config file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MobileKDError(f"config file {path} is not a text file (expected YAML or JSON)") from None
+    except OSError as error:
+        raise MobileKDError(f"cannot read config file {path}: {error.strerror or error}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise MobileKDError(f"cannot parse config file {path}: {error}") from None
+    if _expanded_size(data) > MAX_CONFIG_VALUES:
+        raise MobileKDError(f"config file {path} expands to more than {MAX_CONFIG_VALUES:,} values (YAML "
+                            "aliases repeating aliases?): refused")
+    if not isinstance(data, dict):
+        raise MobileKDError(f"config file {path} must hold a mapping of option: value")
+    return flatten_losses({str(k).replace("-", "_"): v for k, v in data.items()})
 
 def _expanded_size(data, limit: int = MAX_CONFIG_VALUES) -> int:
     """How many values ``data`` holds with every YAML alias expanded (a shared list counts each time it is
@@ -349,6 +358,10 @@ def _range_problems(config: Config) -> list[str]:
                  if getattr(config, name) < 0]
     if config.teacher_size is not None and config.teacher_size < 1:  # 0 would silently mean the teacher's own
         problems.append(f"--teacher-size must be >= 1 (or left out: the teacher's own), got {config.teacher_size}")
+    if isinstance(config.seed, int) and not 0 <= config.seed <= MAX_SEED:
+        problems.append(f"--seed must be in 0..{MAX_SEED} (what numpy and torch accept), got {config.seed}")
+    if not isinstance(config.device, str) or not DEVICE_PATTERN.fullmatch(config.device):
+        problems.append(f"--device must be cpu, cuda, cuda:N or mps, got {config.device!r}")
     if config.memory_format not in MEMORY_FORMATS:
         problems.append(f"--memory-format must be one of {', '.join(MEMORY_FORMATS)}, got {config.memory_format!r}")
     if not 0 < config.crop_scale <= 1:

@@ -46,6 +46,14 @@ def loader_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
+class WriteError(MobileKDError, OSError):
+    """A file that could not be written (a full disk, a read-only file system, no permission): one error line
+    for the CLIs, and still an OSError for callers that handle those. ``str()`` is the message alone."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
 def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a CLI ``main`` so MobileKDError (and Ctrl-C) end with one line on stderr and exit code 2 / 130.
 
@@ -59,7 +67,8 @@ def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
         except MobileKDError as error:
             if os.environ.get("MOBILEKD_DEBUG"):
                 raise
-            print(f"error: {error}", file=sys.stderr)
+            # a file name that is not UTF-8 is shown escaped (\udce9) rather than failing the print
+            print(f"error: {error}".encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

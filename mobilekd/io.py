@@ -4,7 +4,6 @@ one sha256 of a file or folder."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -13,13 +12,12 @@ from pathlib import Path
 
 
 # what a destination, not the program, is to blame for: a read-only file system, a full disk, no permission
-WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; on success rename it over ``path``, else delete it. A write the
-    destination refuses (read-only, full, not permitted) is one MobileKDError naming the file."""
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, else delete it. An OSError
+    while writing (a full disk, a read-only file system) becomes a ``WriteError`` naming ``path``."""
     path = Path(path)
     tmp = None
     try:
@@ -32,11 +30,11 @@ def atomic_path(path: str | os.PathLike):
         yield tmp
         os.replace(tmp, path)
     except OSError as error:
-        if error.errno not in WRITE_ERRNOS:
-            raise
-        from mobilekd.errors import MobileKDError
+        from mobilekd.errors import WriteError
 
-        raise MobileKDError(f"cannot write {path}: {error.strerror or error}") from None
+        if isinstance(error, WriteError):
+            raise
+        raise WriteError(error.errno, f"cannot write {path}: {error.strerror or error}") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -78,6 +76,8 @@ def require_file(path: str | os.PathLike, what: str, error: type | None = None) 
 
 # ------------------------------------------------------------------------------------------ destinations
 
+NAME_MAX = 255  # bytes in one file or folder name (ext4, xfs, btrfs, APFS, NTFS)
+
 
 def check_writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     """Fail early, before any work, when ``path`` cannot become a writable folder.
@@ -88,6 +88,10 @@ def check_writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     from mobilekd.errors import MobileKDError
 
     path = Path(path).expanduser()
+    too_long = [part for part in path.parts if len(os.fsencode(part)) > NAME_MAX]
+    if too_long:
+        raise MobileKDError(f"{what}: the name {too_long[0][:40]}... in it is too long "
+                            f"({len(os.fsencode(too_long[0]))} bytes; file systems allow {NAME_MAX})")
     existing = path
     while not existing.exists():
         if existing.is_symlink():  # a dangling link: mkdir would fail on it

@@ -75,7 +75,8 @@ def data_fingerprint(images: ImageSet) -> str:
             size = zip_sizes[source.root].get(key, -1)
         else:
             size = _file_size(os.path.join(source.root, key))
-        digest.update(f"{os.path.basename(source.root)}\t{key}\t{label}\t{size}\n".encode())
+        # surrogateescape: a file name that is not UTF-8 counts as its own bytes (the same digest for UTF-8 names)
+        digest.update(f"{os.path.basename(source.root)}\t{key}\t{label}\t{size}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 

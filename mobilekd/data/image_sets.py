@@ -31,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mobilekd.errors import DataError
 
+MAX_IMAGE_BYTES = 1 << 30  # an image file larger than this is refused unread (a 1 GiB JPEG is not a photo)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 LAYOUTS = ("auto", "folder", "cub", "cars", "sop", "zip", "unlabeled")
 SPLITS = ("train", "test", "all")
@@ -50,15 +51,41 @@ class ImageSource:
             if self._zip is None or self._zip_pid != os.getpid():  # zip handles do not survive fork
                 self._zip = zipfile.ZipFile(self.root)
                 self._zip_pid = os.getpid()
+            if self._zip.getinfo(key).file_size > MAX_IMAGE_BYTES:
+                raise OSError(f"larger than {MAX_IMAGE_BYTES} bytes")
             return self._zip.read(key)
-        with open(os.path.join(self.root, key), "rb") as handle:
-            return handle.read()
+        return read_regular_file(os.path.join(self.root, key), MAX_IMAGE_BYTES)
 
     def describe(self, key: str) -> str:
         return f"{self.root}:{key}" if self.is_zip else os.path.join(self.root, key)
 
     def __getstate__(self):  # picklable for DataLoader workers
         return {"root": self.root, "is_zip": self.is_zip, "_zip": None, "_zip_pid": None}
+
+
+def read_regular_file(path: str, limit: int) -> bytes:
+    """The bytes of the regular file ``path``; an OSError for anything else (a FIFO would block ``open`` forever,
+    a device such as ``/dev/zero`` never ends) and for a file over ``limit`` bytes. Opened non-blocking and
+    checked with ``fstat`` on the open descriptor, so a FIFO never blocks and nothing is read before the check."""
+    import stat
+
+    nonblocking = getattr(os, "O_NONBLOCK", 0)  # POSIX; elsewhere there are no FIFOs to open by name
+    fd = os.open(path, os.O_RDONLY | nonblocking | getattr(os, "O_BINARY", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError("not a regular file")
+        if info.st_size > limit:
+            raise OSError(f"larger than {limit} bytes")
+        if nonblocking:
+            os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(f"larger than {limit} bytes")
+    return data
 
 
 @dataclass
@@ -238,10 +265,28 @@ def read_zip(path: Path) -> ImageSet:
     return _from_class_keys(ImageSource(path), items, path.stem)
 
 
+def read_text(path: Path) -> str:
+    """A layout file's text; DataError when it is not UTF-8 text."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not a UTF-8 text file (byte {error.start}: {error.reason})") from None
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _int_id(value: str, where: str) -> int:
+    """An integer class id of a layout file, or DataError naming where it stands."""
+    try:
+        return int(value)
+    except ValueError:
+        raise DataError(f"{where}: class id {value!r} is not an integer") from None
+
+
 def _read_id_table(path: Path) -> list[tuple[str, str]]:
     """Lines of ``<id> <value>`` or ``<id>, <value>`` (both CUB variants)."""
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         parts = re.split(r",\s*|\s+", line.strip(), maxsplit=1)
@@ -261,14 +306,21 @@ def read_cub(root: Path) -> ImageSet:
     missing = set(images) - set(labels)
     if missing:
         raise DataError(f"{root / 'image_class_labels.txt'} has no label for image id {sorted(missing)[0]}")
-    class_ids = sorted({int(v) for v in labels.values()})
+    table = root / "image_class_labels.txt"
+    labels = {image: _int_id(label, f"{table} (image id {image})") for image, label in labels.items()}
+    class_ids = sorted(set(labels.values()))
     names = dict(_read_id_table(root / "classes.txt")) if (root / "classes.txt").is_file() else {}
     class_names = [names.get(str(c), str(c)) for c in class_ids]
     position = {c: i for i, c in enumerate(class_ids)}
-    order = sorted(images, key=lambda i: (position[int(labels[i])], int(i)))
+    order = sorted(images, key=lambda i: (position[labels[i]], _id_order(i)))
     image_dir = root / "images" if (root / "images").is_dir() else root
     return ImageSet(ImageSource(image_dir), [images[i] for i in order],
-                    np.array([position[int(labels[i])] for i in order], dtype=np.int64), class_names, root.name)
+                    np.array([position[labels[i]] for i in order], dtype=np.int64), class_names, root.name)
+
+
+def _id_order(image_id: str):
+    """Sort key of an image id: numeric ids by value (as before), any other text after them."""
+    return (0, int(image_id), "") if image_id.lstrip("-").isdigit() else (1, 0, image_id)
 
 
 def read_cars(root: Path) -> ImageSet:
@@ -279,10 +331,14 @@ def read_cars(root: Path) -> ImageSet:
         mat = loadmat(str(root / "cars_annos.mat"))
     except Exception as error:  # scipy raises several types for a damaged .mat
         raise DataError(f"cannot read {root / 'cars_annos.mat'}: {error}") from None
-    annotations = mat["annotations"][0]
-    names = [str(np.asarray(n).ravel()[0]) for n in mat["class_names"].ravel()] if "class_names" in mat else []
-    items = sorted(((int(np.asarray(a["class"]).ravel()[0]), str(np.asarray(a["relative_im_path"]).ravel()[0]))
-                    for a in annotations))
+    try:
+        annotations = mat["annotations"][0]
+        names = [str(np.asarray(n).ravel()[0]) for n in mat["class_names"].ravel()] if "class_names" in mat else []
+        items = sorted(((int(np.asarray(a["class"]).ravel()[0]), str(np.asarray(a["relative_im_path"]).ravel()[0]))
+                        for a in annotations))
+    except (KeyError, IndexError, ValueError, TypeError) as error:
+        raise DataError(f"{root / 'cars_annos.mat'} is not a Cars-196 annotation file (needs 'annotations' with "
+                        f"'class' and 'relative_im_path' fields): {type(error).__name__} {error}") from None
     class_ids = sorted({c for c, _ in items})
     position = {c: i for i, c in enumerate(class_ids)}
     class_names = [names[c - 1] if c - 1 < len(names) else str(c) for c in class_ids]
@@ -298,11 +354,11 @@ def read_sop(root: Path, split: str) -> ImageSet:
         path = root / filename
         if not path.is_file():
             raise DataError(f"{root} is missing {filename} (Stanford Online Products layout)")
-        for number, line in enumerate(path.read_text().splitlines()[1:], 2):
+        for number, line in enumerate(read_text(path).splitlines()[1:], 2):
             parts = line.split()
             if len(parts) != 4:
                 raise DataError(f"{path}:{number}: expected 'image_id class_id super_class_id path'")
-            items.append((int(parts[1]), parts[3]))
+            items.append((_int_id(parts[1], f"{path}:{number}"), parts[3]))
     class_ids = sorted({c for c, _ in items})
     position = {c: i for i, c in enumerate(class_ids)}
     items.sort(key=lambda item: (position[item[0]], item[1]))

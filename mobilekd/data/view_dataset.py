@@ -134,7 +134,8 @@ def write_list(lines: list[str], report: str | os.PathLike | None) -> Path:
         handle, report = tempfile.mkstemp(prefix="mobilekd-unreadable-images-", suffix=".txt")
         os.close(handle)
     with atomic_path(report) as tmp:
-        Path(tmp).write_text("\n".join(lines) + "\n")
+        # surrogateescape: a file name that is not UTF-8 is written back as its own bytes
+        Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogateescape")
     return Path(report)
 
 

@@ -69,6 +69,8 @@ def select_device(config: Config, context: Context) -> torch.device:
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MobileKDError("--device cuda requested but torch sees no CUDA GPU")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise MobileKDError("--device mps requested but torch sees no Apple GPU (MPS)")
     return device
 
 

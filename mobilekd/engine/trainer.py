@@ -13,7 +13,8 @@ from mobilekd.data.view_dataset import ViewDataset, check_readable
 from mobilekd.distributed import Context, init_from_env
 from mobilekd.engine import builders
 from mobilekd.engine.builders import Domain
-from mobilekd.engine.checkpoint import STATE_FILE, resume, save_checkpoint
+from mobilekd.engine.checkpoint import (STATE_FILE, check_run_folder, mark_run_folder, resume, run_entries,
+                                       save_checkpoint)
 from mobilekd.engine.evaluation import TeacherTestEmbeddings, evaluate_domain, evaluate_domains
 from mobilekd.engine.hooks import Hook, default_hooks
 from mobilekd.engine.loop import epoch_batches, fit
@@ -45,6 +46,8 @@ class Trainer:
         self.config = c = config.validate()
         self.out = check_writable_dir(c.out)
         self.context = init_from_env(c.device)
+        resuming = c.resume and (self.out / STATE_FILE).is_file()
+        owned = run_entries(self.out)[0] if resuming else check_run_folder(self.out, c) if self.context.is_main else []
         self.device = builders.select_device(c, self.context)
         if self.context.is_main:
             builders.log(c.losses_line())
@@ -55,9 +58,9 @@ class Trainer:
         self.student, self.student_source, self.init_from = prepare_student(c, self.device, self.threads)
         if self.context.is_main:  # the run owns its folder (and the teacher cache it builds there)
             lock_folder(self.out)
+            mark_run_folder(self.out, owned, len(builders.domain_specs(c)))
         self.student.to(self.device)
         self.domains = [self._domain(i, data, teacher) for i, (data, teacher) in enumerate(builders.domain_specs(c))]
-        resuming = c.resume and (self.out / STATE_FILE).is_file()
         if self.student.spec.bn_folded and not resuming:  # a resumed run restores the unfolded weights
             self.bn_unfolded = builders.unfold_batchnorm(self.student, self.train_set, c.seed, self.device)
         channels_last = builders.prefers_channels_last(c)

@@ -9,6 +9,7 @@ import os
 import torch
 
 from mobilekd.errors import ModelError, cli_entry
+from mobilekd.io import check_writable_dir, check_writable_file
 from mobilekd.models.checkpoint import save_model
 from mobilekd.weights.from_file import import_tflite, save_backbone
 
@@ -34,6 +35,9 @@ def main(argv=None) -> int:
     def run(args) -> int:
         if args.embed_dim < 0:
             raise ModelError("--embed-dim must be >= 0")
+        check_writable_dir(args.out)  # an existing file, a read-only disk: refused before the import's work
+        if args.safetensors:
+            check_writable_file(args.safetensors, "--safetensors")
         torch.set_num_threads(max(1, args.threads))
         torch.manual_seed(0)  # a new head is initialised the same way every time
         model, metadata = import_tflite(args.file, args.arch, args.embed_dim, args.size, args.head_bn, args.data,

@@ -39,6 +39,8 @@ def import_tflite(path: str | os.PathLike, arch: str, embed_dim: int = 0, size: 
     their agreement). Returns ``(EmbeddingNet, metadata for model.json)``; BatchNorm stays folded
     (``spec.bn_folded``) until training unfolds it (``mobilekd.weights.bn_unfold``)."""
     arch = tf_arch(arch)
+    if size is not None:  # the sizes distill refuses (ModelError), before the file is read and self-checked
+        create_model(arch, embed_dim=0, size=size)
     classifier = read_classifier(path)
     backbone = build_backbone(arch, num_classes=classifier.num_classes)
     load_into(classifier, backbone, arch)
