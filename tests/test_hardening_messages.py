@@ -78,6 +78,7 @@ def test_benchmarks_refuse_a_model_json_that_lies_about_the_onnx_file(exported, 
     assert "model.json does not describe model.onnx" in one_error_line(capsys)
 
 
+@pytest.mark.slow  # default-run budget: the same runner-open check is covered by the ONNX cases above
 def test_benchmarks_refuse_a_lying_model_json_of_an_int8_io_tflite(exported, noise_student, tmp_path, capsys):
     model = _lying_copy(exported("tflite", *TFLITE_INT8_INTEGER_IO), tmp_path, _other_layout)
     assert recall(model, "--data", noise_student["data"], "--quiet") == 2

@@ -337,10 +337,31 @@ def test_one_runner_for_parity_recall_and_black_box_teacher(workspace, exported)
 
 
 def test_int8_float_convs_keep_the_leading_convolutions_float(workspace):
-    """--float-convs N: the first N convolutions (and every op before them) stay float in both runtimes; the
-    rest is int8; a model with fewer convolutions, or a precision other than int8, is refused (exit 2)."""
+    """--float-convs N (ONNX): the first N convolutions keep float weights, the rest are int8 QDQ; a model with
+    fewer convolutions, or a precision other than int8, is refused (exit 2). The TFLite half is a slow test."""
     import onnx
 
+    ckpt = workspace["ckpt"]
+    out = workspace["root"] / "onnx8-fc2"
+    assert run("onnx", ckpt, "--quantize", "int8", "--float-convs", 2, "--calib-images", 8, "--out", out,
+               "--max-r1-drop", 100) == 0
+    graph = onnx.load(str(out / "model.onnx")).graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    produced_by = {o: n.op_type for n in graph.node for o in n.output}
+    weight_source = [produced_by.get(c.input[1], "initializer") for c in convs]
+    assert weight_source[:2] == ["initializer", "initializer"]  # float weights
+    assert all(src == "DequantizeLinear" for src in weight_source[2:])  # int8 weights, QDQ
+    assert manifest(out)["quantization"]["scheme"] == "int8-static+float-convs-2"
+
+    assert run("onnx", ckpt, "--quantize", "int8", "--float-convs", 999, "--calib-images", 8,
+               "--out", workspace["root"] / "never") == 2
+    assert run("onnx", ckpt, "--float-convs", 1, "--out", workspace["root"] / "never") == 2
+    assert not (workspace["root"] / "never").exists()
+
+
+@pytest.mark.slow  # default-run budget: --float-convs is checked on ONNX in the default run
+def test_tflite_int8_float_convs_keep_the_leading_convolutions_float(workspace):
+    """--float-convs N (TFLite): the ops before the first QUANTIZE hold exactly the first N convolutions."""
     from export.tflite import graph_ops
 
     ckpt = workspace["ckpt"]
@@ -353,22 +374,8 @@ def test_int8_float_convs_keep_the_leading_convolutions_float(workspace):
     assert sum("CONV" in op for op in ops[first_quantize:]) > 10  # the rest runs in int8
     info = manifest(out)["quantization"]
     assert info["scheme"] == "int8-static+float-convs-2" and info["float_ops"][-1] == "DEPTHWISE_CONV_2D"
-
-    out = workspace["root"] / "onnx8-fc2"
-    assert run("onnx", ckpt, "--quantize", "int8", "--float-convs", 2, "--calib-images", 8, "--out", out,
-               "--max-r1-drop", 100) == 0
-    graph = onnx.load(str(out / "model.onnx")).graph
-    convs = [n for n in graph.node if n.op_type == "Conv"]
-    produced_by = {o: n.op_type for n in graph.node for o in n.output}
-    weight_source = [produced_by.get(c.input[1], "initializer") for c in convs]
-    assert weight_source[:2] == ["initializer", "initializer"]  # float weights
-    assert all(src == "DequantizeLinear" for src in weight_source[2:])  # int8 weights, QDQ
-    assert manifest(out)["quantization"]["scheme"] == "int8-static+float-convs-2"
-
     assert run("tflite", ckpt, "--quantize", "int8", "--float-convs", 999, "--calib-images", 8,
                "--out", workspace["root"] / "never") == 2
-    assert run("onnx", ckpt, "--float-convs", 1, "--out", workspace["root"] / "never") == 2
-    assert not (workspace["root"] / "never").exists()
 
 
 def test_int8_calibration_uses_global_min_max(exported):

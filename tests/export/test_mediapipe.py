@@ -75,6 +75,7 @@ def metadata_of(folder: Path) -> dict | None:
 # ------------------------------------------------------------------------------------------ metadata
 
 
+@pytest.mark.slow  # default-run budget: metadata parsing/refusals stay in test_metadata_parser_version_and_refusals
 def test_metadata_holds_the_checkpoints_mean_std(workspace, capsys):
     from mobilekd.io import sha256_file
 
