@@ -23,8 +23,12 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) -m mobilekd.demo
 
+# The default suite runs in TEST_WORKERS processes (pytest-xdist), one test file per worker at a time, so the
+# session fixtures of a file (its shared exports) are built once per worker. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow
