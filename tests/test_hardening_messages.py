@@ -311,3 +311,35 @@ def onnx_copy(exported, tmp_path):
     folder = tmp_path / "export"
     shutil.copytree(exported("onnx"), folder)
     return folder
+
+
+def test_a_folder_given_as_student_weights_is_called_a_folder(tmp_path):
+    from mobilekd.errors import ModelError
+    from mobilekd.weights import student_with_weights
+
+    with pytest.raises(ModelError, match=r"--student-weights file .* is a directory, not a file"):
+        student_with_weights(tmp_path, "mobilenetv1_025")
+
+
+def test_weights_import_refuses_zero_threads(tmp_path, capsys):
+    from mobilekd.weights import main as weights_main
+
+    (tmp_path / "m.tflite").write_bytes(b"x")
+    assert weights_main(["import", str(tmp_path / "m.tflite"), "--arch", "mobilenetv1_025",
+                         "--out", str(tmp_path / "out"), "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_state_file_is_never_loaded_unsafely_for_the_teacher_projection(tmp_path):
+    import pickle
+
+    from mobilekd.engine.checkpoint import STATE_FILE, load_teacher_projections
+
+    (tmp_path / STATE_FILE).write_bytes(pickle.dumps({"losses": object()}))  # a pickle weights_only refuses
+    with pytest.raises(MobileKDError, match=r"is damaged or not a mobilekd training state \(it holds objects") as e:
+        load_teacher_projections(tmp_path)
+    assert "weights_only" not in str(e.value)
+    (tmp_path / STATE_FILE).write_bytes(b"\x00" * 10)  # truncated
+    with pytest.raises(MobileKDError, match="is damaged or not a mobilekd training state"):
+        load_teacher_projections(tmp_path)

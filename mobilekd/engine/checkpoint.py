@@ -107,7 +107,7 @@ def load_teacher_projections(run_dir: str | Path) -> dict[str, torch.Tensor]:
     path = Path(run_dir) / STATE_FILE
     if not path.is_file():
         return {}
-    losses = torch.load(path, map_location="cpu", weights_only=True).get("losses", {})
+    losses = read_state(path, "cpu", str(path)).get("losses", {})
     return {k: v.float() for k, v in losses.items() if k.endswith(".absolute.projection.weight") and v.ndim == 2}
 
 
@@ -139,9 +139,9 @@ def save_checkpoint(run, epoch: int) -> None:
     write_json(run.out / "history.json", run.history)
 
 
-def load_state(path: Path, device) -> dict:
-    """The training state at ``path``, read with ``weights_only=True`` (tensors and plain data only); a
-    truncated file, or one holding anything else, is refused as damaged."""
+def read_state(path: Path, device, what: str) -> dict:
+    """The object a ``STATE_FILE`` holds, read with ``weights_only=True`` (tensors and plain data only); a
+    truncated file, or one holding anything else, is one error naming ``what`` -- never advice to load unsafely."""
     import pickle
     import zipfile
 
@@ -151,8 +151,18 @@ def load_state(path: Path, device) -> dict:
         reason = ("it holds objects other than tensors and plain data" if isinstance(error, pickle.UnpicklingError)
                   else error.strerror or str(error) if isinstance(error, OSError)
                   else "truncated, or not a file torch.save wrote")
-        raise MobileKDError(f"--resume: {path} is damaged or not a mobilekd training state ({reason}); "
-                            "resume from an intact copy, or start a new run in another --out") from None
+        raise MobileKDError(f"{what} is damaged or not a mobilekd training state ({reason})") from None
+    if not isinstance(state, dict):
+        raise MobileKDError(f"{what} is damaged or not a mobilekd training state (not a mapping)")
+    return state
+
+
+def load_state(path: Path, device) -> dict:
+    """The training state at ``path`` for ``--resume`` (``read_state``), with every entry a run saves."""
+    try:
+        state = read_state(path, device, f"--resume: {path}")
+    except MobileKDError as error:
+        raise MobileKDError(f"{error}; resume from an intact copy, or start a new run in another --out") from None
     missing = [k for k in STATE_ENTRIES if k not in state] if isinstance(state, dict) else list(STATE_ENTRIES)
     if not missing and not isinstance(state["config"], dict):
         missing = ["config mapping"]

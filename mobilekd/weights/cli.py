@@ -35,10 +35,12 @@ def main(argv=None) -> int:
     def run(args) -> int:
         if args.embed_dim < 0:
             raise ModelError("--embed-dim must be >= 0")
+        if args.threads < 1:
+            raise ModelError(f"--threads must be >= 1, got {args.threads}")
         check_writable_dir(args.out)  # an existing file, a read-only disk: refused before the import's work
         if args.safetensors:
             check_writable_file(args.safetensors, "--safetensors")
-        torch.set_num_threads(max(1, args.threads))
+        torch.set_num_threads(args.threads)
         torch.manual_seed(0)  # a new head is initialised the same way every time
         model, metadata = import_tflite(args.file, args.arch, args.embed_dim, args.size, args.head_bn, args.data,
                                         args.threads)

@@ -8,12 +8,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from safetensors.torch import save_file
 
 from mobilekd.errors import ModelError
-from mobilekd.io import atomic_path, sha256_file
+from mobilekd.io import atomic_path, require_file, sha256_file
 from mobilekd.models.embedding_net import EmbeddingNet, ModelSpec, create_model
 from mobilekd.models.pretrained import PRETRAINED_ARCH
 from mobilekd.models.registry import STUDENTS, build_backbone, default_preprocess
@@ -69,9 +68,7 @@ def student_with_weights(path: str | os.PathLike, arch: str, embed_dim: int = 0,
     """``--student-weights``: the student ``arch`` with the backbone weights of ``path`` -- a ``.tflite``
     classifier (imported and self-checked, ``arch`` becomes its TF-compatible network) or a timm-style
     ``.safetensors`` / ``.pth`` state dict (classifier entries ignored). Returns ``(EmbeddingNet, metadata)``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"--student-weights file not found: {path}")
+    path = require_file(path, "--student-weights file", ModelError)
     if path.suffix.lower() == ".tflite":
         return import_tflite(path, arch, embed_dim, size, head_bn, data, threads)
     if path.suffix.lower() not in (".safetensors", ".pth", ".pt", ".bin"):

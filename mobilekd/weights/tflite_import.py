@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from mobilekd.errors import ModelError
-from mobilekd.io import sha256_file
+from mobilekd.io import require_file, sha256_file
 
 # TFLite schema enums (tensorflow/compiler/mlir/lite/schema/schema.fbs)
 _TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 9: "int8"}
@@ -75,9 +75,7 @@ def read_classifier(path: str | Path) -> TFLiteClassifier:
     """Parse a ``.tflite`` classifier: every convolution's float weights/bias and options, the input's size,
     type and quantisation. Raises ModelError for a missing, truncated or non-TFLite file and for a quantised
     tensor without its scale / zero point."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"weights file not found: {path}")
+    path = require_file(path, "weights file", ModelError)
     data = path.read_bytes()
     model, graph, ops = _parse(path, data)
 
