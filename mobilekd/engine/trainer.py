@@ -102,21 +102,10 @@ class Trainer:
     def primary(self) -> Domain:
         return self.domains[0]
 
-    @property
-    def teacher(self):
-        return self.primary.teacher
-
-    @property
-    def targets(self):
-        return self.primary.targets
-
-    @property
-    def train_set(self) -> ViewDataset:
-        return self.primary.train_set
-
-    @property
-    def feature_stages(self):
-        return self.primary.feature_stages
+    teacher = property(lambda self: self.primary.teacher)
+    targets = property(lambda self: self.primary.targets)
+    train_set = property(lambda self: self.primary.train_set)  # a ViewDataset
+    feature_stages = property(lambda self: self.primary.feature_stages)
 
     @property
     def steps_per_epoch(self) -> int:
