@@ -57,7 +57,7 @@ class PKBatchSampler(Sampler):
         return self.num_batches
 
     def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch, 7919])
+        rng = np.random.default_rng([self.seed, self.epoch, 7919])  # self.seed: run_seed(seed, "sampler", domain)
         for _ in range(self.num_batches):
             if self.labeled:
                 chosen = rng.choice(len(self.class_members), size=self.P, replace=False)

@@ -9,7 +9,8 @@ phase              seed                                   draws
 =================  =====================================  =============================================
 ``student``        seed                                   torch: the student's initial weights
 ``views``          seed                                   the training views (``ViewSampler``)
-``sampler``        seed + domain                          numpy: the P x K batches of a domain
+``sampler``        seed + domain                          numpy: the P x K batches of a domain (the sampler
+                                                         draws epoch e from [that seed, e, 7919])
 ``epoch``          seed x 100003 + epoch                  torch: mixup, dropout, live views of an epoch
 ``bn_unfold``      [seed, 1717]                           numpy: the images that unfold BatchNorm
 ``teacher_budget`` [seed, 4242]                           numpy: the images a ``--teacher-budget`` keeps
