@@ -155,8 +155,8 @@ def add_weight_rounding(parser) -> None:
     """``--weight-rounding``: the int8 option of the formats with calibrated int8 weights (ONNX, TFLite)."""
     parser.add_argument("--weight-rounding", choices=("output", "nearest"), default="output",
                         help="int8: round each weight to the level below or above that keeps its layer's output on "
-                             "the calibration images (output: export.rounding; measured on a fine-tuned ImageNet "
-                             "MobileNetV1-0.25, TFLite: mean cosine 0.980 -> 0.997) or to the nearest level")
+                             "the calibration images (output, the default: export.rounding; its effect is measured in "
+                             "benchmarks/results/int8_cub/) or to the nearest level")
 
 
 def read_weight_rounding(args, precision: str) -> dict:
