@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     from mobilekd.engine import evaluate_untrained, train
 
     config = Config.from_args([*flags, "--out", str(Path(args.runs) / args.name)], "python -m benchmarks.demo_recipe",
-                              description(), overrides={**DEMO, "resume": False})
+                              description(), overrides={**DEMO, "resume": False, "overwrite": True})
     results_path = Path(args.results + ".json")
     results = json.loads(results_path.read_text()) if results_path.is_file() else {"rows": {}}
     if config.uses_teacher and not config.teacher_cache:

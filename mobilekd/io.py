@@ -208,10 +208,12 @@ def _read_holder(fd: int) -> dict:
 # listed -- never a folder the user put files in, nor a checkpoint or run folder given by mistake.
 
 
-def mark_owned(folder: str | os.PathLike, marker: str, tool: str) -> None:
-    """Write ``FOLDER/marker`` listing every entry now in ``folder`` as written by ``tool``."""
+def mark_owned(folder: str | os.PathLike, marker: str, tool: str, names=None) -> None:
+    """Write ``FOLDER/marker`` listing ``names`` (default: every entry now in ``folder``) as written by ``tool``."""
     folder = Path(folder)
-    write_json(folder / marker, {"tool": tool, "files": sorted(p.name for p in folder.iterdir() if p.name != marker)})
+    if names is None:
+        names = (p.name for p in folder.iterdir() if p.name != marker)
+    write_json(folder / marker, {"tool": tool, "files": sorted(names)})
 
 
 def foreign_entries(folder: str | os.PathLike, marker: str, tool: str, legacy=None) -> list[str]:

@@ -16,7 +16,7 @@ import torch
 from mobilekd.config import Config
 from mobilekd.engine.builders import log
 from mobilekd.errors import MobileKDError
-from mobilekd.io import LOCK_FILE, atomic_path, foreign_entries, write_json
+from mobilekd.io import LOCK_FILE, atomic_path, foreign_entries, mark_owned, write_json
 from mobilekd.models import save_model
 
 STATE_FILE = "train_state.pt"
@@ -95,7 +95,7 @@ def mark_run_folder(out: Path, owned: list[str], domains: int) -> None:
     names = {*owned, *RUN_FILES}
     for position in range(1, domains):
         names |= {f"teacher_cache_{domain_name(position)}", f"unreadable_images_{domain_name(position)}.txt"}
-    write_json(out / RUN_MARKER, {"tool": RUN_TOOL, "files": sorted(names)})
+    mark_owned(out, RUN_MARKER, RUN_TOOL, names)
 
 
 def load_teacher_projections(run_dir: str | Path) -> dict[str, torch.Tensor]:
