@@ -234,13 +234,14 @@ def build_cache(config: Config, cache_dir: Path) -> None:
     """The teacher cache the engine would build for ``config`` (same images, views and transform), built once so
     every arm that shares it opens it with ``--teacher-cache``."""
     from mobilekd.data import ViewDataset
+    from mobilekd.data.training import data_identity, training_images, view_sampler
     from mobilekd.models.resolve import resolve_teacher
     from mobilekd.teacher_cache import TeacherCache
 
     teacher = resolve_teacher(config.teacher, config.teacher_size, config.threads or None)
-    dataset = ViewDataset(config.training_images(), {"teacher": teacher.preprocess}, config.view_sampler(), preload_side=config.preload,
+    dataset = ViewDataset(training_images(config), {"teacher": teacher.preprocess}, view_sampler(config), preload_side=config.preload,
                           progress=config.progress)
-    TeacherCache.build(cache_dir, teacher, dataset, config.effective_views, config.data_identity("train"),
+    TeacherCache.build(cache_dir, teacher, dataset, config.effective_views, data_identity(config, "train"),
                        config.device, progress=config.progress)
 
 

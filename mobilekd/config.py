@@ -178,21 +178,6 @@ class Config:
         return 1 if (self.crop_scale >= 1.0 and not self.flip) else self.views
 
     # the data a configuration names: mobilekd.data.training (kept here as methods for existing callers)
-    def view_sampler(self):
-        from mobilekd.data.training import view_sampler
-
-        return view_sampler(self)
-
-    def training_images(self):
-        from mobilekd.data.training import training_images
-
-        return training_images(self)
-
-    def data_identity(self, split: str = "train") -> dict:
-        from mobilekd.data.training import data_identity
-
-        return data_identity(self, split)
-
     def active_losses(self) -> list[LossSpec]:
         """The registered losses this configuration switches on (weight > 0)."""
         return [spec for spec in loss_specs() if spec.is_on(self)]

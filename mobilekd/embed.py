@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mobilekd.config import Config
 from mobilekd.data.image_sets import load_image_set
+from mobilekd.data.training import data_identity, view_sampler
 from mobilekd.data.view_dataset import ViewDataset, check_readable
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import check_writable_dir, lock_folder
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
             raise MobileKDError("--views 0 means a live teacher: nothing to cache")
         lock_folder(check_writable_dir(config.teacher_cache, "--teacher-cache"))  # one builder per cache
         images = load_image_set(config.data, "train", config.layout, config.train_fraction)
-        dataset = ViewDataset(images, {}, config.view_sampler(), preload_side=config.preload,
+        dataset = ViewDataset(images, {}, view_sampler(config), preload_side=config.preload,
                               progress=config.progress)
         dataset = check_readable({"train": dataset}, Path(config.teacher_cache) / "unreadable_images.txt",
                                  config.skip_bad_images, config.progress)[0]["train"]
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
         teacher = resolve_teacher(config.teacher, config.teacher_size, threads)
         dataset = dataset.with_inputs({"teacher": teacher.preprocess} if teacher.preprocess is not None else {})
         cache = TeacherCache.build(config.teacher_cache, teacher, dataset, config.effective_views,
-                                   config.data_identity("train"), config.device, progress=config.progress,
+                                   data_identity(config, "train"), config.device, progress=config.progress,
                                    stale="rebuild" if args.rebuild else "refuse", restart=args.rebuild)
         print(f"teacher cache: {cache.path} ({len(images)} images x {cache.num_views} views x {cache.embed_dim})")
         return 0

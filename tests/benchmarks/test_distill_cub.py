@@ -112,16 +112,17 @@ def test_set_overrides_every_arm_in_its_own_folder_and_row():
 
 def test_unlabeled_limit_takes_evenly_spaced_photos(folder_dataset, tmp_path):
     from conftest import CLASS_COLORS, make_image
+    from mobilekd.data.training import training_images
 
     photos = tmp_path / "photos"
     for i in range(10):
         make_image(str(photos / "any" / f"{i}.png"), seed=900 + i, label_color=CLASS_COLORS[0])
     semi = arm_config(args_for("--unlabeled-data", str(photos), "--unlabeled-limit", "4"), "semi")
-    labeled = dataclasses.replace(semi, unlabeled=None, data=str(folder_dataset)).training_images()
-    images = dataclasses.replace(semi, data=str(folder_dataset)).training_images()
+    labeled = training_images(dataclasses.replace(semi, unlabeled=None, data=str(folder_dataset)))
+    images = training_images(dataclasses.replace(semi, data=str(folder_dataset)))
     extra = images.keys[len(labeled):]
     assert extra == [f"any/{i}.png" for i in (0, 3, 6, 9)] and (images.labels[len(labeled):] == -1).all()
-    everything = dataclasses.replace(semi, data=str(folder_dataset), unlabeled_limit=0).training_images()
+    everything = training_images(dataclasses.replace(semi, data=str(folder_dataset), unlabeled_limit=0))
     assert len(everything) == len(labeled) + 10
 
 

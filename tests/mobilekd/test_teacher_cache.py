@@ -6,6 +6,7 @@ import torch
 
 from mobilekd.config import Config
 from mobilekd.data import ViewDataset, load_image_set
+from mobilekd.data.training import view_sampler
 from mobilekd.embed import main as embed_main
 from mobilekd.engine import Trainer
 from mobilekd.errors import MobileKDError
@@ -56,7 +57,7 @@ def test_stale_cache_is_refused_with_the_differing_fields(folder_dataset, tmp_pa
 def test_killed_build_resumes_and_matches_a_fresh_build(folder_dataset, tmp_path, monkeypatch):
     images = load_image_set(folder_dataset, "train")
     teacher = resolve_teacher("efficientnet_lite0", size=32)
-    dataset = ViewDataset(images, {"teacher": teacher.preprocess}, Config().view_sampler(), progress=False)
+    dataset = ViewDataset(images, {"teacher": teacher.preprocess}, view_sampler(Config()), progress=False)
     data = {"path": str(folder_dataset)}
     fresh = TeacherCache.build(tmp_path / "fresh", teacher, dataset, 2, data, chunk=5, progress=False)
 
