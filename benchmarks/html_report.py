@@ -26,15 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.report_figures import TOP, Thumbnails, changed_grid, retrieval_grid, training_curves, worst_grid
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import check_replaceable, check_writable_dir, mark_owned, replace_folder
 
 TOOL = "benchmarks.html_report"
 MARKER = ".mobilekd-report.json"
-TOP = 5  # neighbours shown per query
-TILE = 96  # thumbnail side, pixels
-FRAME = 4
-GREEN, RED, BLUE, WHITE = (0, 150, 60), (215, 30, 30), (40, 90, 200), (255, 255, 255)
 MAX_CHANGED_ROWS = 12
 WORST_CLASSES = 5
 
@@ -146,156 +143,6 @@ def median_ms(row: dict) -> float:
     return row["median_ms"] if row.get("median_ms") is not None else row["mean_ms"]
 
 
-# ------------------------------------------------------------------------------------------------ images
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def tile(image, color) -> "Image.Image":
-    """``image`` fitted (aspect kept) into a TILE square, framed in ``color``."""
-    from PIL import Image, ImageOps
-
-    framed = Image.new("RGB", (TILE + 2 * FRAME, TILE + 2 * FRAME), color)
-    framed.paste(ImageOps.pad(image, (TILE, TILE), color=WHITE), (FRAME, FRAME))
-    return framed
-
-
-def compose_grid(rows: list[list], headers: list[str], path: Path, gap: int = 18) -> None:
-    """A PNG of framed thumbnails: ``rows`` of cells (a framed tile, or None for a gap between groups) under
-    one header per column (blank for none; a header may run over the blank-headed columns after it)."""
-    from PIL import Image, ImageDraw
-
-    side, head, pad = TILE + 2 * FRAME, 34, 4
-    widths = [side if any(r[c] is not None for r in rows) else gap for c in range(len(headers))]
-    lefts = np.concatenate([[pad], pad + np.cumsum([w + pad for w in widths])]).tolist()
-    canvas = Image.new("RGB", (lefts[-1], head + len(rows) * (side + pad) + pad), WHITE)
-    draw, font = ImageDraw.Draw(canvas), _font(12)
-    for c, text in enumerate(headers):
-        end = next((e for e in range(c + 1, len(headers)) if headers[e] or widths[e] == gap), len(headers))
-        for line, part in enumerate(_wrap(text, lefts[end] - lefts[c] - pad, font, draw)[:2]):
-            draw.text((lefts[c], 2 + 15 * line), part, fill=(0, 0, 0), font=font)
-    for r, row in enumerate(rows):
-        for c, cell in enumerate(row):
-            if cell is not None:
-                canvas.paste(cell, (lefts[c], head + r * (side + pad)))
-    canvas.save(path, optimize=True)
-
-
-def _wrap(text: str, width: int, font, draw) -> list[str]:
-    """``text`` in lines no wider than ``width`` pixels (words cut if they must be)."""
-    lines, line = [], ""
-    for word in text.split():
-        candidate = f"{line} {word}".strip()
-        if draw.textlength(candidate, font=font) <= width or not line:
-            line = candidate
-        else:
-            lines.append(line)
-            line = word
-    lines.append(line)
-    return [_cut(part, width, font, draw) for part in lines if part]
-
-
-def _cut(text: str, width: int, font, draw) -> str:
-    while len(text) > 1 and draw.textlength(text, font=font) > width:
-        text = text[:-2] + "…"
-    return text
-
-
-class Thumbnails:
-    """Each image of the set decoded once, as framed tiles on demand."""
-
-    def __init__(self, images):
-        self.images, self.cache = images, {}
-
-    def __call__(self, index: int, color) -> "Image.Image":
-        if index not in self.cache:
-            self.cache[index] = self.images.load_image(int(index))
-        return tile(self.cache[index], color)
-
-    def neighbors(self, query: int, model: Embedded, count: int = TOP) -> list:
-        return [self(n, GREEN if hit else RED) for n, hit in zip(model.neighbors[query][:count],
-                                                                  model.hits[query][:count])]
-
-
-# ------------------------------------------------------------------------------------------------ sections
-
-
-def retrieval_grid(thumbs: Thumbnails, sample: list[int], models: list[Embedded], path: Path) -> None:
-    headers = ["query"]
-    rows = [[thumbs(q, BLUE)] for q in sample]
-    for model in models:
-        headers += ["", f"{model.label}: top {TOP}"] + [""] * (TOP - 1)
-        for row, q in zip(rows, sample):
-            row += [None] + thumbs.neighbors(q, model)
-    compose_grid(rows, headers, path)
-
-
-def changed_grid(thumbs: Thumbnails, changed: list[int], float_model: Embedded, quantized: Embedded,
-                 path: Path) -> None:
-    rows = [[thumbs(q, BLUE), None, *thumbs.neighbors(q, float_model, 1), None, *thumbs.neighbors(q, quantized, 1)]
-            for q in changed]
-    compose_grid(rows, ["query", "", f"{float_model.label} #1", "", f"{quantized.label} #1"], path)
-
-
-def worst_grid(thumbs: Thumbnails, classes: list[int], model: Embedded, labels: np.ndarray, path: Path,
-               examples: int = 3) -> None:
-    """Per worst class: up to ``examples`` of its queries, each beside its top-1 (failures first)."""
-    rows = []
-    for c in classes:
-        members = np.flatnonzero(labels == c)
-        members = members[np.argsort(model.hits[members, 0], kind="stable")][:examples]
-        row = []
-        for q in members:
-            row += [thumbs(q, BLUE), *thumbs.neighbors(q, model, 1), None]
-        rows.append(row + [None] * (3 * examples - len(row)))
-    compose_grid(rows, ["query", "its #1", ""] * examples, path)
-
-
-def training_curves(history: list[dict], path: Path) -> bool:
-    """Loss terms per epoch and, where recorded, evaluation R@1 / MAP@R per epoch; False if nothing to plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [h for h in history if isinstance(h, dict) and isinstance(h.get("epoch"), (int, float))]
-    losses = sorted({k for h in rows for k, v in h.items() if k.startswith("loss") and isinstance(v, (int, float))})
-    evals = sorted({k for h in rows for k, v in h.items() if isinstance(v, dict) and "R@1" in v})
-    if not losses and not evals:
-        return False
-    fig, axes = plt.subplots(1, 2 if evals and losses else 1, figsize=(10 if evals and losses else 6, 3.8),
-                             squeeze=False)
-    axes = list(axes[0])
-    if losses:
-        ax = axes.pop(0)
-        for key in losses:
-            points = [(h["epoch"], h[key]) for h in rows if isinstance(h.get(key), (int, float))]
-            ax.plot(*zip(*points), marker="o", label=key)
-        ax.set(xlabel="epoch", ylabel="training loss", title="Training loss")
-        ax.legend(fontsize=8)
-        ax.grid(True, alpha=0.3)
-    if evals:
-        ax = axes.pop(0)
-        for i, key in enumerate(evals):
-            for metric, style in (("R@1", "-"), ("MAP@R", ":")):
-                points = [(h["epoch"], h[key][metric]) for h in rows
-                          if isinstance(h.get(key), dict) and isinstance(h[key].get(metric), (int, float))]
-                if points:
-                    ax.plot(*zip(*points), marker="o", linestyle=style, color=f"C{i}", label=f"{key} {metric}")
-        ax.set(xlabel="epoch", ylabel="%", title="Evaluation during training")
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-        ax.grid(True, alpha=0.3)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return True
-
 
 def _ci(metrics: dict, name: str) -> str:
     value = metrics.get(name)
@@ -343,7 +190,7 @@ class Page:
 
     def heading(self, text: str) -> None:
         self.html.append(f"<h2>{html.escape(text)}</h2>")
-        self.md += ["", f"## {text}", ""]
+        self.md += ([""] if self.md and self.md[-1] else []) + [f"## {text}", ""]
 
     def text(self, text: str) -> None:
         self.html.append(f"<p>{html.escape(text)}</p>")
@@ -418,34 +265,48 @@ def _umask() -> int:
 
 def build_page(work: Path, rows, latency, images, models: dict[str, Embedded], roles: dict[str, str], history,
                float_student: str, quantized: str | None, queries: int, seed: int, data: str, split: str) -> Page:
+    """Every section, in order, into a Page whose PNGs are written to ``work``."""
     page = Page(work)
     page.text(f"Data: {data} ({split} split, {len(images)} images, {images.num_classes} classes). "
               "Retrieval is leave-one-out: every image queries all the others.")
-    page.heading("Summary")
-    page.table(SUMMARY_HEADER, summary_rows(rows, latency, roles))
-    page.text("95 % intervals: bootstrap over the queries (1000 resamples). Latency: batch 1, fewest threads "
-              "measured; '-' where no latency result names the model.")
-
+    add_summary(page, rows, latency, roles)
     thumbs, flt = Thumbnails(images), models[float_student]
-    shown = [m for label, m in models.items() if label in roles]
-    sample = sample_queries(len(images), queries, seed)
-    page.heading("Retrieval examples")
-    retrieval_grid(thumbs, sample, shown, work / "retrieval.png")
-    page.image("retrieval.png", "queries and their top-5 neighbours")
-    missing = [label for label in roles if label not in models]
-    page.text(f"{len(sample)} test queries drawn with seed {seed} (blue frame) and their {TOP} nearest images, "
-              "the query itself left out: green = same class, red = another class."
-              + (f" Not shown (no saved embeddings): {', '.join(missing)}." if missing else ""))
-
+    add_retrieval(page, thumbs, sample_queries(len(images), queries, seed), seed, models, roles)
     page.heading("Top-1 changed by quantization")
     if quantized is None or quantized not in models:
         page.text("No quantized model with saved embeddings was given." if quantized is None else
                   f"{quantized} has no saved embeddings: not compared.")
     else:
         add_changed(page, thumbs, flt, models[quantized], work)
-
     page.heading(f"Classes {float_student} retrieves worst")
     add_worst(page, thumbs, flt, images, work)
+    add_recall_latency(page, rows, latency)
+    add_training(page, history)
+    return page
+
+
+def add_summary(page: Page, rows: dict[str, dict], latency: dict | None, roles: dict[str, str]) -> None:
+    page.heading("Summary")
+    page.table(SUMMARY_HEADER, summary_rows(rows, latency, roles))
+    page.text("95 % intervals: bootstrap over the queries (1000 resamples). Latency: batch 1, fewest threads "
+              "measured; '-' where no latency result names the model.")
+
+
+def add_retrieval(page: Page, thumbs: Thumbnails, sample: list[int], seed: int, models: dict[str, Embedded],
+                  roles: dict[str, str]) -> None:
+    page.heading("Retrieval examples")
+    retrieval_grid(thumbs, sample, [models[label] for label in roles if label in models],
+                   page.folder / "retrieval.png")
+    page.image("retrieval.png", "queries and their top-5 neighbours")
+    missing = [label for label in roles if label not in models]
+    page.text(f"{len(sample)} test queries drawn with seed {seed} (blue frame) and their {TOP} nearest images, "
+              "the query itself left out: green = same class, red = another class."
+              + (f" Not shown (no saved embeddings): {', '.join(missing)}." if missing else ""))
+
+
+def add_recall_latency(page: Page, rows: dict[str, dict], latency: dict | None) -> None:
+    """Each model with a latency row as one point (its own marker, named in the key), R@1 interval as error bar."""
+    from benchmarks.report import recall_latency_plot
 
     page.heading("Recall@1 vs latency")
     points = []
@@ -454,19 +315,19 @@ def build_page(work: Path, rows, latency, images, models: dict[str, Embedded], r
         if timing:
             points.append((median_ms(timing), row["symmetric"]["R@1"], f"{label} [{timing.get('runtime')}]",
                            (row["symmetric"].get("ci95") or {}).get("R@1")))
-    if points:
-        from benchmarks.report import recall_latency_plot
-
-        recall_latency_plot(points, work / "recall_vs_latency.png")
-        page.image("recall_vs_latency.png", "Recall@1 vs latency")
-    else:
+    if not points:
         page.text("No latency result names a model of the recall result: nothing to plot.")
+        return
+    recall_latency_plot(points, page.folder / "recall_vs_latency.png")
+    page.image("recall_vs_latency.png", "Recall@1 vs latency")
+
+
+def add_training(page: Page, history: list[dict] | None) -> None:
     page.heading("Training")
-    if history and training_curves(history, work / "training.png"):
+    if history and training_curves(history, page.folder / "training.png"):
         page.image("training.png", "training curves")
     else:
         page.text("No training history given." if not history else "The history records no loss or metrics.")
-    return page
 
 
 def add_changed(page: Page, thumbs: Thumbnails, flt: Embedded, quant: Embedded, work: Path) -> None:
