@@ -72,9 +72,15 @@ def read_export(model_dir: str | Path) -> tuple[Path, ModelContract, str]:
         raise MobileKDError(f"{folder}/model.json cannot be read: {error}") from None
     if not isinstance(data, dict):
         raise MobileKDError(f"{folder}/model.json is not a JSON object")
-    contract = ModelContract.from_dict(data)
+    if "runtime" not in data and "spec" in data:
+        raise MobileKDError(f"{folder} is a checkpoint, not an export folder: export it first with "
+                            "python -m export.tflite CKPT --out FOLDER")
+    try:
+        contract = ModelContract.from_dict(data)
+    except MobileKDError as error:
+        raise MobileKDError(f"{folder}: {error}") from None
     if contract.runtime != "tflite":
-        raise MobileKDError(f"{folder} is a {contract.runtime} export; the Android app runs .tflite files "
+        raise MobileKDError(f"{folder} is an export for {contract.runtime}; the Android app runs .tflite files "
                             "(python -m export.tflite)")
     for side, spec in (("input", contract.input), ("output", contract.output)):
         if spec.dtype not in APP_DTYPES:

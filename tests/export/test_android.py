@@ -149,6 +149,14 @@ def test_bad_input_says_what_and_writes_nothing(exported, noise_student, photos,
     assert "model folder not found" in fails(tmp_path / "missing", "--out", out)
     assert "not an export folder" in fails(photos, "--out", out)
     assert "is a file" in fails(photos / "a.png", "--out", out)
+    assert "is a checkpoint, not an export folder" in fails(noise_student["ckpt"], "--out", out)
+    onnx_like = tmp_path / "onnx_like"
+    shutil.copytree(model_dir, onnx_like)
+    meta = json.loads((onnx_like / "model.json").read_text())
+    (onnx_like / "model.json").write_text(json.dumps({**meta, "runtime": "onnx", "model_file": "model.onnx"}))
+    assert "is an export for onnx" in fails(onnx_like, "--out", out)
+    (onnx_like / "model.json").write_text(json.dumps({**meta, "runtime": "tensorflow"}))
+    assert f"{onnx_like}: " in fails(onnx_like, "--out", out)
     assert "invalid choice" in fails(model_dir, "--out", out, "--gallery-precision", "int4")
     assert "threads must be a positive integer" in fails(model_dir, "--out", out, "--threads", 0)
 
@@ -180,4 +188,5 @@ def test_bad_input_says_what_and_writes_nothing(exported, noise_student, photos,
     assert "not a folder" in fails(model_dir, "--out", blocker)
 
     assert not out.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "broken", "changed", "empty", "foreign"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "broken", "changed", "empty", "foreign",
+                                                         "onnx_like"]
