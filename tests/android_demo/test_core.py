@@ -5,7 +5,9 @@ inputs as ``mobilekd.data.views.render_evaluation(image, preprocess)`` (the eval
 embeddings of a tiny model and faiss top-k results; ``android_demo/core/run-tests.sh`` then compiles ``core``
 with kotlinc and runs its JUnit tests on that folder (MOBILEKD_GOLDEN): the Kotlin preprocessing must
 reproduce the float32 tensors bit for bit (int8 inputs: within one quantisation step), its index must return
-faiss's top-k, and its reader must accept these model.json files.
+faiss's top-k, and its reader must accept these model.json files. ``write_android_golden`` does the same for
+the android/ folder ``export.android`` writes (MOBILEKD_ANDROID: model.json + model sha256, int8 and fp16
+galleries, Python's top-k, the shipped photos' inputs), read by AndroidFolderTest.kt as the app reads its assets.
 
 The JVM tests need a JDK (skipped without ``java``); the Kotlin compiler comes from npm and JUnit from Debian's
 junit4 (run-tests.sh installs both; a failed install fails the test). Compiling takes over a minute in a clean
