@@ -459,7 +459,7 @@ def explain_lines(result: dict) -> list[str]:
     ``.tflite`` file, the CPU's int8 dot-product instructions (host, and the phone with --adb), and the
     quantized/fp32 ratio of each file measured with its fp32 sibling."""
     lines = []
-    for m in result["models"]:
+    for m in result.get("models", []):
         report = m.get("xnnpack")
         if report:
             lines.append(f"\nXNNPACK: {m['label']}: {report['error']}" if "error" in report
