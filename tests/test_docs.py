@@ -28,7 +28,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-PROJECT_PACKAGES = ("mobilekd", "export", "benchmarks")
+PROJECT_PACKAGES = ("mobilekd", "export", "benchmarks", "ship")
 # flags a module's main() rewrites before parsing (mobilekd/train.py: --model reads better for fine-tuning)
 ALIASES = {"mobilekd.train": {"--model": "--student"}}
 SHELL_FENCES = {"bash", "sh", "shell", "console"}

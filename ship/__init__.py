@@ -1,0 +1,10 @@
+"""ship: the composition root -- the one package that wires ``mobilekd`` (training), ``export`` (files and their
+parity gates) and ``benchmarks`` (latency, recall, reports) into single commands.
+
+* ``ship.cli``: the ``mobilekd`` console script (``mobilekd distill|train|embed|export|check|bench|report|ship``;
+  ``python -m mobilekd`` is the same), each subcommand handing its arguments to the existing module's ``main``.
+* ``ship.command``: ``mobilekd ship`` -- from a folder of photos (or a checkpoint) to one checked bundle.
+
+Layering: mobilekd < export < benchmarks < ship. Nothing below imports ``ship`` except the three-line
+``mobilekd/__main__.py`` trampoline that makes ``python -m mobilekd`` run ``ship.cli``.
+"""
