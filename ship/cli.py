@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     found = resolve(argv)
     if found is None:  # no subcommand, --help, an unknown word, or a group without its member
         parser = build_parser()
-        parser.parse_args(argv)  # prints help / one usage error and exits
-        parser.print_help()
+        parser.parse_args(argv)  # --help, or one usage error for an unknown word: exits
+        parser.print_help(sys.stderr)  # no subcommand (or a group without its member): the list, exit 2
         return 2
     module, rest = found
     return int(importlib.import_module(module).main(rest) or 0)

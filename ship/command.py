@@ -59,6 +59,7 @@ def make_plan(args) -> Plan:
     for name, low in (("threads", 0), ("calib_images", 1), ("latency_runs", 2), ("float_convs", 0)):
         if getattr(args, name) < low:
             raise MobileKDError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    check_gates(args)
     if args.source and args.config:
         raise MobileKDError("--from ships a trained checkpoint; --config trains one: give one of them")
     exports = plans.parse_exports(args.formats, args.precisions)
@@ -91,6 +92,14 @@ def make_plan(args) -> Plan:
 
 
 Plan = plans.Plan
+
+
+def check_gates(args) -> None:
+    """Gate overrides no file could mean (a cosine above 1, ...), refused before any work, by the exporters' own
+    check."""
+    from export.common import gates_from_args
+
+    gates_from_args(argparse.Namespace(**{name: getattr(args, name) for name in steps.GATE_FLAGS}), "fp32")
 
 
 def run(plan: Plan) -> Layout:
