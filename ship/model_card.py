@@ -91,6 +91,15 @@ def latency_section(latency: dict) -> list[str]:
     return lines + [""]
 
 
+def short_names(names: list[str]) -> list[str]:
+    """Class names without the folders they all share (``images_background_small1/Greek/x`` -> ``Greek/x``)."""
+    parts = [name.split("/") for name in names]
+    shared = 0
+    while parts and all(len(p) > shared + 1 and p[shared] == parts[0][shared] for p in parts):
+        shared += 1
+    return ["/".join(p[shared:]) for p in parts]
+
+
 def limits_section(recall: dict, test_classes: list[str], structural: set) -> list[str]:
     rows = {row["model"]: row["symmetric"] for row in recall["results"]}
     floats = [name for name in rows if "float" in name]
@@ -101,6 +110,7 @@ def limits_section(recall: dict, test_classes: list[str], structural: set) -> li
             if name != floats[0] and not name.startswith("teacher"):
                 lines.append(f"- {name}: R@1 {sym['R@1'] - base['R@1']:+.2f}, MAP@R {sym['MAP@R'] - base['MAP@R']:+.2f} "
                              "vs the float student on the same images (the cost of the export; int8 loses most).")
+    test_classes = short_names(test_classes)
     shown = ", ".join(test_classes[:12]) + (f" and {len(test_classes) - 12} more" if len(test_classes) > 12 else "")
     lines.append(f"- The metrics are on classes the student never saw in training (the test split: {shown}). "
                  "New classes of your own can score differently: measure them with "
@@ -113,21 +123,34 @@ def limits_section(recall: dict, test_classes: list[str], structural: set) -> li
     return lines + [""]
 
 
+def mobilenet_notice() -> str:
+    """The origin and copyright lines of the shipped MobileNet weights' NOTICE, in one sentence each."""
+    paragraphs = [" ".join(p.split()) for p in (ASSETS / "MOBILENET_V1_NOTICE").read_text().split("\n\n")]
+    origin = next((p for p in paragraphs if p.startswith("Origin:")), "")
+    copyright_ = next((p for p in paragraphs if p.startswith("Copyright")), "")
+    return " ".join(part for part in (origin, copyright_.replace(" (MOBILENET_V1_LICENSE in this folder)", "")) if part)
+
+
 def licences_section(meta: dict) -> list[str]:
     spec, config = meta.get("spec") or {}, meta.get("config") or {}
     lines = ["## Licences of the weights it was built from", ""]
-    if spec.get("pretrained") and "mobilenetv1_025" in spec.get("arch", ""):
-        notice = (ASSETS / "MOBILENET_V1_NOTICE").read_text().splitlines()
+    if spec.get("pretrained") and "mobilenetv1_025" in str(spec.get("arch", "")):
         lines.append("- Student initialisation: Google's ImageNet MobileNetV1-0.25, Apache License 2.0 "
-                     f"(`mobilekd/assets/MOBILENET_V1_LICENSE`, `MOBILENET_V1_NOTICE`: {notice[2].strip() if len(notice) > 2 else ''}).")
+                     f"(`mobilekd/assets/MOBILENET_V1_LICENSE`, `MOBILENET_V1_NOTICE`). {mobilenet_notice()}")
     teacher = config.get("teacher")
     if teacher in TEACHER_WHEELS:
         package = TEACHER_WHEELS[teacher]
-        lines.append(f"- Teacher {teacher}: ImageNet weights from the `{package}` wheel: {wheel_licence(package)}.")
+        lines.append(f"- Teacher {teacher}: ImageNet weights from the `{package}` wheel: {wheel_licence(package)}. "
+                     "The student learned from its embeddings; none of its weights are in the bundle.")
     elif teacher:
         lines.append(f"- Teacher {teacher}: its licence is the one of the file or model you gave.")
     lines.append("- Your data's licence applies to the model trained on it; mobilekd cannot know it.")
     return lines + [""]
+
+
+# options of a run that do not change what is learned (where it ran, how it logged): left out of the card's recipe
+RUN_ONLY = {"out", "resume", "overwrite", "progress", "threads", "device", "num_workers", "preload", "data",
+            "teacher_cache", "memory_format", "skip_bad_images"}
 
 
 def write_model_card(path: Path, plan, meta: dict, recall: dict, latency: dict, exports: dict[str, dict],
@@ -154,9 +177,10 @@ def write_model_card(path: Path, plan, meta: dict, recall: dict, latency: dict, 
              f"{', from ImageNet weights' if spec.get('pretrained') else ''}.",
              f"- Teacher: `{config.get('teacher')}` at {config.get('teacher_size')} px." if config.get("teacher")
              else "- Teacher: none (trained with its metric loss only).", "",
-             "## Recipe", "", f"Recipe `{plan.config or 'the checkpoint given with --from'}`; the full configuration "
-             "the student was trained with:", "", "```yaml",
-             *[f"{key}: {json.dumps(value)}" for key, value in config.items()], "```", ""]
+             "## Recipe", "", (f"Recipe `{plan.config}`" if plan.config else "The recipe of the checkpoint given "
+                                "with --from") + "; every option that shaped "
+             "what the student learned (the checkpoint's `model.json` holds them all):", "", "```yaml",
+             *[f"{key}: {json.dumps(value)}" for key, value in config.items() if key not in RUN_ONLY], "```", ""]
     lines += metrics_section(recall) + gates_section(exports) + latency_section(latency)
     lines += limits_section(recall, test_classes, plan.structural_only) + licences_section(meta)
     path.write_text("\n".join(lines))
