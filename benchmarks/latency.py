@@ -21,6 +21,12 @@ multiply at the same thread count (fp32 ``torch.mm``; int8 ``torch._int_mm`` for
 MobileNets are memory-bound and sit far above it). An int8 peak below the fp32 one (``torch._int_mm``'s slow
 fallback on CPUs or builds without its fast kernel) makes no floor: int8 rows then have ``floor_ratio`` null and
 a ``floor_note`` saying why, printed below the table.
+
+Why int8 is (not) faster: every ``.tflite`` model gets ``xnnpack`` (``benchmarks.tflite_ops.delegation``: how
+many of its nodes the XNNPACK delegate runs, in how many partitions, and which ops fall back to LiteRT's own
+kernels), the machine description carries the CPU's SIMD features (``benchmarks.machine.simd_features``: AVX2,
+AVX-512, VNNI, AMX; dotprod / i8mm of the phone with ``--adb``), and ``precision_ratios`` gives each quantized
+file's median over the fp32 file of the same checkpoint, same runtime and threads, marked host or phone.
 """
 
 from __future__ import annotations
@@ -37,8 +43,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import RESULT_FORMAT, write_result
-from benchmarks.machine import describe, load_average
+from benchmarks.machine import describe, load_average, simd_features
 from benchmarks.targets import NotRunnable, count_params_macs, input_hw, load_target, make_runner
+from benchmarks.tflite_ops import delegation, format_delegation
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import check_writable_file
 from mobilekd.threads import usable_cores
@@ -234,6 +241,7 @@ def benchmark(specs: list[str], threads: list[int], runs: int = 30, warmup: int 
         info.update(params=params, macs=macs, macs_input_hw=list(hw),
                     macs_source="checkpoint" if target.model is not None else
                     ("source checkpoint in model.json" if target.source_model is not None else None))
+        info.update(file_facts(target))
         result["models"].append(info)
 
     # interleaved timed rounds
@@ -263,8 +271,52 @@ def benchmark(specs: list[str], threads: list[int], runs: int = 30, warmup: int 
         precision = "int8" if target.precision == "int8" else "fp32"
         record.update(floor_fields(model_info[target.label].get("macs"), record["median_ms"], precision, peaks, th))
         result["results"].append(record)
+    result["precision_ratios"] = precision_ratios(result)
     result["load_average"] = {"before": load_before, "after": load_average()}
     return result
+
+
+def file_facts(target) -> dict:
+    """What pairs an exported file with its fp32 sibling (``source_sha256``: the checkpoint's weights) and, for
+    a ``.tflite``, its XNNPACK delegation (``benchmarks.tflite_ops``; an error string if it cannot be read)."""
+    contract = getattr(target, "contract", None)
+    facts = {"source_sha256": ((contract.source or {}).get("sha256") if contract is not None else None)}
+    if target.kind == "tflite":
+        try:
+            facts["xnnpack"] = delegation(target.path)
+        except Exception as error:  # an unreadable graph must not stop the timing of the others
+            facts["xnnpack"] = {"error": f"{type(error).__name__}: {str(error).strip()[:200]}"}
+    return facts
+
+
+def where(record: dict) -> str:
+    """``phone`` for a result timed on an Android device (``--adb``), else ``host``."""
+    return "phone" if str(record.get("device", "")).startswith("android:") else "host"
+
+
+def precision_ratios(result: dict) -> list[dict]:
+    """Each quantized file's latency over the fp32 file of the same checkpoint (same ``source_sha256``, file
+    kind, runtime, threads and device): ``ratio`` < 1 means the quantized file is faster. Medians, or the means
+    of ``benchmark_model`` (it prints no median)."""
+    models = {m["label"]: m for m in result["models"]}
+
+    def key(r):
+        m = models.get(r["model"], {})
+        return (m.get("source_sha256"), m.get("kind"), r["runtime"], r["threads"], r.get("device"))
+
+    def ms(r):
+        return r.get("median_ms") if r.get("median_ms") is not None else r.get("mean_ms")
+
+    fp32 = {key(r): r for r in result["results"] if r.get("precision") == "fp32" and key(r)[0] and ms(r)}
+    ratios = []
+    for r in result["results"]:
+        base = fp32.get(key(r))
+        if r.get("precision") == "fp32" or base is None or not ms(r):
+            continue
+        ratios.append({"model": r["model"], "fp32_model": base["model"], "precision": r["precision"],
+                       "runtime": r["runtime"], "threads": r["threads"], "where": where(r),
+                       "ms": ms(r), "fp32_ms": ms(base), "ratio": ms(r) / ms(base)})
+    return ratios
 
 
 # --------------------------------------------------------------------------------------------------- adb
@@ -272,6 +324,9 @@ def benchmark(specs: list[str], threads: list[int], runs: int = 30, warmup: int 
 _TIMING = re.compile(r"Inference timings in us:\s*(.+)")
 _COUNT = re.compile(r"count=(\d+)((?:\s+[a-z0-9_]+=[-+0-9.eE]+)+)")
 _KV = re.compile(r"([A-Za-z0-9_]+)=([-+0-9.eE]+)")
+# TFLite's log line when a delegate takes nodes, e.g. "Replacing 29 out of 31 node(s) with delegate
+# (TfLiteXNNPackDelegate) node, yielding 4 partitions for the whole graph."
+_REPLACED = re.compile(r"Replacing (\d+) out of (\d+) node\(s\) with delegate \((\w+)\) node, yielding (\d+) partitions")
 
 
 def parse_benchmark_model_output(text: str) -> dict:
@@ -310,6 +365,10 @@ def parse_benchmark_model_output(text: str) -> dict:
                 out[name] = values[key] / 1e3
         if out["mean_ms"] is None and "avg" in values:
             out["mean_ms"] = values["avg"] / 1e3
+    replaced = _REPLACED.search(text)
+    if replaced:  # the phone's own XNNPACK: which ops it takes can differ from the host's version
+        out["delegated_nodes"], out["total_nodes"] = int(replaced.group(1)), int(replaced.group(2))
+        out["delegate"], out["partitions"] = replaced.group(3), int(replaced.group(4))
     peak = re.search(r"Overall peak memory footprint \(MB\)[^:]*:\s*([0-9.]+)", text)
     out["peak_mem_mb"] = float(peak.group(1)) if peak else None
     delta = re.search(r"Memory footprint delta from the start of the tool \(MB\):\s*init=([0-9.]+)\s+overall=([0-9.]+)", text)
@@ -338,6 +397,7 @@ def benchmark_adb(specs: list[str], threads: list[int], serial: str | None, runs
     device = {k: _adb(serial, "shell", "getprop", prop).strip() for k, prop in
               (("model", "ro.product.model"), ("board", "ro.board.platform"), ("abi", "ro.product.cpu.abi"),
                ("android", "ro.build.version.release"))}
+    device["simd"] = simd_features(_adb(serial, "shell", "cat", "/proc/cpuinfo"), "phone")
     _adb(serial, "shell", "mkdir", "-p", remote_dir)
     remote_binary = f"{remote_dir}/benchmark_model"
     if binary:
@@ -354,7 +414,7 @@ def benchmark_adb(specs: list[str], threads: list[int], serial: str | None, runs
                                            "reason": "--adb runs .tflite files only"})
             continue
         target = load_target(spec)
-        result["models"].append(target.describe())
+        result["models"].append({**target.describe(), **file_facts(target)})
         remote_model = f"{remote_dir}/{path.name}"
         _adb(serial, "push", str(path), remote_model)
         delegates = [("xnnpack", ["--use_xnnpack=true"])] + ([("gpu", ["--use_gpu=true"])] if gpu else [])
@@ -371,6 +431,7 @@ def benchmark_adb(specs: list[str], threads: list[int], serial: str | None, runs
                 result["results"].append({"model": target.label, "runtime": f"benchmark_model-{name}",
                                           "device": f"android:{device['model']}", "threads": th,
                                           "precision": target.precision, **parsed})
+    result["precision_ratios"] = precision_ratios(result)
     return result
 
 
@@ -389,7 +450,29 @@ def format_results(result: dict) -> str:
         lines.append(f"\nnot runnable here: {item['model']} [{item['runtime']}]: {item['reason']}")
     for note in dict.fromkeys(r["floor_note"] for r in result["results"] if r.get("floor_note")):
         lines.append(f"\n{note}")
+    lines += explain_lines(result)
     return "\n".join(lines)
+
+
+def explain_lines(result: dict) -> list[str]:
+    """The lines under the table that say why a quantized file is as fast as it is: XNNPACK delegation per
+    ``.tflite`` file, the CPU's int8 dot-product instructions (host, and the phone with --adb), and the
+    quantized/fp32 ratio of each file measured with its fp32 sibling."""
+    lines = []
+    for m in result["models"]:
+        report = m.get("xnnpack")
+        if report:
+            lines.append(f"\nXNNPACK: {m['label']}: {report['error']}" if "error" in report
+                         else "\nXNNPACK " + format_delegation(m["label"], report))
+    for machine in (result.get("machine", {}).get("simd"), result.get("android_device", {}).get("simd")):
+        if machine and machine.get("isa"):
+            present = [name for name, has in machine["features"].items() if has]
+            lines.append(f"\n{machine['where']} CPU ({machine['isa']}): {', '.join(present) or 'no listed SIMD'}; "
+                         f"int8 dot product: {', '.join(machine['int8_dot']) or 'none'}")
+    for r in result.get("precision_ratios", []):
+        lines.append(f"\n{r['precision']}/fp32 [{r['where']}, {r['runtime']}, {r['threads']} thread(s)]: "
+                     f"{r['model']} {r['ms']:.3f} ms / {r['fp32_model']} {r['fp32_ms']:.3f} ms = {r['ratio']:.2f}")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

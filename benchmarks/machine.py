@@ -53,6 +53,41 @@ def cpu_flags() -> list[str]:
     return []
 
 
+# SIMD features that decide how fast int8 and fp32 kernels run, by the names /proc/cpuinfo gives them.
+# x86: int8 dot products are fast with VNNI (avx512_vnni, avx_vnni) or AMX; without them XNNPACK's int8
+# convolutions widen to 16 bit (AVX2 vpmaddubsw/vpmaddwd) and gain little over fp32 FMA.
+# ARM: asimddp (SDOT/UDOT, "dotprod") and i8mm (SMMLA) are what make int8 faster than fp32 NEON.
+X86_SIMD = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
+ARM_SIMD = ("asimd", "asimdhp", "asimddp", "i8mm", "sve", "sve2", "bf16")
+INT8_DOT = {"avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI", "amx_int8": "AMX-INT8",
+            "asimddp": "dotprod (SDOT)", "i8mm": "i8mm (SMMLA)"}
+
+
+def simd_features(cpuinfo: str, where: str = "host") -> dict:
+    """The SIMD features of a CPU from its ``/proc/cpuinfo`` text (this machine's, or a phone's over adb).
+
+    Returns ``{"where": "host"|"phone", "isa": "x86"|"arm"|None, "features": {name: bool}, "int8_dot": [...]}``;
+    a feature counts when every listed core has it (big.LITTLE phones list each core). ``int8_dot`` names the
+    int8 dot-product instructions present; empty means int8 kernels have no dot-product instruction here."""
+    lines = [line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line]
+    sets = [set(value.split()) for key, value in lines if key.strip().lower() in ("flags", "features")]
+    common = set.intersection(*sets) if sets else set()
+    isa = "x86" if any(key.strip().lower() == "flags" for key, _ in lines) else \
+        ("arm" if any(key.strip().lower() == "features" for key, _ in lines) else None)
+    names = X86_SIMD if isa == "x86" else ARM_SIMD if isa == "arm" else ()
+    return {"where": where, "isa": isa, "features": {name: name in common for name in names},
+            "int8_dot": [label for name, label in INT8_DOT.items() if name in common]}
+
+
+def host_simd() -> dict:
+    """``simd_features`` of this machine (``isa`` None where there is no /proc/cpuinfo, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return simd_features(handle.read(), "host")
+    except OSError:
+        return simd_features("", "host")
+
+
 def library_versions() -> dict[str, str | None]:
     versions = {}
     for name in LIBRARIES:
@@ -75,6 +110,7 @@ def describe() -> dict:
     info = {
         "cpu_model": cpu_model(),
         "cpu_flags": cpu_flags(),
+        "simd": host_simd(),
         "logical_cores": os.cpu_count(),
         "usable_cores": usable_cores(),
         "os": platform.platform(),

@@ -8,11 +8,16 @@ Symmetric: every test image queries all the others, all embedded by MODEL (leave
 code is ``mobilekd.metrics.retrieval_metrics`` (one implementation for training, export and benchmarks).
 
 MODEL may also be an ``.npz`` of precomputed embeddings (arrays ``keys``, ``embeddings``).
+
+Every symmetric row carries 95 % bootstrap intervals of R@1 and MAP@R (``symmetric.ci95``: 1000 resamples of
+the queries, seed 0). ``--save-embeddings DIR`` keeps each model's embeddings as ``DIR/<label slug>.npz``
+(``embeddings``, ``labels``, ``paths``: image keys of the data set) for ``benchmarks.html_report``.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -20,8 +25,8 @@ from benchmarks import RESULT_FORMAT, write_result
 from benchmarks.machine import describe, load_average
 from benchmarks.targets import load_target
 from mobilekd.errors import MobileKDError, ModelError, cli_entry
-from mobilekd.io import check_writable_file, require_file
-from mobilekd.metrics import format_table, retrieval_metrics
+from mobilekd.io import atomic_path, check_writable_dir, check_writable_file, require_file
+from mobilekd.metrics import bootstrap_ci, format_table, per_query_metrics, retrieval_metrics, summarize
 from mobilekd.threads import usable_cores
 
 def recall_from_embeddings(query, labels, gallery=None, gallery_labels=None) -> dict[str, float]:
@@ -47,9 +52,36 @@ def make_embedder(spec: str, threads: int | None = None, label: str | None = Non
     embedder = FileEmbedder(target.path, threads or usable_cores(), runtime, target.contract)
     return target.label, target.kind, runtime, embedder
 
+def embeddings_file_name(label: str, taken: set[str]) -> str:
+    """``<slug of label>.npz``, unique among ``taken`` (two labels with one slug get -2, -3 ...)."""
+    slug = re.sub(r"[^A-Za-z0-9._]+", "-", label).strip("-.") or "model"
+    name, n = f"{slug}.npz", 1
+    while name in taken:
+        n += 1
+        name = f"{slug}-{n}.npz"
+    taken.add(name)
+    return name
+
+
+def save_embeddings_npz(path: Path, embeddings, labels, paths) -> None:
+    """One model's retrieval embeddings (float32, as searched), labels and image keys, written atomically."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, embeddings=np.asarray(embeddings, dtype=np.float32), labels=np.asarray(labels),
+                 paths=np.asarray(paths, dtype=str))
+
+
+def symmetric_metrics(query, labels) -> dict:
+    """Leave-one-out metrics plus ``ci95``: bootstrap intervals of R@1 and MAP@R over the same per-query values."""
+    values = per_query_metrics(query, labels)
+    return {**summarize(values), "ci95": bootstrap_ci(values)}
+
+
 def evaluate(specs: list[str], data: str, split: str = "test", gallery_model: str | None = None,
              labels: list[str] | None = None, batch_size: int = 64, threads: int | None = None,
-             progress: bool = True, layout: str = "auto", size: int | None = None) -> dict:
+             progress: bool = True, layout: str = "auto", size: int | None = None,
+             save_embeddings: str | None = None) -> dict:
     import torch
 
     from mobilekd.data import load_image_set
@@ -67,13 +99,17 @@ def evaluate(specs: list[str], data: str, split: str = "test", gallery_model: st
         g_label, _, g_runtime, g_model = make_embedder(gallery_model, threads)
         gallery = embed(g_model, g_label)
         result["gallery"] = {"model": g_label, "runtime": g_runtime}
+    saved: set[str] = set()
     for i, spec in enumerate(specs):
         try:
             label, kind, runtime, model = make_embedder(spec, threads, labels[i] if labels and i < len(labels) else None,
                                                         size)
             query = embed(model, label)
             row = {"model": label, "spec": spec, "kind": kind, "runtime": runtime, "embed_dim": int(query.shape[1]),
-                   "symmetric": retrieval_metrics(query, images.labels)}
+                   "symmetric": symmetric_metrics(query, images.labels)}
+            if save_embeddings:
+                row["embeddings"] = embeddings_file_name(label, saved)
+                save_embeddings_npz(Path(save_embeddings) / row["embeddings"], query, images.labels, images.keys)
             if gallery is not None:
                 try:
                     row["asymmetric"] = retrieval_metrics(query, images.labels, gallery, images.labels)
@@ -107,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, help="CPU threads (default: all usable cores)")
     parser.add_argument("--out", help="write the result JSON here")
+    parser.add_argument("--save-embeddings", metavar="DIR",
+                        help="write each model's embeddings, labels and image keys to DIR/<label>.npz")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -121,13 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         raise MobileKDError(f"--size must be a positive pixel count, got {args.size}")
     if args.out:
         check_writable_file(args.out)  # before the measurement, not after it
+    if args.save_embeddings:
+        check_writable_dir(args.save_embeddings, "--save-embeddings")
     threads = args.threads
     if threads and threads > usable_cores():
         print(f"warning: --threads {threads} exceeds the {usable_cores()} usable core(s): capped", file=sys.stderr)
         threads = usable_cores()
     result = evaluate(args.models, args.data, args.split, args.gallery_model,
                       args.labels.split(",") if args.labels else None, args.batch_size, threads,
-                      not args.quiet, args.layout, args.size)
+                      not args.quiet, args.layout, args.size, args.save_embeddings)
     if not result["results"]:
         raise MobileKDError("nothing could be measured: " + "; ".join(f"{e['model']}: {e['error']}" for e in result["errors"]))
     for e in result["errors"]:

@@ -97,53 +97,43 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def label_offsets(anchors: list[tuple[float, float]], size: tuple[float, float] = (12.0, 10.0),
-                  start: tuple[float, float] = (5.0, 4.0)) -> list[tuple[float, float]]:
-    """Offsets (in the anchors' units, points) that keep small labels of ``size`` apart: each label starts at
-    ``start`` from its point and, while its box meets a label already placed, moves one label height up, then
-    down, alternately further -- the simple collision avoidance that keeps near points' numbers readable."""
-    placed: list[tuple[float, float]] = []
-    offsets = []
-    width, height = size
-    for x, y in anchors:
-        for step in range(2 * len(anchors) + 1):
-            shift = (step + 1) // 2 * height * (1 if step % 2 else -1) if step else 0.0
-            box = (x + start[0], y + start[1] + shift)
-            if all(abs(box[0] - bx) >= width or abs(box[1] - by) >= height for bx, by in placed):
-                break
-        placed.append(box)
-        offsets.append((box[0] - x, box[1] - y))
-    return offsets
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 
 
-def _recall_latency_plot(plt, matplotlib, points: list[tuple[float, float, str]], path: Path) -> None:
-    """Recall@1 against latency: each point carries a number (placed clear of its neighbours) and the key
-    below the axes names it with its values -- long labels drawn at the points overlapped when models sat close."""
-    from matplotlib.lines import Line2D
+def recall_latency_plot(points: list[tuple], path: Path, title: str = "Recall@1 vs latency (fewest threads measured)"
+                        ) -> None:
+    """Recall@1 against median latency, written to ``path``. ``points``: (ms, R@1, label) or (ms, R@1, label,
+    [lo, hi] interval or None). Each model is its own marker and colour, named in the key below the axes with
+    its values: no text is drawn among the points, so nothing can overlap however close the models sit."""
+    import matplotlib
 
-    points = sorted(points)  # numbered left to right: fastest first
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    points = sorted(points, key=lambda p: (p[0], -p[1]))  # the key lists the fastest first
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    ax.scatter(xs, ys, zorder=3)
     front = pareto_front([(p[0], p[1]) for p in points])
-    ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="tab:red", marker="o", zorder=2)
+    ax.step([points[i][0] for i in front], [points[i][1] for i in front], where="post", color="0.6",
+            linestyle="--", zorder=1, label="Pareto front")
+    for i, (x, y, label, *rest) in enumerate(points):
+        ci = rest[0] if rest else None
+        yerr = [[y - ci[0]], [ci[1] - y]] if ci else None
+        ax.errorbar([x], [y], yerr=yerr, marker=MARKERS[i % len(MARKERS)], color=f"C{i % 10}", markersize=8,
+                    capsize=3, linestyle="none", zorder=3,
+                    label=f"{label}: {x:.3g} ms, R@1 {y:.2f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""))
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.margins(x=0.12, y=0.12)
-    ax.autoscale_view()
-    scale = 72.0 / fig.dpi  # display pixels -> points, the unit of annotation offsets
-    anchors = [(px * scale, py * scale) for px, py in ax.transData.transform(list(zip(xs, ys)))]
-    for i, ((x, y), offset) in enumerate(zip(zip(xs, ys), label_offsets(anchors)), start=1):
-        ax.annotate(str(i), (x, y), textcoords="offset points", xytext=offset, fontsize=8, weight="bold",
-                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if abs(offset[1] - 4.0) > 1 else None)
-    key = [Line2D([], [], linestyle="none", marker=f"${i}$", color="black", markersize=7 + 2 * (i > 9),
-                  label=f"{text}: {x:.3g} ms, R@1 {y:.2f}") for i, (x, y, text) in enumerate(points, start=1)]
-    key.append(Line2D([], [], color="tab:red", marker="o", label="Pareto front"))
-    ax.legend(handles=key, fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), borderaxespad=0, ncol=1)
+    ax.margins(x=0.15, y=0.15)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i] == "Pareto front")  # models first
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7, loc="upper left",
+              bbox_to_anchor=(0.0, -0.16), borderaxespad=0, ncol=1)
     ax.set_xlabel("median latency, batch 1 (ms, log scale)")
     ax.set_ylabel("Recall@1 (%)")
-    ax.set_title("Recall@1 vs latency (fewest threads measured)")
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -293,7 +283,7 @@ def build_report(results: list[dict], out: Path, compare: list[str] | None = Non
               for (model, runtime), row in best.items() if model in recall]
     points = [p for p in points if p[0]]
     if points:
-        _recall_latency_plot(plt, matplotlib, points, out / "recall_vs_latency.png")
+        recall_latency_plot(points, out / "recall_vs_latency.png")
         figures.append(("Recall@1 vs latency", "recall_vs_latency.png"))
     if latency:
         fig, ax = plt.subplots(figsize=(7, 4.5))

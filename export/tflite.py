@@ -187,6 +187,25 @@ def leading_ops(ops: list[tuple[str, str]], convs: int) -> list[tuple[str, str]]
     raise MobileKDError(f"--float-convs {convs}: the model has only {seen} convolutions")
 
 
+# the ops F.normalize (mobilekd.models.embedding_net) converts to, after the pooling / head of the embedding
+L2_NORMALIZATION_OPS = ("ABS", "MUL", "SQUARE", "SUM", "SQRT", "RSQRT", "RESHAPE", "MAXIMUM", "DIV",
+                        "L2_NORMALIZATION")
+
+
+def l2_tail(ops: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The trailing ops of the graph that compute its L2 normalisation (``L2_NORMALIZATION_OPS``, up to the
+    DIV / RSQRT / L2_NORMALIZATION that applies it), or [] when the graph does not end in one.
+
+    They stay float in the int8 file: in int8, SQRT, MAXIMUM and DIV have no XNNPACK kernel and fall back to
+    LiteRT's reference kernels between three delegate partitions (``benchmarks.tflite_ops``), and a float norm
+    of the dequantized pooled vector is exact where an int8 one rounds each step."""
+    start = len(ops)
+    while start and ops[start - 1][0] in L2_NORMALIZATION_OPS:
+        start -= 1
+    tail = ops[start:]
+    return tail if any(op in ("DIV", "RSQRT", "L2_NORMALIZATION") for op, _ in tail) else []
+
+
 def keep_float(qt, ops: list[tuple[str, str]]) -> int:
     """Leave ``ops`` in float (ai-edge-quantizer ``NO_QUANTIZE`` for their output tensor); returns how many."""
     import re
@@ -218,10 +237,14 @@ def int8_recipe(qt, job: ExportJob, fp32: Path) -> dict:
     float_convs = job.options.get("float_convs", 0)
     leading = leading_ops(ops, float_convs) if float_convs else []
     keep_float(qt, leading)
+    tail = l2_tail(ops) if job.model.spec.normalize else []
+    keep_float(qt, tail)
     return {"scheme": "int8-static" + (f"+float-convs-{float_convs}" if leading else ""),
             "weights": "int8 symmetric per-channel",
-            "activations": f"int8 asymmetric per-tensor (global min-max calibration); {io_kind}",
-            "float_ops": [op for op, _ in leading], "tool": "ai_edge_quantizer recipe static_wi8_ai8"}
+            "activations": f"int8 asymmetric per-tensor (global min-max calibration); {io_kind}"
+                           + ("; L2 normalisation in float32" if tail else ""),
+            "float_ops": [op for op, _ in leading], "float_tail_ops": [op for op, _ in tail],
+            "tool": "ai_edge_quantizer recipe static_wi8_ai8"}
 
 
 def quantize(job: ExportJob, fp32: Path, dst: Path, preprocess=None) -> dict:
@@ -305,8 +328,8 @@ def _convert(job: ExportJob, work: Path) -> BuildResult:
     from export.embedder_metadata import embed_tflite_metadata
 
     metadata = embed_tflite_metadata(final, job, inputs[0], notes, preprocess)  # float32 NHWC only, else says why
-    # an int8 graph normalises in int8, so its output is unit-norm only up to the int8 grid: say so, and callers
-    # (the parity core, the Android core) renormalise before inner-product search
+    # an int8 file's output is not declared unit-norm: with --integer-io it is on the int8 grid, and one rule for
+    # every int8 file keeps callers (the parity core, the Android core) renormalising before inner-product search
     unit_norm = bool(job.model.spec.normalize) and job.precision != "int8"
     return BuildResult("model.tflite", _tensor_spec(inputs[0], job.layout),
                        _tensor_spec(outputs[0], l2=unit_norm), info, exporter, notes,

@@ -49,6 +49,13 @@ def nearest_neighbors(query: np.ndarray, gallery: np.ndarray, k: int, leave_one_
 def retrieval_metrics(query, query_labels, gallery=None, gallery_labels=None, ks=DEFAULT_KS,
                       leave_one_out: bool | None = None) -> dict[str, float]:
     """Recall@K, MAP@R and R-Precision (percent). ``gallery=None`` = symmetric leave-one-out retrieval."""
+    return summarize(per_query_metrics(query, query_labels, gallery, gallery_labels, ks, leave_one_out))
+
+
+def per_query_metrics(query, query_labels, gallery=None, gallery_labels=None, ks=DEFAULT_KS,
+                      leave_one_out: bool | None = None) -> dict[str, np.ndarray]:
+    """Each valid query's own R@K (0/1), AP@R and R-Precision (fractions, not percent), plus ``index`` (the
+    query rows kept): the values whose means ``retrieval_metrics`` reports -- bootstrap intervals resample them."""
     query = _as_float32(query)
     query_labels = np.asarray(query_labels)
     if gallery is None:
@@ -77,15 +84,39 @@ def retrieval_metrics(query, query_labels, gallery=None, gallery_labels=None, ks
     matches = gallery_labels[neighbors] == query_labels[:, None]  # [Q, k]
     matches, relevant = matches[valid], relevant[valid]
 
-    results = {f"R@{kk}": 100.0 * float(matches[:, :kk].any(axis=1).mean()) for kk in ks}
+    values = {f"R@{kk}": matches[:, :kk].any(axis=1) for kk in ks}
     columns = np.arange(1, matches.shape[1] + 1)
     within_r = columns[None, :] <= relevant[:, None]
     hits = matches & within_r
     precision_at_i = np.cumsum(hits, axis=1) / columns[None, :]
-    results["MAP@R"] = 100.0 * float(((precision_at_i * hits).sum(axis=1) / relevant).mean())
-    results["R-Precision"] = 100.0 * float((hits.sum(axis=1) / relevant).mean())
-    results["queries"] = int(valid.sum())
+    values["MAP@R"] = (precision_at_i * hits).sum(axis=1) / relevant
+    values["R-Precision"] = hits.sum(axis=1) / relevant
+    values["index"] = np.flatnonzero(valid)
+    return values
+
+
+def summarize(values: dict[str, np.ndarray]) -> dict[str, float]:
+    """The percentages of ``per_query_metrics``' values (their means) and the number of queries."""
+    results = {name: 100.0 * float(v.mean()) for name, v in values.items() if name != "index"}
+    results["queries"] = int(len(values["index"]))
     return results
+
+
+def bootstrap_ci(values: dict[str, np.ndarray], names=("R@1", "MAP@R"), resamples: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals (percent) of the means of per-query ``values``: the queries are drawn
+    with replacement ``resamples`` times from a fixed seed, so the interval is the same on every run."""
+    rng = np.random.default_rng(seed)
+    n = len(values["index"])
+    chunk = max(1, min(resamples, (1 << 24) // max(n, 1)))  # resampled index blocks of <= 16M entries
+    means = {name: [] for name in names}
+    for start in range(0, resamples, chunk):
+        draw = rng.integers(0, n, size=(min(chunk, resamples - start), n))
+        for name in names:
+            means[name].append(np.asarray(values[name], dtype=np.float64)[draw].mean(axis=1))
+    tail = 100.0 * (1.0 - level) / 2
+    return {name: [100.0 * float(np.percentile(np.concatenate(m), tail)),
+                   100.0 * float(np.percentile(np.concatenate(m), 100.0 - tail))] for name, m in means.items()}
 
 
 def format_table(rows: dict[str, dict[str, float]], columns=("R@1", "R@2", "R@4", "R@8", "MAP@R")) -> str:

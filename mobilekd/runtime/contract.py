@@ -25,7 +25,8 @@ Schema (format ``mobilekd-export/1``), every field required unless marked option
     model_sha256  optional: sha256 of the model file (of every file, in sorted order, for a .mlpackage folder)
     quantization  optional: how the weights/activations were quantized: {"scheme": "none" | "fp16-weights" |
                   "dynamic-int8" | "int8-static" | "int8-weights", "weights": ..., "activations": ...,
-                  "calibration": {"images", "source", "seed"} | null, "float_ops": [...]}
+                  "calibration": {"images", "source", "seed"} | null, "float_ops": [...],
+                  "float_tail_ops": [...] (TFLite int8: the L2 normalisation kept float32)}
     build         optional: {"tools": {package: version}, "exporter": str, "notes": [str]} -- how the file was
                   made (converter route, fallbacks taken, simplifier result)
 

@@ -5,7 +5,9 @@ inputs as ``mobilekd.data.views.render_evaluation(image, preprocess)`` (the eval
 embeddings of a tiny model and faiss top-k results; ``android_demo/core/run-tests.sh`` then compiles ``core``
 with kotlinc and runs its JUnit tests on that folder (MOBILEKD_GOLDEN): the Kotlin preprocessing must
 reproduce the float32 tensors bit for bit (int8 inputs: within one quantisation step), its index must return
-faiss's top-k, and its reader must accept these model.json files.
+faiss's top-k, and its reader must accept these model.json files. ``write_android_golden`` does the same for
+the android/ folder ``export.android`` writes (MOBILEKD_ANDROID: model.json + model sha256, int8 and fp16
+galleries, Python's top-k, the shipped photos' inputs), read by AndroidFolderTest.kt as the app reads its assets.
 
 The JVM tests need a JDK (skipped without ``java``); the Kotlin compiler comes from npm and JUnit from Debian's
 junit4 (run-tests.sh installs both; a failed install fails the test). Compiling takes over a minute in a clean
@@ -272,3 +274,59 @@ def test_compiled_kotlin_reader_prints_the_fields_its_source_declares():
     kotlin = json.loads(proc.stdout.strip().splitlines()[-1])
     assert kotlin == kotlin_contract_fields()
     assert_fields_match_python(kotlin)
+
+
+# ------------------------------------------------------------------------------------------ the android/ folder
+
+
+def write_android_golden(out: Path, model_dir: Path) -> dict:
+    """``out/int8`` and ``out/fp16``: android/ folders written by ``export.android`` for the export ``model_dir``
+    with a gallery of real photos (PNG, so that the JVM decodes the same pixels), plus what Python reads from them:
+    the dequantised rows, top-k of random queries, and each photo's model input as ``render_evaluation`` makes it
+    from the shipped model.json. ``manifest.json`` lists them for AndroidFolderTest.kt (MOBILEKD_ANDROID)."""
+    from export.android import read_gallery, search_gallery, write_android_folder
+    from mobilekd.data.views import render_evaluation
+    from mobilekd.runtime.contract import ModelContract
+
+    photos = out / "photos"
+    photos.mkdir(parents=True)
+    for stem, image in list(_sample_images().items())[:6]:
+        image.save(photos / f"{stem}.png")
+    rng = np.random.default_rng(0)
+    folders = []
+    for precision in ("int8", "fp16"):
+        dest = out / precision
+        write_android_folder(model_dir, dest, gallery=photos, gallery_precision=precision, progress=False)
+        contract = ModelContract.from_dict(json.loads((dest / "model.json").read_text()))
+        gallery = read_gallery(dest / "gallery", contract.model_sha256, contract.embed_dim)
+        gallery["vectors"].astype("<f4").tofile(out / f"{precision}.vectors.f32")
+        queries = rng.standard_normal((20, contract.embed_dim)).astype(np.float32) * 3
+        queries = np.concatenate([queries, gallery["vectors"]]).astype("<f4")  # and each row's own nearest
+        queries.tofile(out / f"{precision}.queries.f32")
+        topk, scores = search_gallery(gallery["vectors"], queries, k=4)
+        inputs = []
+        for i, name in enumerate(gallery["ids"]):
+            with Image.open(photos / name) as image:
+                chw = render_evaluation(image.convert("RGB"), contract.preprocess).numpy()
+            tensor = chw if contract.input.layout == "NCHW" else chw.transpose(1, 2, 0)
+            tensor.astype("<f4").tofile(out / f"{precision}.input{i}.f32")
+            inputs.append({"image": f"photos/{name}", "tensor": f"{precision}.input{i}.f32"})
+        folders.append({"dir": precision, "precision": precision, "ids": gallery["ids"],
+                        "vectors": f"{precision}.vectors.f32", "queries": f"{precision}.queries.f32",
+                        "topk": topk, "scores": scores, "inputs": inputs})
+    manifest = {"folders": folders}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+@needs_jdk
+@pytest.mark.slow  # compiles the Kotlin core (see above) and converts the tiny student to TFLite
+def test_jvm_core_reads_the_android_folder_export_android_writes(tmp_path, exported):
+    """The whole hand-over: ``export.android`` -> the folder the app copies into its assets -> the Kotlin core
+    reads model.json, checks the model's sha256, loads the int8 and fp16 galleries and finds Python's top-k."""
+    manifest = write_android_golden(tmp_path / "android", exported("tflite"))
+    proc = _run(env={"MOBILEKD_ANDROID": str(tmp_path / "android")})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"android_demo/core/run-tests.sh failed (rc {proc.returncode}):\n{output[-8000:]}"
+    assert f"GOLDEN android: {len(manifest['folders'])} folders (int8, fp16) loaded, top-k reproduced" in output, \
+        output[-4000:]

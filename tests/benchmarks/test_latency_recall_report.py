@@ -285,18 +285,28 @@ def test_pareto_front():
 # --------------------------------------------------------------------------------------------------- adb
 
 
-def test_report_plot_labels_do_not_overlap():
-    """Numbers of points that sit close (the overlapping labels of the old Recall@1-vs-latency plot) are moved
-    apart: no two label boxes meet, and a lone point keeps the default offset."""
-    from benchmarks.report import label_offsets
+def test_report_plot_names_models_in_a_key_not_among_the_points(tmp_path, monkeypatch):
+    """The Recall@1-vs-latency plot draws no text among the points (close models' labels overlapped there):
+    each model has its own marker and colour and one key entry below the axes, fastest first."""
+    import matplotlib
 
-    anchors = [(100.0, 50.0), (101.0, 50.0), (103.0, 52.0), (100.0, 49.0), (400.0, 300.0)]
-    offsets = label_offsets(anchors, size=(12.0, 10.0), start=(5.0, 4.0))
-    boxes = [(x + dx, y + dy) for (x, y), (dx, dy) in zip(anchors, offsets)]
-    for i, a in enumerate(boxes):
-        for b in boxes[i + 1:]:
-            assert abs(a[0] - b[0]) >= 12.0 or abs(a[1] - b[1]) >= 10.0, (a, b)
-    assert offsets[0] == (5.0, 4.0) and offsets[-1] == (5.0, 4.0)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.report import recall_latency_plot
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to inspect it
+    points = [(1.00, 67.2, "fp32"), (1.01, 67.0, "int8", [66.0, 68.0]), (1.02, 67.1, "onnx"), (6.6, 67.2, "torch")]
+    recall_latency_plot(points, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    ax = figures[0].axes[0]
+    assert not ax.texts  # no annotations at the points
+    names = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert [n.split(":")[0] for n in names] == ["fp32", "int8", "onnx", "torch", "Pareto front"]
+    assert "[66.0, 68.0]" in names[1]
+    markers = {line.get_marker() for line in ax.lines if line.get_marker() not in ("None", "_")}  # not the caps
+    assert len(markers) == 4
 
 
 def test_report_names_two_runs_of_one_model_apart(tmp_path):

@@ -67,3 +67,25 @@ def test_bad_embeddings():
         retrieval_metrics(np.full((4, 2), math.nan), labels)
     with pytest.raises(MobileKDError, match="query dim 2 != gallery dim 3"):
         retrieval_metrics(unit([0, 1, 2, 3]), labels, np.ones((4, 3), np.float32), labels)
+
+
+def test_per_query_values_hand_computed_and_bootstrap_interval():
+    """The per-query values behind the hand-computed example above, and the bootstrap interval of their mean:
+    the same on every call, containing the mean, equal to a plain resample-by-resample loop."""
+    from mobilekd.metrics import bootstrap_ci, per_query_metrics, summarize
+
+    embeddings, labels = unit([0, 12, 100, 25, 115]), np.array([0, 0, 0, 1, 1])
+    values = per_query_metrics(embeddings, labels)
+    assert values["R@1"].tolist() == [True, True, False, False, False]
+    assert values["MAP@R"].tolist() == pytest.approx([0.5, 0.5, 0.0, 0.0, 0.0])
+    assert values["index"].tolist() == [0, 1, 2, 3, 4]
+    assert summarize(values) == retrieval_metrics(embeddings, labels)
+
+    ci = bootstrap_ci(values, resamples=200, seed=7)
+    assert ci == bootstrap_ci(values, resamples=200, seed=7)
+    rng = np.random.default_rng(7)
+    draws = rng.integers(0, 5, size=(200, 5))
+    for name, mean in (("R@1", 40.0), ("MAP@R", 20.0)):
+        resampled = 100.0 * np.array([values[name][d].astype(np.float64).mean() for d in draws])
+        assert ci[name] == pytest.approx([np.percentile(resampled, 2.5), np.percentile(resampled, 97.5)])
+        assert ci[name][0] <= mean <= ci[name][1] and ci[name][0] < ci[name][1]

@@ -3,6 +3,7 @@ package com.mobilekd.demo
 import android.Manifest
 import android.content.pm.PackageManager
 import android.graphics.Bitmap
+import android.graphics.BitmapFactory
 import android.graphics.Color
 import android.graphics.Matrix
 import android.net.Uri
@@ -25,6 +26,7 @@ import androidx.camera.view.PreviewView
 import androidx.core.content.ContextCompat
 import com.google.android.material.materialswitch.MaterialSwitch
 import com.mobilekd.core.CosineIndex
+import com.mobilekd.core.GalleryIndex
 import com.mobilekd.core.MobileKdException
 import java.io.File
 import java.util.concurrent.Executors
@@ -33,6 +35,10 @@ import java.util.concurrent.Executors
  * Index photos from the gallery (photo picker) or the bundled assets/gallery/, then search with a photo from the
  * gallery or the camera: top-k by cosine similarity with scores, and the per-image latency (preprocessing and
  * inference separately). The model is assets/model.tflite + assets/model.json, or a pair the user loads.
+ *
+ * assets/ is the android/ folder `python -m export.android` (or `mobilekd ship`) writes: with a prebuilt gallery
+ * (assets/gallery/gallery.json: embeddings, ids, thumbnails made by that model) the index starts from it, with no
+ * inference at start-up; a gallery/ of plain photos is embedded on the device instead.
  */
 class MainActivity : AppCompatActivity() {
     private val worker = Executors.newSingleThreadExecutor()
@@ -40,6 +46,8 @@ class MainActivity : AppCompatActivity() {
     private var index: CosineIndex? = null
     private var modelBytes: ByteArray? = null
     private var contractJson: String? = null
+    /** What became of assets/gallery/gallery.json, shown under the status (null: there is none). */
+    private var galleryNote: String? = null
 
     private lateinit var status: TextView
     private lateinit var latency: TextView
@@ -128,7 +136,9 @@ class MainActivity : AppCompatActivity() {
         } catch (ex: MobileKdException) {
             null  // made by another model: start over
         } ?: CosineIndex(e.contract.embedDim, tag)
-        if (index!!.size == 0) indexBundledGallery(e)
+        if (index!!.size == 0) {
+            if (hasPrebuiltGallery()) loadPrebuiltGallery(e) else indexBundledGallery(e)
+        }
         ui { showStatus() }
     }
 
@@ -145,6 +155,27 @@ class MainActivity : AppCompatActivity() {
         contractJson = json
         indexFile.delete()
         openModel()
+    }
+
+    private fun hasPrebuiltGallery() = assets.list("gallery")?.contains("gallery.json") == true
+
+    /**
+     * Starts the index from assets/gallery/ as exported (GalleryIndex checks it was made by this model: same
+     * model_sha256 and dimension). Its hits carry the thumbnail's asset path, "asset:gallery/thumbs/…|id". A
+     * gallery of another model (e.g. after "Load model file…") is skipped with a message, the model still works.
+     */
+    private fun loadPrebuiltGallery(e: Embedder) {
+        val gallery = try {
+            GalleryIndex.load({ name -> assets.open("gallery/$name") }, e.contract)
+        } catch (ex: MobileKdException) {
+            galleryNote = "prebuilt gallery not used: ${ex.message}"
+            return
+        }
+        galleryNote = "prebuilt gallery: ${gallery.size} photos (${gallery.precision})"
+        val idx = index!!
+        for (i in 0 until gallery.size)
+            idx.add("asset:gallery/${gallery.thumbnails[i]}|${gallery.ids[i]}", gallery.vector(i))
+        saveIndex()
     }
 
     private fun indexBundledGallery(e: Embedder) {
@@ -208,7 +239,9 @@ class MainActivity : AppCompatActivity() {
                 val image = ImageView(this).apply {
                     layoutParams = LinearLayout.LayoutParams(200, 200)
                     scaleType = ImageView.ScaleType.CENTER_CROP
-                    setImageURI(Uri.fromFile(File(thumbs, hit.id.substringBefore('|'))))
+                    val thumb = hit.id.substringBefore('|')
+                    if (thumb.startsWith("asset:")) setImageBitmap(assets.open(thumb.removePrefix("asset:")).use { BitmapFactory.decodeStream(it) })
+                    else setImageURI(Uri.fromFile(File(thumbs, thumb)))
                 }
                 val text = TextView(this).apply {
                     text = "cosine %.3f\n%s".format(hit.score, hit.id.substringAfter('|'))
@@ -263,7 +296,8 @@ class MainActivity : AppCompatActivity() {
         val c = e.contract
         status.setTextColor(Color.DKGRAY)
         status.text = "model ${c.modelFile}: ${c.runtime} ${c.precision}, input ${c.input.dtype} ${c.input.layout} " +
-            "${c.input.shape}, embed_dim ${c.embedDim}, ${e.accelerator}\nindex: ${index?.size ?: 0} photos"
+            "${c.input.shape}, embed_dim ${c.embedDim}, ${e.accelerator}\nindex: ${index?.size ?: 0} photos" +
+            (galleryNote?.let { "\n$it" } ?: "")
     }
 
     private fun showError(message: String) = ui {

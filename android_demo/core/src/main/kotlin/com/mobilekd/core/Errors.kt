@@ -18,3 +18,6 @@ class EmptyIndexException : MobileKdException("the index is empty: add images be
 
 /** Index file / vector problems (wrong dimension, corrupt file). */
 class IndexException(message: String, cause: Throwable? = null) : MobileKdException(message, cause)
+
+/** A prebuilt gallery (assets/gallery/) that is malformed or was made by another model. */
+class GalleryException(message: String, cause: Throwable? = null) : MobileKdException(message, cause)
