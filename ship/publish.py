@@ -14,7 +14,6 @@ Bundle tree::
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ship.bundle import MARKER, copy_into, fresh, publish
 from ship.manifest import build_manifest

@@ -14,9 +14,6 @@ from mobilekd.io import sha256_file
 from ship.command import main
 from ship.manifest import verify
 
-# until the report helper's branch (benchmarks.html_report, recall --save-embeddings) is merged into main
-pytest.importorskip("benchmarks.html_report", reason="benchmarks.html_report is not merged yet")
-
 SHIP = ["--formats", "onnx", "--precisions", "fp32", "--threads", "1", "--latency-runs", "2"]
 
 
