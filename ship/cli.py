@@ -21,10 +21,12 @@ COMMANDS = {
     ("export", "onnx"): "export.onnx",
     ("export", "tflite"): "export.tflite",
     ("export", "coreml"): "export.coreml",
+    ("export", "android"): "export.android",
     ("check",): "export.check",
     ("bench", "latency"): "benchmarks.latency",
     ("bench", "recall"): "benchmarks.recall",
     ("report",): "benchmarks.report",
+    ("html-report",): "benchmarks.html_report",
     ("ship",): "ship.command",
 }
 
