@@ -21,6 +21,7 @@ from mobilekd.errors import MobileKDError, cli_entry
 from ship import plan as plans
 from ship import steps
 from ship.bundle import Layout, claim
+from ship.plan import Plan
 from ship.stages import Stages
 
 
@@ -54,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def make_plan(args) -> Plan:
+    """The checked options: every bad input is refused here, before any work and before anything is written."""
     from mobilekd.threads import auto_threads
 
     for name, low in (("threads", 0), ("calib_images", 1), ("latency_runs", 2), ("float_convs", 0)):
@@ -69,29 +71,30 @@ def make_plan(args) -> Plan:
         raise MobileKDError(f"--gallery {args.gallery}: no such folder")
     threads = args.threads or auto_threads()
     out = Path(args.out).expanduser().absolute()
-    layout = Layout(out)
-    if args.source:
-        checkpoint, meta = plans.source_checkpoint(args.source)
-        config = meta.get("config") or {}
-        from export.parity import resolve_data_path
-
-        data = args.data or resolve_data_path(config.get("data"), checkpoint)
-        recipe, arch = None, (meta.get("spec") or {}).get("arch", "student")
-    else:
-        checkpoint, recipe = layout.checkpoint, args.config or plans.DEFAULT_RECIPE
-        parsed = plans.recipe_config(recipe, args.data, checkpoint, threads)
-        config, data, arch = vars(parsed), args.data or parsed.data, parsed.student
+    checkpoint, recipe, config, data, arch = student_source(args, Layout(out), threads)
     layout_name, fraction = config.get("layout") or "auto", float(config.get("train_fraction") or 0.5)
     fingerprint = plans.check_data(data, layout_name, fraction)
-    teacher = config.get("teacher") or None
     gates = {name: getattr(args, name) for name in steps.GATE_FLAGS if getattr(args, name) is not None}
-    return plans.Plan(out, str(data), recipe, Path(args.source) if args.source else None, checkpoint, exports, threads,
-                      args.calib_images, args.latency_runs, args.float_convs, gates, args.gallery,
-                      args.gallery_precision, teacher, config.get("teacher_size"), layout_name, fraction,
-                      fingerprint, plans.structural_only(exports), plans.title_for(str(data), arch))
+    return Plan(out, str(data), recipe, Path(args.source) if args.source else None, checkpoint, exports, threads,
+                args.calib_images, args.latency_runs, args.float_convs, gates, args.gallery, args.gallery_precision,
+                config.get("teacher") or None, config.get("teacher_size"), layout_name, fraction, fingerprint,
+                plans.structural_only(exports), plans.title_for(str(data), arch))
 
 
-Plan = plans.Plan
+def student_source(args, layout: Layout, threads: int):
+    """(checkpoint, recipe, its config, data, architecture): the ``--from`` checkpoint and the data it was trained
+    on, or the checkpoint the recipe will train in the work folder (the recipe parsed now: a bad one fails
+    first)."""
+    if args.source:
+        from export.parity import resolve_data_path
+
+        checkpoint, meta = plans.source_checkpoint(args.source)
+        config = meta.get("config") or {}
+        data = args.data or resolve_data_path(config.get("data"), checkpoint)
+        return checkpoint, None, config, data, (meta.get("spec") or {}).get("arch", "student")
+    recipe = args.config or plans.DEFAULT_RECIPE
+    parsed = plans.recipe_config(recipe, args.data, layout.checkpoint, threads)
+    return layout.checkpoint, recipe, vars(parsed), args.data or parsed.data, parsed.student
 
 
 def check_gates(args) -> None:
