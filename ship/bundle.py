@@ -78,8 +78,8 @@ def claim(out: str | Path) -> Layout:
     return layout
 
 
-WORK_ENTRIES = ("stages.json", "checkpoint", "exports", "results", "embeddings", "report", "android", "bundle",
-                "ship.log")
+WORK_ENTRIES = ("stages.json", "checkpoint.key", "checkpoint", "exports", "results", "embeddings", "report", "android",
+                "bundle")
 
 
 def fresh(folder: Path) -> Path:

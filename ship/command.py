@@ -129,7 +129,7 @@ def run(plan: Plan) -> Layout:
         stages.run(f"export {name}", steps.export_key(plan, fmt, precision, ckpt), [layout.export(name)],
                    lambda f=fmt, p=precision: steps.export(plan, layout, stages, f, p))
     built = {name: stages.done[f"export {name}"]["outputs"] for name in (f"{f}-{p}" for f, p in exports)}
-    measured = {"checkpoint": ckpt, "exports": built, "data": plan.data_fingerprint, "threads": plan.threads}
+    measured = {"checkpoint": ckpt, "exports": built, "data": plan.data_fingerprint}  # not threads: see train_key
     stages.run("latency", {**measured, "runs": plan.latency_runs}, [layout.results / "latency.json"],
                lambda: steps.latency(plan, layout, stages, exports))
     stages.run("recall", {**measured, "teacher": [plan.teacher, plan.teacher_size]},

@@ -43,12 +43,22 @@ def metrics_section(recall: dict) -> list[str]:
     lines = ["## Metrics", "", f"Leave-one-out retrieval on the test split ({data['images']} images, "
              f"{data['classes']} classes the student never trained on), cosine similarity; 95 % intervals are "
              "bootstrap intervals over the queries.", "",
-             "| model | runtime | R@1 [95 % interval] | MAP@R [95 % interval] | R@4 | R@8 |", "|---|---|---|---|---|---|"]
+             "| model | runtime | R@1 [95 % interval] | MAP@R [95 % interval] | R@4 | R@8 |",
+             "|---|---|---|---|---|---|"]
     for row in recall["results"]:
         sym = row["symmetric"]
         lines.append(f"| {row['model']} | {row['runtime']} | {_ci(row, 'R@1')} | {_ci(row, 'MAP@R')} | "
                      f"{sym['R@4']:.2f} | {sym['R@8']:.2f} |")
     return lines + [""]
+
+
+def _measured(vs_float: dict) -> str:
+    """A file's parity numbers against the float student, as the exporter recorded them."""
+    nan = float("nan")
+    text = (f"mean cos {vs_float.get('mean_cos', nan):.4f}, min cos {vs_float.get('min_cos', nan):.4f}, "
+            f"top-10 overlap {vs_float.get('top10_overlap', nan):.3f}, R@1 drop {vs_float.get('r1_drop', nan):+.2f}")
+    interval = vs_float.get("r1_drop_ci95")
+    return text + (f" [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else "")
 
 
 def gates_section(exports: dict[str, dict]) -> list[str]:
@@ -57,17 +67,12 @@ def gates_section(exports: dict[str, dict]) -> list[str]:
              "| file | precision | bytes | verdict | measured vs float | gates |", "|---|---|---|---|---|---|"]
     for name, meta in exports.items():
         parity = meta.get("parity") or {}
+        verdict = "PASS" if parity.get("passed") else "FAIL"
         if parity.get("scope") == "structural":
-            verdict = f"structural check only ({parity.get('runtime_missing')}): " \
-                      f"{'PASS' if parity.get('passed') else 'FAIL'}; runtime parity not measured"
+            verdict = f"structural check only ({parity.get('runtime_missing')}): {verdict}; runtime parity not measured"
             measured, gates = ", ".join(k for k, ok in (parity.get("checks") or {}).items() if ok), "-"
         else:
-            vf = parity.get("vs_float") or {}
-            verdict = "PASS" if parity.get("passed") else "FAIL"
-            measured = (f"mean cos {vf.get('mean_cos', float('nan')):.4f}, min cos {vf.get('min_cos', float('nan')):.4f}, "
-                        f"top-10 overlap {vf.get('top10_overlap', float('nan')):.3f}, R@1 drop "
-                        f"{vf.get('r1_drop', float('nan')):+.2f}" +
-                        (f" [{vf['r1_drop_ci95'][0]:+.2f}, {vf['r1_drop_ci95'][1]:+.2f}]" if vf.get("r1_drop_ci95") else ""))
+            measured = _measured(parity.get("vs_float") or {})
             gates = ", ".join(f"{k} {v}" for k, v in (parity.get("gates") or {}).items() if v is not None)
         lines.append(f"| {name}/{meta['model_file']} | {meta['precision']} | {parity.get('file_bytes', '-')} | "
                      f"{verdict} | {measured} | {gates} |")
@@ -108,8 +113,9 @@ def limits_section(recall: dict, test_classes: list[str], structural: set) -> li
         base = rows[floats[0]]
         for name, sym in rows.items():
             if name != floats[0] and not name.startswith("teacher"):
-                lines.append(f"- {name}: R@1 {sym['R@1'] - base['R@1']:+.2f}, MAP@R {sym['MAP@R'] - base['MAP@R']:+.2f} "
-                             "vs the float student on the same images (the cost of the export; int8 loses most).")
+                lines.append(f"- {name}: R@1 {sym['R@1'] - base['R@1']:+.2f}, MAP@R "
+                             f"{sym['MAP@R'] - base['MAP@R']:+.2f} vs the float student on the same images (the "
+                             "cost of the export).")
     test_classes = short_names(test_classes)
     shown = ", ".join(test_classes[:12]) + (f" and {len(test_classes) - 12} more" if len(test_classes) > 12 else "")
     lines.append(f"- The metrics are on classes the student never saw in training (the test split: {shown}). "
@@ -170,7 +176,8 @@ def write_model_card(path: Path, plan, meta: dict, recall: dict, latency: dict, 
              "## Data", "", f"`{plan.data}` (layout {plan.layout}). Class-disjoint split: the first "
              f"{plan.train_fraction:.0%} of the classes train, the rest test.", "",
              "| split | classes | images |", "|---|---|---|",
-             f"| train | {len(train_classes)} | {train_images} |", f"| test | {len(test_classes)} | {test_images} |", "",
+             f"| train | {len(train_classes)} | {train_images} |",
+             f"| test | {len(test_classes)} | {test_images} |", "",
              "## Teacher and student", "",
              f"- Student: `{spec.get('arch')}`, {pre.get('size')} px input, {meta.get('embed_dim')}-d "
              f"{'L2-normalised ' if spec.get('normalize') else ''}embedding"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mobilekd.errors import MobileKDError
 from mobilekd.io import sha256_file
+from ship.stages import key_hash
 
 GATE_FLAGS = ("min_mean_cos", "min_cos", "max_r1_drop", "min_topk_overlap", "max_noise_ratio")
 
@@ -32,9 +33,14 @@ def command(module: str, argv: list) -> str:
 
 def train(plan, layout, stages) -> None:
     """Distil the student with the recipe (``python -m mobilekd.distill --config ...``) into the work's
-    checkpoint folder; an interrupted run of the same inputs resumes (``--resume``)."""
+    checkpoint folder. An interrupted training of the same recipe and data resumes (``--resume``); one of another
+    recipe or data (``checkpoint.key`` differs) is deleted first, so the ship trains afresh."""
     from mobilekd.distill import main as distill_main
 
+    key, record = key_hash(train_key(plan)), layout.work / "checkpoint.key"
+    if layout.checkpoint.exists() and (not record.is_file() or record.read_text() != key):
+        shutil.rmtree(layout.checkpoint)
+    record.write_text(key)
     argv = ["--config", plan.config, "--data", plan.data, "--out", str(layout.checkpoint),
             "--threads", str(plan.threads), "--resume"]
     stages.ran(command("mobilekd.distill", argv))
@@ -42,9 +48,11 @@ def train(plan, layout, stages) -> None:
 
 
 def train_key(plan) -> dict:
+    """What the trained student depends on: the recipe's options and the data. Not the thread count: with the
+    default ``--threads 0`` it follows the machine's load, and a resumed training keeps its own."""
     from mobilekd.config import read_config_file
 
-    return {"recipe": read_config_file(plan.config), "data": plan.data_fingerprint, "threads": plan.threads}
+    return {"recipe": read_config_file(plan.config), "data": plan.data_fingerprint}
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -87,8 +95,7 @@ def export(plan, layout, stages, fmt: str, precision: str) -> None:
 
 def export_key(plan, fmt: str, precision: str, checkpoint_sha: str) -> dict:
     return {"format": fmt, "precision": precision, "checkpoint": checkpoint_sha, "data": plan.data_fingerprint,
-            "threads": plan.threads, "calib_images": plan.calib_images, "float_convs": plan.float_convs,
-            "gates": plan.gates}
+            "calib_images": plan.calib_images, "float_convs": plan.float_convs, "gates": plan.gates}
 
 
 def model_file(folder: Path) -> Path:

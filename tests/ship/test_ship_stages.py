@@ -44,3 +44,39 @@ def test_an_unreadable_record_file_means_build_everything(tmp_path):
     lines, built = [], []
     stage(tmp_path, "k", lines, built)
     assert built == ["k"]
+
+
+def test_the_train_stage_resumes_its_own_recipe_and_restarts_for_another(tmp_path, monkeypatch):
+    """An interrupted training of the same recipe and data resumes in the work's checkpoint folder; one of
+    another recipe is deleted first (distill --resume would refuse it)."""
+    import types
+
+    import mobilekd.distill
+    from ship import steps
+    from ship.bundle import Layout
+
+    calls = []
+
+    def fake_distill(argv):
+        calls.append((argv[argv.index("--config") + 1], sorted(p.name for p in layout.checkpoint.glob("*"))))
+        layout.checkpoint.mkdir(parents=True, exist_ok=True)
+        (layout.checkpoint / "train_state.pt").write_text(argv[argv.index("--config") + 1])
+
+    monkeypatch.setattr(mobilekd.distill, "main", types.SimpleNamespace(__wrapped__=fake_distill))
+    layout = Layout(tmp_path / "out")
+    layout.work.mkdir()
+    recipes = {}
+    for name, epochs in (("a.yaml", 1), ("b.yaml", 2)):
+        recipes[name] = tmp_path / name
+        recipes[name].write_text(f"epochs: {epochs}\n")
+    stages = Stages(layout.work / "stages.json", 1, lambda line: None)
+
+    def plan(recipe):
+        return types.SimpleNamespace(config=str(recipes[recipe]), data="D", data_fingerprint="f", threads=1)
+
+    steps.train(plan("a.yaml"), layout, stages)
+    steps.train(plan("a.yaml"), layout, stages)  # same recipe: the folder is kept for --resume
+    steps.train(plan("b.yaml"), layout, stages)  # another recipe: trained afresh
+    assert calls == [(str(recipes["a.yaml"]), []), (str(recipes["a.yaml"]), ["train_state.pt"]),
+                     (str(recipes["b.yaml"]), [])]
+    assert stages.commands[-1].startswith("python -m mobilekd.distill --config ") and "--resume" in stages.commands[-1]
