@@ -20,8 +20,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed
 
+# The demo trains (mobilekd.demo: its table), then ships its distilled student: TFLite int8 through its parity
+# gates, latency, recall, the HTML report, android/ and the model card, in runs/demo/shipped (docs/ship.md).
 demo: venv
 	$(PY) -m mobilekd.demo
+	$(PY) -m mobilekd ship --from runs/demo/distilled --out runs/demo/shipped --formats tflite --precisions int8 --latency-runs 10
 
 # The default suite runs in TEST_WORKERS processes (pytest-xdist), one test file per worker at a time, so the
 # session fixtures of a file (its shared exports) are built once per worker. TEST_WORKERS=0 runs it in one process.

@@ -1,9 +1,10 @@
 """The import graph points down and the code stays in short units.
 
-Every import (module level and inside functions) of every file in ``mobilekd/``, ``export/`` and ``benchmarks/``
-is read with ``ast``. The graph must have no cycle between files, ``mobilekd`` must not import ``export`` or
-``benchmarks``, ``export`` must not import ``benchmarks``; in ``mobilekd/`` no class is over 250 lines and no
-function over 80. ``python tests/test_architecture.py`` prints the number of dependency floors (the longest
+Every import (module level and inside functions) of every file in ``mobilekd/``, ``export/``, ``benchmarks/`` and
+``ship/`` is read with ``ast``. The graph must have no cycle between files and point down the layering
+mobilekd < export < benchmarks < ship (``ship``, the composition root, is the only package that imports all three;
+the one allowed upward import is the ``mobilekd/__main__.py`` trampoline that makes ``python -m mobilekd`` run
+``ship.cli``); in ``mobilekd/`` no class is over 250 lines and no function over 80. ``python tests/test_architecture.py`` prints the number of dependency floors (the longest
 import chain), the chain itself and the longest units.
 """
 
@@ -14,7 +15,9 @@ import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("mobilekd", "export", "benchmarks")
+PACKAGES = ("mobilekd", "export", "benchmarks", "ship")
+# the only import against the layering: ``python -m mobilekd`` is the ``mobilekd`` command of the composition root
+ALLOWED_UPWARD = {("mobilekd.__main__", "ship.cli")}
 MAX_CLASS_LINES = 250
 MAX_FUNCTION_LINES = 80
 
@@ -115,10 +118,11 @@ def longest_chain(graph) -> list[str]:
 
 
 def upward_imports(graph) -> list[tuple[str, str]]:
-    """Imports against the layering mobilekd < export < benchmarks."""
+    """Imports against the layering mobilekd < export < benchmarks < ship (except ``ALLOWED_UPWARD``)."""
     rank = {package: i for i, package in enumerate(PACKAGES)}
     return sorted((source, target) for source, targets in graph.items() for target in targets
-                  if rank[target.split(".")[0]] > rank[source.split(".")[0]])
+                  if rank[target.split(".")[0]] > rank[source.split(".")[0]]
+                  and (source, target) not in ALLOWED_UPWARD)
 
 
 def long_units() -> list[tuple[int, str, str]]:
@@ -166,6 +170,13 @@ def test_the_graph_sees_package_and_function_level_imports():
     assert "mobilekd.models.checkpoint" in graph["mobilekd.models"]  # a package __init__ re-export
     assert "mobilekd.weights.tflite_check" in graph["mobilekd.weights.from_file"]  # from package import module
     assert "mobilekd.engine" in graph["benchmarks.distill_cub"]  # imported inside a function only
+
+
+def test_only_the_trampoline_imports_the_composition_root():
+    graph = import_graph()
+    importers = {source for source, targets in graph.items() if not source.startswith("ship")
+                 for target in targets if target.split(".")[0] == "ship"}
+    assert importers == {"mobilekd.__main__"} and "ship.cli" in graph["mobilekd.__main__"]
 
 
 def test_no_import_cycles():

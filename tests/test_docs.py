@@ -28,7 +28,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-PROJECT_PACKAGES = ("mobilekd", "export", "benchmarks")
+PROJECT_PACKAGES = ("mobilekd", "export", "benchmarks", "ship")
 # flags a module's main() rewrites before parsing (mobilekd/train.py: --model reads better for fine-tuning)
 ALIASES = {"mobilekd.train": {"--model": "--student"}}
 SHELL_FENCES = {"bash", "sh", "shell", "console"}
@@ -317,6 +317,8 @@ def test_the_checker_finds_bad_commands_and_links(tmp_path):
     assert check_command("python -m mobilekd.weights import F --arch A --out O --bogus") == [
         "python -m mobilekd.weights import: no such option --bogus"]
     assert "unknown subcommand" in check_command("python -m mobilekd.compat frobnicate --data D")[0]
+    assert check_command("python -m mobilekd ship --from C --out O --formats tflite") == []
+    assert check_command("python -m mobilekd ship --out O --bogus 1") == ["python -m mobilekd ship: no such option --bogus"]
     assert "no module named" in check_command("python -m mobilekd.no_such_module --help")[0]
     assert check_command("make test-slow") == []
     assert check_command("make tests") == ["make: no target 'tests' in the Makefile"]

@@ -40,7 +40,7 @@ def test_import_leaves_the_environment_unchanged():
 
 
 ROOT = Path(mobilekd.__file__).parent.parent
-PACKAGES = ("mobilekd", "export", "benchmarks")
+PACKAGES = ("mobilekd", "export", "benchmarks", "ship")
 
 
 def pyproject() -> dict:
@@ -62,11 +62,12 @@ def test_shipped_files_are_all_in_the_package_data():
 
 
 def test_console_scripts_resolve_to_the_cli_mains():
-    """``mobilekd-distill`` / ``mobilekd-train`` point at importable callables that parse a command line."""
+    """``mobilekd-distill`` / ``mobilekd-train`` / ``mobilekd`` point at importable callables that parse a
+    command line (``mobilekd distill ARGS`` is ``mobilekd-distill ARGS``)."""
     import importlib
 
     scripts = pyproject()["project"]["scripts"]
-    assert set(scripts) == {"mobilekd-distill", "mobilekd-train"}
+    assert set(scripts) == {"mobilekd-distill", "mobilekd-train", "mobilekd"}
     for name, target in scripts.items():
         module, _, attribute = target.partition(":")
         main = getattr(importlib.import_module(module), attribute)
@@ -74,7 +75,8 @@ def test_console_scripts_resolve_to_the_cli_mains():
         with pytest.raises(SystemExit) as exit_:
             main(["--help"])
         assert exit_.value.code == 0, name
-        assert main(["--epochs", "0", "--data", "x"]) == 2, name  # bad input: exit 2, not a traceback
+        prefix = ["distill"] if name == "mobilekd" else []
+        assert main([*prefix, "--epochs", "0", "--data", "x"]) == 2, name  # bad input: exit 2, not a traceback
 
 
 def _imports(path: Path) -> list[tuple[str, bool]]:

@@ -1,0 +1,32 @@
+"""The model card's licence lines come from the files and package metadata the weights came with."""
+
+import importlib.metadata
+
+import pytest
+
+from ship.model_card import TEACHER_WHEELS, licences_section, wheel_licence
+
+
+def test_an_imagenet_student_and_an_efficientnet_teacher_name_their_licences():
+    meta = {"spec": {"arch": "tf_mobilenetv1_025", "pretrained": True},
+            "config": {"teacher": "efficientnet_lite2", "teacher_size": 192}}
+    text = "\n".join(licences_section(meta))
+    assert "MobileNetV1-0.25, Apache License 2.0" in text and "Copyright 2020 The TensorFlow Authors" in text
+    assert f"`{TEACHER_WHEELS['efficientnet_lite2']}` wheel" in text
+
+
+def test_the_teacher_wheels_licence_is_read_from_its_metadata():
+    package = TEACHER_WHEELS["efficientnet_lite0"]
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip(f"{package} is not installed")
+    first = next(line.strip() for line in (dist.read_text("LICENSE") or dist.metadata["License"]).splitlines()
+                 if line.strip())
+    assert wheel_licence(package).startswith(first)
+    assert "not installed" in wheel_licence("no-such-wheel-mobilekd")
+
+
+def test_a_random_init_student_without_teacher_claims_no_weights_licence():
+    text = "\n".join(licences_section({"spec": {"arch": "mobilenetv1_025", "pretrained": False}, "config": {}}))
+    assert "Apache" not in text and "Your data's licence" in text
