@@ -37,6 +37,10 @@ class Layout:
     def checkpoint(self) -> Path:
         return self.work / "checkpoint"
 
+    @property
+    def qat_checkpoint(self) -> Path:
+        return self.work / "qat-checkpoint"
+
     def export(self, name: str) -> Path:
         return self.work / "exports" / name
 

@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                "latency is always measured on 1 thread")
     parser.add_argument("--calib-images", type=int, default=128, help="int8 calibration images (default 128)")
     parser.add_argument("--latency-runs", type=int, default=30, help="timed runs per file (default 30)")
+    parser.add_argument("--qat", action="store_true",
+                        help="int8: fine-tune the student with int8 simulated first (export.qat, 2 epochs on its "
+                             "own teacher cache) and export the int8 files from that student")
     parser.add_argument("--float-convs", type=int, default=0, metavar="N",
                         help="int8: keep the first N convolutions float (the usual fix for a failing int8 gate)")
     gates = parser.add_argument_group("parity gates (default: each exporter's own)")
@@ -69,16 +72,21 @@ def make_plan(args) -> Plan:
         raise MobileKDError("--gallery needs a TFLite file for android/: add tflite to --formats")
     if args.gallery and not Path(args.gallery).is_dir():
         raise MobileKDError(f"--gallery {args.gallery}: no such folder")
+    if args.qat and not any(precision == "int8" for _, precision in exports):
+        raise MobileKDError("--qat fine-tunes for int8: add int8 to --precisions")
     threads = args.threads or auto_threads()
     out = Path(args.out).expanduser().absolute()
     checkpoint, recipe, config, data, arch = student_source(args, Layout(out), threads)
     layout_name, fraction = config.get("layout") or "auto", float(config.get("train_fraction") or 0.5)
     fingerprint = plans.check_data(data, layout_name, fraction)
+    if args.qat and not config.get("teacher"):
+        raise MobileKDError(f"--qat fine-tunes with the student's teacher, and {args.source or args.config} "
+                            "records none: ship a mobilekd.distill run, or leave out --qat")
     gates = {name: getattr(args, name) for name in steps.GATE_FLAGS if getattr(args, name) is not None}
     return Plan(out, str(data), recipe, Path(args.source) if args.source else None, checkpoint, exports, threads,
                 args.calib_images, args.latency_runs, args.float_convs, gates, args.gallery, args.gallery_precision,
                 config.get("teacher") or None, config.get("teacher_size"), layout_name, fraction, fingerprint,
-                plans.structural_only(exports), plans.title_for(str(data), arch))
+                plans.structural_only(exports), plans.title_for(str(data), arch), qat=args.qat)
 
 
 def student_source(args, layout: Layout, threads: int):
@@ -115,7 +123,7 @@ def run(plan: Plan) -> Layout:
         print(f"note: {fmt} files get a structural check only here (no {fmt} runtime on "
               f"{sys.platform}): no parity, latency or recall numbers for them", flush=True)
     has_android = steps.android_source(exports) is not None
-    total = 1 + len(exports) + 3 + has_android + 1
+    total = 1 + plan.qat + len(exports) + 3 + has_android + 1
     stages = Stages(layout.work / "stages.json", total, lambda line: print(line, flush=True))
     if plan.source is None:
         stages.run("train", steps.train_key(plan), [plan.checkpoint / "model.safetensors"],
@@ -124,6 +132,9 @@ def run(plan: Plan) -> Layout:
         stages.run("source checkpoint", {"checkpoint": steps.checkpoint_sha(plan.checkpoint)},
                    [plan.checkpoint / "model.safetensors"], lambda: None)
     ckpt = steps.checkpoint_sha(plan.checkpoint)
+    if plan.qat:
+        stages.run("qat", {"checkpoint": ckpt, "calib_images": plan.calib_images},
+                   [layout.qat_checkpoint / "model.safetensors"], lambda: steps.qat(plan, layout, stages))
     for fmt, precision in exports:
         name = f"{fmt}-{precision}"
         stages.run(f"export {name}", steps.export_key(plan, fmt, precision, ckpt), [layout.export(name)],

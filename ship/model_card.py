@@ -188,6 +188,11 @@ def write_model_card(path: Path, plan, meta: dict, recall: dict, latency: dict, 
                                 "with --from") + "; every option that shaped "
              "what the student learned (the checkpoint's `model.json` holds them all):", "", "```yaml",
              *[f"{key}: {json.dumps(value)}" for key, value in config.items() if key not in RUN_ONLY], "```", ""]
+    if plan.qat:
+        lines += ["The int8 files come from a quantization-aware fine-tuning of this student (`export.qat`: 2 "
+                  "epochs with its int8 arithmetic simulated, its teacher's loss plus a KL anchor to its own "
+                  "neighbourhoods); their gates compare them with that fine-tuned student, the metrics below with "
+                  "this one.", ""]
     lines += metrics_section(recall) + gates_section(exports) + latency_section(latency)
     lines += limits_section(recall, test_classes, plan.structural_only) + licences_section(meta)
     path.write_text("\n".join(lines))

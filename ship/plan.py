@@ -40,6 +40,7 @@ class Plan:
     structural_only: set = field(default_factory=set)
     title: str = "mobilekd model report"
     argv: list = field(default_factory=list)  # the ship command's own arguments (for the manifest)
+    qat: bool = False  # int8 files come from a quantization-aware fine-tuning (export.qat) of the checkpoint
 
 
 def missing_package(fmt: str) -> str | None:

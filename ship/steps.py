@@ -58,6 +58,24 @@ def train_key(plan) -> dict:
 # ------------------------------------------------------------------------------------------ export
 
 
+def qat(plan, layout, stages) -> None:
+    """``python -m export.qat CKPT --out QAT`` (quantization-aware distillation) into the work folder: the
+    checkpoint the int8 files are exported from. A previous, unfinished one is started again."""
+    from export.qat import main as qat_main
+
+    if layout.qat_checkpoint.exists():
+        shutil.rmtree(layout.qat_checkpoint)
+    argv = [str(plan.checkpoint), "--out", str(layout.qat_checkpoint), "--calib-images", str(plan.calib_images),
+            "--threads", str(plan.threads)]
+    stages.ran(command("export.qat", argv))
+    qat_main.__wrapped__(argv)
+
+
+def export_source(plan, layout, precision: str) -> Path:
+    """The checkpoint a file is exported from: the quantization-aware one for int8 under ``--qat``."""
+    return layout.qat_checkpoint if plan.qat and precision == "int8" else plan.checkpoint
+
+
 def export(plan, layout, stages, fmt: str, precision: str) -> None:
     """``python -m export.<fmt> CKPT --quantize <precision>`` into the work's export folder; a failing parity
     gate stops the ship (one error line naming the file and its failures)."""
@@ -67,7 +85,7 @@ def export(plan, layout, stages, fmt: str, precision: str) -> None:
 
     module = importlib.import_module(f"export.{fmt}")
     out = layout.export(f"{fmt}-{precision}")
-    argv = [str(plan.checkpoint), "--out", str(out), "--quantize", precision, "--data", plan.data,
+    argv = [str(export_source(plan, layout, precision)), "--out", str(out), "--quantize", precision, "--data", plan.data,
             "--threads", str(plan.threads)]
     if precision == "int8":
         argv += ["--calib-images", str(plan.calib_images)]
@@ -95,6 +113,7 @@ def export(plan, layout, stages, fmt: str, precision: str) -> None:
 
 def export_key(plan, fmt: str, precision: str, checkpoint_sha: str) -> dict:
     return {"format": fmt, "precision": precision, "checkpoint": checkpoint_sha, "data": plan.data_fingerprint,
+            "qat": plan.qat and precision == "int8",
             "calib_images": plan.calib_images, "float_convs": plan.float_convs, "gates": plan.gates}
 
 

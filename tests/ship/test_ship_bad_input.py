@@ -77,6 +77,8 @@ def test_from_and_config_together(noise_student, tmp_path, capsys):
     (["--latency-runs", "1"], "--latency-runs"),
     (["--min-mean-cos", "1.5"], "--min-mean-cos"),
     (["--formats", "onnx", "--gallery", "photos"], "--gallery needs a TFLite file"),
+    (["--precisions", "fp32", "--qat"], "add int8 to --precisions"),
+    (["--precisions", "int8", "--qat"], "records none"),  # the noise student was not distilled
 ])
 def test_options_no_ship_could_mean(options, expected, noise_student, tmp_path, capsys):
     out = tmp_path / "out"

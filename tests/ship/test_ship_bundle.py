@@ -124,7 +124,7 @@ def test_a_tiny_recipe_trains_and_ships_tflite_int8_with_android_and_a_gallery(f
     argv = ["--data", str(folder_dataset), "--config", str(recipe), "--out", str(out), "--formats", "tflite,onnx",
             "--precisions", "int8,fp32", "--threads", "1", "--latency-runs", "2", "--calib-images", "8",
             "--max-r1-drop", "100", "--max-noise-ratio", "1", "--min-topk-overlap", "0",
-            "--gallery", str(folder_dataset / "class_0")]  # a 2-epoch 32 px student: loose gates
+            "--gallery", str(folder_dataset / "class_0"), "--qat"]  # a 2-epoch 32 px student: loose gates
     assert main(argv) == 0
     for name in ("tflite-int8/model.tflite", "tflite-fp32/model.tflite", "onnx-int8/model.onnx",
                  "onnx-fp32/model.onnx", "android/model.tflite", "android/model.json", "report/index.html"):
@@ -133,7 +133,11 @@ def test_a_tiny_recipe_trains_and_ships_tflite_int8_with_android_and_a_gallery(f
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"]["trained_by_this_ship"] is True and verify(out) == []
     assert any(c.startswith("python -m mobilekd.distill --config") for c in manifest["commands"])
+    qat = [c for c in manifest["commands"] if c.startswith("python -m export.qat")]
+    assert len(qat) == 1 and any(c.startswith("python -m export.tflite") and "qat-checkpoint" in c and "int8" in c
+                                 for c in manifest["commands"])
     assert "train ... " in capsys.readouterr().out
+    assert "quantization-aware" in (out / "MODEL_CARD.md").read_text()
     assert "## Licences" in (out / "MODEL_CARD.md").read_text()
 
 
