@@ -149,6 +149,7 @@ def quantize_op_scale(path: Path) -> tuple[list[str], float]:
     return names[:first + 1], float(scales[ops[first][1]])
 
 
+@pytest.mark.slow  # default-run budget: TFLite int8 stays in test_export (test_int8_calibration_uses_global_min_max)
 def test_int8_of_a_per_channel_student_folds_in_float_and_runs_in_mediapipe(workspace, exported):
     """int8 with float I/O: the folded normalisation stays float before the QUANTIZE op, calibrated on the
     file's own (scalar) input, so the int8 graph quantizes the same tensor as the unfolded --keep-normalization
