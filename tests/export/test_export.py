@@ -299,6 +299,7 @@ def test_tflite_fp32_and_int8(workspace, exported):
     assert run("tflite", ckpt, "--integer-io", "--out", workspace["root"] / "never") == 2
 
 
+@pytest.mark.slow  # default-run budget: two TFLite conversions; parity, recall and check run files in the default run
 def test_one_runner_for_parity_recall_and_black_box_teacher(workspace, exported):
     """One file, one way to run it: ONNX fp32, TFLite int8 with int8 I/O and TFLite fp32 NHWC give the same
     embeddings through export parity's runner (as export.check opens it: the float student's pixels),
