@@ -18,7 +18,8 @@ batch: the teacher keeps pulling, the anchor keeps the float student's neighbour
 
 Output: a run folder like any other, whose weights lie on the int8 grid (the quantizers derive the same scales
 and integers), so ``export.tflite``/``export.onnx --quantize int8 QAT_RUN`` store exactly the simulated
-weights and calibrate the same activation ranges. The source's weights are never modified.
+weights and calibrate the same activation ranges. The source's weights are never modified (its teacher cache
+may gain the teacher's test-split embeddings, as any run sharing it does).
 """
 
 from __future__ import annotations
