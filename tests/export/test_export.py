@@ -405,9 +405,9 @@ def test_int8_calibration_uses_global_min_max(exported):
 
 @pytest.mark.slow
 def test_tflite_fp16_dynamic(workspace):
-    for q in ("fp16", "dynamic"):
+    for q in ("fp16", "dynamic"):  # R@1 on the 12 noise images is noise: the cosine gates decide here
         out = workspace["root"] / f"tfl-{q}"
-        assert run("tflite", workspace["ckpt"], "--quantize", q, "--out", out) == 0
+        assert run("tflite", workspace["ckpt"], "--quantize", q, "--max-r1-drop", 100, "--out", out) == 0
         assert manifest(out)["parity"]["vs_float"]["mean_cos"] > 0.99
 
 
