@@ -20,7 +20,7 @@ import numpy as np
 from benchmarks import write_result
 from benchmarks.recall import evaluate
 from export.parity import neighbour_overlap
-from mobilekd.errors import cli_entry
+from mobilekd.errors import MobileKDError, cli_entry
 
 
 def compare(reference: np.ndarray, exported: np.ndarray) -> dict:
@@ -36,7 +36,7 @@ def measure(float_run: str, files: dict[tuple[str, str], str], data: str, thread
     with tempfile.TemporaryDirectory() as work:
         result = evaluate(specs, data, threads=threads, save_embeddings=work)
         if result["errors"]:
-            raise SystemExit(f"error: {result['errors'][0]['model']}: {result['errors'][0]['error']}")
+            raise MobileKDError(f"{result['errors'][0]['model']}: {result['errors'][0]['error']}")
         rows = result["results"]
         load = lambda row: np.load(Path(work) / row["embeddings"])["embeddings"]  # noqa: E731
         reference, ref_metrics = load(rows[0]), rows[0]["symmetric"]

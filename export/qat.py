@@ -25,7 +25,6 @@ may gain the teacher's test-split embeddings, as any run sharing it does).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,8 @@ from mobilekd.config import Config
 from mobilekd.engine import Trainer
 from mobilekd.engine.hooks import EvaluationHook, Hook, HistoryHook, LogHook, SummaryHook
 from mobilekd.errors import MobileKDError, ModelError, cli_entry
+from mobilekd.io import sha256_file
+from mobilekd.losses import get_loss
 from mobilekd.losses.distance_kl import DistanceKLLoss
 from mobilekd.models import load_model
 
@@ -229,11 +230,12 @@ def load_model_meta(source: Path) -> dict:
 
 
 def attach_anchor(trainer: Trainer, float_student: torch.nn.Module, weight: float, temperature: float) -> None:
-    """Wrap the step's student and every domain's first teacher loss with the float-student anchor."""
+    """Wrap the step's student and every domain's first loss on the teacher's embeddings (the registry's
+    ``inputs="embeddings"``) with the float-student anchor."""
     anchor = AnchoredStudent(trainer.student, float_student)
     trainer.step_module.student = anchor
     for name, losses in trainer.losses.items():
-        teacher_losses = [key for key in losses.keys() if key in ("kl", "absolute", "relative", "rkd")]
+        teacher_losses = [key for key in losses.keys() if get_loss(key).inputs == "embeddings"]
         if not teacher_losses:
             raise MobileKDError(f"export.qat needs a run with a teacher loss; domain {name} has {list(losses)}")
         key = teacher_losses[0]
@@ -259,7 +261,7 @@ def quantization_aware_distill(source: str | Path, out: str | Path, *, epochs: i
     attach_anchor(trainer, float_student, anchor_weight, config.kl_temperature)
     trainer.hooks = [RecalibrateHook(sim, images), EvaluationHook(), HistoryHook(), LogHook(), SummaryHook()]
     summary = trainer.run()
-    record = {"source": str(source), "sha256": _sha256(source / "model.safetensors"), "rule": "export.qat",
+    record = {"source": str(source), "sha256": sha256_file(source / "model.safetensors"), "rule": "export.qat",
               "epochs": epochs, "lr": lr, "simulated_before": before, "anchor_weight": anchor_weight, "calibration": info,
               "activation_ranges": sim.ranges(), "scheme": "int8 per-channel symmetric weights, per-tensor "
               "asymmetric activations (global min/max), BatchNorm folded"}
@@ -268,14 +270,6 @@ def quantization_aware_distill(source: str | Path, out: str | Path, *, epochs: i
     trainer.init_from = record
     trainer.save(epochs - 1)
     return {**summary, "qat": record}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @cli_entry

@@ -10,13 +10,13 @@ import torch
 from conftest import NOISE_SIZE
 
 
-def _distilled(data, out):
+def _distilled(data, out, loss=("--kl-weight", "1")):
     from mobilekd.distill import main as distill_main
 
     assert distill_main(["--data", str(data), "--out", str(out), "--student-size", str(NOISE_SIZE),
                          "--embed-dim", "16", "--teacher", "efficientnet_lite0", "--teacher-size", "32",
                          "--views", "1", "--epochs", "1", "--steps-per-epoch", "2", "--batch-classes", "3",
-                         "--images-per-class", "2", "--kl-weight", "1", "--no-progress", "--threads", "1"]) == 0
+                         "--images-per-class", "2", *loss, "--no-progress", "--threads", "1"]) == 0
     return out
 
 
@@ -47,6 +47,15 @@ def test_qat_run_leaves_weights_on_the_int8_grid_and_the_source_untouched(distil
         assert torch.allclose(units, units.round(), atol=1e-3), conv
     for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # folded: a bias only
         assert torch.allclose(bn.weight, torch.ones_like(bn.weight)) and not bn.running_mean.any()
+
+
+def test_any_loss_on_the_teachers_embeddings_gets_the_anchor(noise_student, tmp_path):
+    """An RKD-only run (registry inputs "embeddings", no kl) is fine-tuned like a KL one."""
+    from export.qat import main
+
+    source = _distilled(noise_student["data"], tmp_path / "rkd", ("--rkd-distance-weight", "1"))
+    assert main([str(source), "--out", str(tmp_path / "qat"), "--epochs", "1", "--calib-images", "6"]) == 0
+    assert json.loads((tmp_path / "qat" / "model.json").read_text())["init_from"]["rule"] == "export.qat"
 
 
 def test_simulation_rounds_like_int8():
