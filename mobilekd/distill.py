@@ -29,14 +29,22 @@ def description() -> str:
 
 
 def summary_table(summary: dict, student_name: str) -> str:
+    """The run's final table: teacher, the student before training (when it started from weights) and after,
+    student queries against the teacher's gallery; a last line when training made the student worse."""
     rows = {}
     if summary.get("teacher"):
         rows["teacher"] = summary["teacher"]
+    if summary.get("untrained"):
+        rows[f"{student_name} before training"] = summary["untrained"]
     if summary.get("test"):
         rows[student_name] = summary["test"]
     if summary.get("student_to_teacher"):
         rows[f"{student_name} queries -> teacher gallery"] = summary["student_to_teacher"]
-    return format_table(rows)
+    table = format_table(rows)
+    if summary.get("below_untrained"):
+        table += (f"\nWARNING: the trained {student_name} is below the one it started from (R@1 "
+                  f"{summary['test']['R@1']:.2f} < {summary['untrained']['R@1']:.2f}): do not ship this checkpoint")
+    return table
 
 
 @cli_entry

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 
 from mobilekd.config import Config
+from mobilekd.distill import summary_table
 from mobilekd.errors import cli_entry
-from mobilekd.metrics import format_table
 
 
 @cli_entry
@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     from mobilekd.engine import train
 
     summary = train(config)
-    print(format_table({config.student: summary["test"]}))
+    print(summary_table(summary, config.student))
     print(f"checkpoint: {config.out}/model.safetensors (+ model.json)")
     return 0
 

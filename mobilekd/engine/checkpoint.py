@@ -15,6 +15,7 @@ import torch
 
 from mobilekd.config import Config
 from mobilekd.engine.builders import log
+from mobilekd.engine.hooks import below_untrained
 from mobilekd.errors import MobileKDError
 from mobilekd.io import LOCK_FILE, atomic_path, foreign_entries, mark_owned, write_json
 from mobilekd.models import save_model
@@ -126,11 +127,14 @@ def save_checkpoint(run, epoch: int) -> None:
                        ("init_from", run.init_from)):
         if value:
             metadata[key] = value
+    if run.untrained is not None:  # the starting point, and whether this checkpoint fell below it
+        metadata["untrained_metrics"] = run.untrained
+        metadata["below_untrained"] = below_untrained(metadata["metrics"], run.untrained)
     save_model(run.student, run.out, metadata)
     state = {"epoch": epoch, "config": run.config.to_dict(), "student": run.student.state_dict(),
              "losses": run.losses.state_dict(), "optimizer": run.optimizer.state_dict(),
              "scheduler": run.scheduler.state_dict(), "history": json.dumps(run.history),
-             "bn_unfolded": run.bn_unfolded}
+             "bn_unfolded": run.bn_unfolded, "untrained": json.dumps(run.untrained)}
     with atomic_path(run.out / STATE_FILE) as tmp:
         try:
             torch.save(state, tmp)
@@ -192,4 +196,5 @@ def resume(run) -> None:
     run.history = json.loads(state["history"])
     run.student.spec.bn_folded = False  # the saved weights were unfolded before the run's first step
     run.bn_unfolded = state.get("bn_unfolded")
+    run.untrained = json.loads(state.get("untrained") or "null")  # states of older runs have none
     log(f"resumed from {path} after epoch {run.start_epoch}")

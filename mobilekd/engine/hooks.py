@@ -1,6 +1,7 @@
 """What the training loop calls around its epochs (as pytorch-metric-learning's end-of-epoch hooks or
 torchdistill's post-epoch processes): evaluation on a cadence, checkpoints, the history and its log line,
-the DDP barrier and, at the end, metrics.json and the folder unlock.
+the DDP barrier and, at the end, metrics.json and the folder unlock. A student that starts from weights is
+evaluated before its first step too, so the end of the run can say whether training made it worse.
 
 A hook overrides any of ``on_train_start(run)``, ``on_epoch_end(run, epoch, record)`` (``record``: the epoch's
 mean losses, which a hook may extend) and ``on_train_end(run, summary)``; ``main_only`` hooks run in the main
@@ -25,6 +26,38 @@ class Hook:
 
     def on_train_end(self, run, summary: dict) -> None:
         pass
+
+
+def starts_from_weights(config) -> bool:
+    """Whether the run's student has something to lose: ImageNet, ``--student-weights`` or ``--init-from``."""
+    return bool(config.pretrained or config.student_weights or config.init_from)
+
+
+def below_untrained(trained: dict | None, untrained: dict | None) -> bool:
+    """Whether the trained student retrieves worse (lower R@1) than the one the run started from."""
+    return bool(trained and untrained) and trained["R@1"] < untrained["R@1"]
+
+
+class StartingPointHook(Hook):
+    """The untrained student's test metrics before the first step (``run.untrained``; kept across a resume),
+    and at the end, beside the trained ones in metrics.json, a plain warning when training made it worse."""
+
+    def on_train_start(self, run) -> None:
+        if run.start_epoch == 0 and run.untrained is None and starts_from_weights(run.config):
+            run.untrained = run.evaluate()["test"]
+            log(f"untrained student: test R@1 {run.untrained['R@1']:.2f} MAP@R {run.untrained['MAP@R']:.2f}")
+
+    def on_train_end(self, run, summary: dict) -> None:
+        if run.untrained is None:
+            return
+        summary["untrained"] = run.untrained
+        summary["below_untrained"] = below_untrained(summary.get("test"), run.untrained)
+        if summary["below_untrained"]:
+            trained = summary["test"]
+            log(f"warning: training made the student worse: test R@1 {trained['R@1']:.2f} (MAP@R "
+                f"{trained['MAP@R']:.2f}) after training, {run.untrained['R@1']:.2f} "
+                f"({run.untrained['MAP@R']:.2f}) before it. Do not ship this checkpoint: ship the untrained "
+                "student, or try the shipped recipe (--config) or fewer epochs / a lower --lr")
 
 
 class EvaluationHook(Hook):
@@ -73,7 +106,8 @@ class SummaryHook(Hook):
 
 
 def default_hooks() -> list[Hook]:
-    return [EvaluationHook(), HistoryHook(), CheckpointHook(), LogHook(), BarrierHook(), SummaryHook()]
+    return [StartingPointHook(), EvaluationHook(), HistoryHook(), CheckpointHook(), LogHook(), BarrierHook(),
+            SummaryHook()]
 
 
 def epoch_line(record: dict, domains: list) -> str:

@@ -55,6 +55,7 @@ class Trainer:
         self.hooks = default_hooks() if hooks is None else hooks
         self.teacher_test_embeddings = teacher_test_embeddings
         self.skipped_images, self.bn_unfolded, self.start_epoch, self.history = 0, None, 0, []
+        self.untrained: dict | None = None  # test metrics before training (hooks.StartingPointHook)
         self.student, self.student_source, self.init_from = prepare_student(c, self.device, self.threads)
         if self.context.is_main:  # the run owns its folder (and the teacher cache it builds there)
             lock_folder(self.out)

@@ -117,3 +117,39 @@ def test_teacher_kinds_are_checked_by_the_configuration(values, message):
         Config(data="x", **values).validate()
     assert np.isfinite(Config(data="x", **{**values, "views": 1, "hint_weight": 0.0, "attention_weight": 0.0})
                        .validate().lr)
+
+
+def test_a_run_from_weights_reports_its_starting_point_beside_the_trained_student(folder_dataset, tmp_path):
+    import json
+
+    from mobilekd.engine import train
+
+    config = tiny(folder_dataset, tmp_path / "run", pretrained=True, embed_dim=0, kl_weight=1.0)
+    summary = train(config)
+    before = evaluate_untrained(tiny(folder_dataset, tmp_path / "zero", pretrained=True, embed_dim=0))
+    assert summary["untrained"] == before  # measured before the first step, by the run's own protocol
+    assert summary["below_untrained"] == (summary["test"]["R@1"] < before["R@1"])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    model = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert metrics["untrained"] == model["untrained_metrics"] == before
+    assert model["below_untrained"] == metrics["below_untrained"]
+    scratch = train(tiny(folder_dataset, tmp_path / "scratch"))  # nothing to lose: no extra evaluation
+    assert "untrained" not in scratch
+
+
+def test_a_run_that_ends_below_its_start_says_so_plainly(capsys):
+    from types import SimpleNamespace
+
+    from mobilekd.distill import summary_table
+    from mobilekd.engine.hooks import StartingPointHook
+
+    run = SimpleNamespace(untrained={"R@1": 60.0, "MAP@R": 20.0})
+    summary = {"test": {"R@1": 55.0, "MAP@R": 21.0}}
+    StartingPointHook().on_train_end(run, summary)
+    assert summary["below_untrained"] is True and summary["untrained"] == run.untrained
+    printed = capsys.readouterr()
+    assert "training made the student worse" in printed.out + printed.err
+    assert "WARNING" in summary_table(summary, "student") and "before training" in summary_table(summary, "student")
+    better = {"test": {"R@1": 61.0, "MAP@R": 19.0}}
+    StartingPointHook().on_train_end(run, better)
+    assert better["below_untrained"] is False and "WARNING" not in summary_table(better, "student")
