@@ -42,15 +42,18 @@ pre-training stage share ``teacher_cache_unlabeled``) of ``--views`` views per i
 the fraction of the student->teacher R@1 gap closed) goes to ``--results`` ``.md`` / ``.json`` (default
 ``OUT/distill_cub``, in the run folder) with the command and the machine, titled with ``--title`` (default: the
 name of ``--data``'s folder). JSON: ``command``, ``machine``, ``args`` (``student_size`` ...), ``rows`` (name ->
-metrics; with several ``--seeds``, the mean over seeds), and with several seeds ``sd`` (name -> the standard deviation
-of each metric over seeds) and ``seeds`` (name -> {seed: metrics}).
+metrics; with several ``--seeds``, the mean over seeds), ``costs`` (name -> {seed: cpu_minutes, wall_minutes} of
+the arm's run) and ``cache_costs`` (seed -> the same for the teacher caches built for it), and with several seeds
+``sd`` (name -> the standard deviation of each metric over seeds) and ``seeds`` (name -> {seed: metrics}).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
@@ -370,19 +373,25 @@ def main(argv=None) -> int:
     stage1_runs: dict[str, dict[int, dict | None]] = {}
     teacher_metrics = None
     teacher_tests = TeacherTestEmbeddings()  # the teacher is frozen: its test pass is computed once for all arms
+    costs: dict[str, dict[str, dict]] = {}  # row -> seed -> CPU and wall minutes of that arm's run
+    cache_costs: dict[str, dict] = {}  # seed -> CPU and wall minutes of building its teacher caches (when built)
     for seed in seeds:
         configs = [arm_config(args, a, seed) for a in arms if a != "zero_shot"]
         configs += [pretrain_config(args, a, seed) for a in arms if ARMS[a].get("pretrain")]
-        for cache in dict.fromkeys(c.teacher_cache for c in configs if c.teacher_cache):
-            # one teacher pass per cache, shared by the arms that use it (built before any of them)
-            build_cache(next(c for c in configs if c.teacher_cache == cache), Path(cache))
+        with cost_meter() as cache_cost:
+            for cache in dict.fromkeys(c.teacher_cache for c in configs if c.teacher_cache):
+                # one teacher pass per cache, shared by the arms that use it (built before any of them)
+                build_cache(next(c for c in configs if c.teacher_cache == cache), Path(cache))
+        cache_costs[str(seed)] = cache_cost
         done: dict[str, dict] = {}  # arms of identical options (alone and init_imagenet on ImageNet students) run once
         for arm in arms:
             twin = json.dumps({**arm_config(args, arm, seed).to_dict(), "out": None, "zero_shot": arm == "zero_shot"},
                               sort_keys=True)
             if twin in done:
                 print(f"== {arm} (seed {seed}): the same run as an arm above, reusing its metrics", flush=True)
-            summary = done[twin] = done.get(twin) or run_arm(args, arm, seed, teacher_tests=teacher_tests)
+            with cost_meter() as cost:
+                summary = done[twin] = done.get(twin) or run_arm(args, arm, seed, teacher_tests=teacher_tests)
+            costs.setdefault(row_name(args, arm), {})[str(seed)] = cost
             per_seed[arm][seed] = summary["test"]
             teacher_metrics = teacher_metrics or summary.get("teacher")
             if ARMS[arm].get("pretrain"):  # the first stage's own test metrics: what pre-training alone reached
@@ -417,11 +426,25 @@ def main(argv=None) -> int:
     minutes = (time.time() - started) / 60
     report = (f"# Distillation on {data_title(args)} (test classes unseen in training)\n\nCommand: `{command}`\n\n"
               f"Wall time of this invocation: {minutes:.1f} min\n\n" + "\n".join(lines) + "\n")
-    result = {"command": command, "machine": describe(), "rows": rows, "args": vars(args), "minutes": minutes}
+    result = {"command": command, "machine": describe(), "rows": rows, "args": vars(args), "minutes": minutes,
+              "costs": costs, "cache_costs": cache_costs}
     if sd:
         result.update(sd=sd, seeds=by_seed)
     publish(args.results, report, result)
     return 0
+
+
+@contextlib.contextmanager
+def cost_meter():
+    """Yields a dict filled on exit with the block's ``cpu_minutes`` (this process's threads and its finished
+    child processes: what the block cost the machine) and ``wall_minutes``."""
+    cost: dict = {}
+    cpu, wall = sum(os.times()[:4]), time.time()
+    try:
+        yield cost
+    finally:
+        cost.update(cpu_minutes=round((sum(os.times()[:4]) - cpu) / 60, 3),
+                    wall_minutes=round((time.time() - wall) / 60, 3))
 
 
 def mean_metrics(runs: list[dict]) -> dict:

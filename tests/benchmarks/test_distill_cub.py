@@ -143,6 +143,9 @@ def test_tiny_end_to_end_zero_shot_and_label_free_kl(folder_dataset, tmp_path):
     for metrics in saved["rows"].values():
         assert {"R@1", "MAP@R"} <= set(metrics) and 0 <= metrics["R@1"] <= 100
     assert "sd" not in saved  # one seed
+    cost = saved["costs"]["MobileNetV1-0.25 (ImageNet, 32 px) kl_label_free"]["0"]
+    assert cost["cpu_minutes"] > 0 and cost["wall_minutes"] > 0  # what each arm cost, for the lever tables
+    assert saved["cache_costs"]["0"]["cpu_minutes"] > 0  # the seed's teacher cache was built by this call
     assert (tmp_path / "runs" / "seed0" / "teacher_cache").is_dir()
     # finished arms are reused, not re-trained
     first = (tmp_path / "runs" / "seed0" / "32px" / "imagenet_kl_label_free" / "metrics.json").stat().st_mtime_ns
