@@ -1,0 +1,146 @@
+"""Does distillation carry to other data sets? One table from ``benchmarks.distill_cub`` result files.
+
+    python -m benchmarks.transfer RESULT.json [RESULT.json ...] --out benchmarks/results/transfer
+    python -m benchmarks.transfer RESULT.json ... --out benchmarks/results/recipe128 --levers --dataset cub100
+
+Each RESULT is a ``benchmarks.distill_cub`` JSON (one data set, one student size, one or more seeds). Its rows
+become one row per (data set, size, arm, seed) -- ``zero_shot``, ``alone``, ``teacher`` and ``recipe`` (the
+shipped ``kl_label_free`` recipe), a ``--set`` variant named after what it changes (``recipe+test_photos``: the
+unlabeled photos of the test classes, ``recipe+imagenet_unlabeled``: the 26k unlabeled ImageNet photos).
+
+Writes ``OUT/summary.json`` (``rows``: dataset, student_size, arm, seed, R@1, MAP@R, and with ``--levers``
+cpu_minutes: the arm's training run plus the teacher caches built for it; ``sources``: each file with its command,
+git commit and machine) and ``OUT/table.md``: per data set and arm the mean +- sd over seeds, and the share of
+the zero-shot -> teacher R@1 gap each arm closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from benchmarks import markdown_table, write_result
+from mobilekd.errors import MobileKDError, cli_entry
+from mobilekd.io import atomic_path
+
+DATASET_NAMES = {"cub100-227": "cub100"}
+RECIPE_ARM = "kl_label_free"
+
+
+def unlabeled_name(path: str) -> str:
+    name = Path(path.rstrip("/")).name
+    if name.endswith("test_unlabeled"):
+        return "test_photos"
+    return "imagenet_unlabeled" if name.startswith("imagenet-unlabeled") else name
+
+
+def arm_name(suffix: str) -> str:
+    """``kl_label_free+unlabeled=/x/caltech101_test_unlabeled`` -> ``recipe+test_photos``; ``+lr=0.001`` (the
+    recipe's own lr, given with --set in older runs) is dropped."""
+    arm, *changes = suffix.split("+")
+    parts = ["recipe" if arm == RECIPE_ARM else arm]
+    for change in changes:
+        key, _, value = change.partition("=")
+        if key == "unlabeled":
+            parts.append(unlabeled_name(value))
+        elif change != "lr=0.001":
+            parts.append(change)
+    return "+".join(parts)
+
+
+def rows_of(path: Path) -> list[dict]:
+    """One row per (arm, seed) of a distill_cub result file."""
+    try:
+        result = json.loads(path.read_text())
+        args, rows = result["args"], result["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise MobileKDError(f"{path}: not a benchmarks.distill_cub result ({error})") from None
+    dataset = args.get("title") or Path(args["data"].rstrip("/")).name
+    dataset = DATASET_NAMES.get(dataset, dataset)
+    seeds = [int(s) for s in str(args["seeds"]).split(",")]
+    out = []
+    for name, metrics in rows.items():
+        arm = "teacher" if name.startswith("teacher ") else arm_name(name.split("px) ", 1)[1])
+        per_seed = result.get("seeds", {}).get(name) or {str(seeds[0]): metrics}
+        for seed, m in per_seed.items():
+            row = {"dataset": dataset, "student_size": args["student_size"], "arm": arm, "seed": int(seed),
+                   "R@1": round(m["R@1"], 2), "MAP@R": round(m["MAP@R"], 2), "source": path.name}
+            cost = result.get("costs", {}).get(name, {}).get(seed)
+            if cost:
+                cache = result.get("cache_costs", {}).get(seed, {})
+                row["cpu_minutes"] = round(cost["cpu_minutes"] + cache.get("cpu_minutes", 0.0), 1)
+            out.append(row)
+    return out
+
+
+def merge(rows: list[dict]) -> list[dict]:
+    """Later files win for the same (dataset, size, arm, seed); the teacher is deterministic: one row."""
+    merged: dict[tuple, dict] = {}
+    for row in rows:
+        seed = 0 if row["arm"] == "teacher" else row["seed"]
+        merged[(row["dataset"], row["student_size"], row["arm"], seed)] = {**row, "seed": seed}
+    return list(merged.values())
+
+
+def mean_sd(values: list[float]) -> str:
+    sd = f" +- {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.2f}{sd}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        for size in sorted({r["student_size"] for r in rows if r["dataset"] == dataset}):
+            group = [r for r in rows if r["dataset"] == dataset and r["student_size"] == size]
+            arms = list(dict.fromkeys(r["arm"] for r in group))
+            r1 = {a: [r["R@1"] for r in group if r["arm"] == a] for a in arms}
+            low, high = (statistics.fmean(r1[a]) if a in r1 else None for a in ("zero_shot", "teacher"))
+            body = []
+            for arm in arms:
+                share = (f"{100 * (statistics.fmean(r1[arm]) - low) / (high - low):.0f} %"
+                         if low is not None and high is not None and high > low and arm not in ("teacher",) else "")
+                maps = [r["MAP@R"] for r in group if r["arm"] == arm]
+                body.append([arm, len(r1[arm]), mean_sd(r1[arm]), mean_sd(maps), share])
+            lines += [f"### {dataset}, {size} px", "",
+                      *markdown_table(["arm", "seeds", "R@1", "MAP@R", "zero-shot -> teacher gap closed"], body), ""]
+    return "\n".join(lines)
+
+
+@cli_entry
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.transfer", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="+", help="benchmarks.distill_cub result JSON files")
+    parser.add_argument("--out", required=True, help="folder for summary.json and table.md")
+    parser.add_argument("--levers", action="store_true", help="the lever-table schema: no dataset, cpu_minutes")
+    parser.add_argument("--dataset", help="keep only this data set's rows")
+    parser.add_argument("--question", default="Does the shipped recipe carry to data sets other than CUB-100?")
+    args = parser.parse_args(argv)
+    rows = merge([row for path in args.results for row in rows_of(Path(path))])
+    if args.dataset:
+        rows = [r for r in rows if r["dataset"] == args.dataset]
+    if not rows:
+        raise MobileKDError("no rows: check the result files and --dataset")
+    sources = []
+    for path in args.results:
+        result = json.loads(Path(path).read_text())
+        sources.append({"file": Path(path).name, "command": result.get("command"),
+                        "git_commit": result.get("git_commit"), "machine": result.get("machine")})
+    if args.levers:
+        rows = [{k: v for k, v in r.items() if k != "dataset"} for r in rows if r["arm"] != "teacher"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    machines = list({json.dumps(s["machine"], sort_keys=True): s["machine"] for s in sources}.values())
+    machine = machines[0] if len(machines) == 1 else {"several": machines}  # where the numbers were measured
+    write_result(out / "summary.json", {"question": args.question, "rows": rows, "sources": sources,
+                                        "machine": machine})
+    with atomic_path(out / "table.md") as tmp:
+        Path(tmp).write_text(table([{**r, "dataset": r.get("dataset", args.dataset or "")} for r in rows]) + "\n")
+    print((out / "table.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
