@@ -42,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gallery", metavar="DIR", help="also ship this folder of photos as an on-device "
                                                          "search gallery (embeddings, ids, thumbnails) in android/")
     parser.add_argument("--gallery-precision", default="int8", choices=("int8", "fp16"))
+    parser.add_argument("--unlabeled", metavar="DIR|none",
+                        help="training: also distil on these unlabeled photos; the photos the app will search are "
+                             "the strongest measured lever (docs/distillation.md). Default: the --gallery photos "
+                             "when given; none: only --data")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for training, export and recall "
                                                                "(default 0: the cores idle at the start); "
                                                                "latency is always measured on 1 thread")
@@ -72,6 +76,7 @@ def make_plan(args) -> Plan:
         raise MobileKDError("--gallery needs a TFLite file for android/: add tflite to --formats")
     if args.gallery and not Path(args.gallery).is_dir():
         raise MobileKDError(f"--gallery {args.gallery}: no such folder")
+    unlabeled = unlabeled_photos(args)
     if args.qat and not any(precision == "int8" for _, precision in exports):
         raise MobileKDError("--qat fine-tunes for int8: add int8 to --precisions")
     threads = args.threads or auto_threads()
@@ -86,7 +91,21 @@ def make_plan(args) -> Plan:
     return Plan(out, str(data), recipe, Path(args.source) if args.source else None, checkpoint, exports, threads,
                 args.calib_images, args.latency_runs, args.float_convs, gates, args.gallery, args.gallery_precision,
                 config.get("teacher") or None, config.get("teacher_size"), layout_name, fraction, fingerprint,
-                plans.structural_only(exports), plans.title_for(str(data), arch), qat=args.qat)
+                plans.structural_only(exports), plans.title_for(str(data), arch), qat=args.qat,
+                unlabeled=unlabeled, unlabeled_fingerprint=plans.unlabeled_fingerprint(unlabeled))
+
+
+def unlabeled_photos(args) -> str | None:
+    """The unlabeled photos the train stage distils on besides --data: --unlabeled, else the --gallery photos
+    (what the app will search: the measured lever), none with --from (nothing is trained) or --unlabeled none."""
+    if args.unlabeled and args.unlabeled != "none" and args.source:
+        raise MobileKDError("--unlabeled adds photos to training; --from ships a trained checkpoint: give one of them")
+    if args.source or args.unlabeled == "none":
+        return None
+    folder = args.unlabeled or args.gallery
+    if folder and not Path(folder).is_dir():
+        raise MobileKDError(f"--unlabeled {folder}: no such folder")
+    return folder
 
 
 def student_source(args, layout: Layout, threads: int):

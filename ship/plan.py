@@ -41,6 +41,8 @@ class Plan:
     title: str = "mobilekd model report"
     argv: list = field(default_factory=list)  # the ship command's own arguments (for the manifest)
     qat: bool = False  # int8 files come from a quantization-aware fine-tuning (export.qat) of the checkpoint
+    unlabeled: str | None = None  # unlabeled photos the train stage distils on besides the data (--unlabeled)
+    unlabeled_fingerprint: str = ""
 
 
 def missing_package(fmt: str) -> str | None:
@@ -128,6 +130,16 @@ def check_data(data: str | None, layout: str, train_fraction: float) -> str:
     for split in ("train", "test"):
         load_image_set(data, split, layout, train_fraction)  # both splits usable (>= 2 images per class)
     return data_fingerprint(load_image_set(data, "all", layout))
+
+
+def unlabeled_fingerprint(folder: str | None) -> str:
+    """The unlabeled photos' fingerprint (names and sizes): a changed folder retrains; an empty one is an error."""
+    if not folder:
+        return ""
+    from mobilekd.data import load_image_set
+    from mobilekd.teacher_cache import data_fingerprint
+
+    return data_fingerprint(load_image_set(folder, layout="unlabeled"))
 
 
 def title_for(data: str, arch: str) -> str:

@@ -43,16 +43,21 @@ def train(plan, layout, stages) -> None:
     record.write_text(key)
     argv = ["--config", plan.config, "--data", plan.data, "--out", str(layout.checkpoint),
             "--threads", str(plan.threads), "--resume"]
+    if plan.unlabeled:
+        argv += ["--unlabeled", plan.unlabeled]
     stages.ran(command("mobilekd.distill", argv))
     distill_main.__wrapped__(argv)  # the undecorated main: an error reaches the ship's one error line
 
 
 def train_key(plan) -> dict:
-    """What the trained student depends on: the recipe's options and the data. Not the thread count: with the
-    default ``--threads 0`` it follows the machine's load, and a resumed training keeps its own."""
+    """What the trained student depends on: the recipe's options, the data and the unlabeled photos. Not the
+    thread count: with the default ``--threads 0`` it follows the machine's load, and a resumed training keeps its own."""
     from mobilekd.config import read_config_file
 
-    return {"recipe": read_config_file(plan.config), "data": plan.data_fingerprint}
+    key = {"recipe": read_config_file(plan.config), "data": plan.data_fingerprint}
+    if plan.unlabeled:
+        key["unlabeled"] = plan.unlabeled_fingerprint
+    return key
 
 
 # ------------------------------------------------------------------------------------------ export

@@ -40,6 +40,13 @@ def test_missing_data(noise_student, tmp_path, capsys):
     assert nothing_written(out)
 
 
+def test_missing_unlabeled_photos(folder_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    refused(["--data", str(folder_dataset), "--unlabeled", str(tmp_path / "no-gallery"), "--out", str(out), *FAST],
+            capsys, "--unlabeled", "no-gallery")
+    assert nothing_written(out)
+
+
 def test_data_with_too_few_images(tmp_path, capsys):
     from conftest import make_image
 
@@ -79,6 +86,7 @@ def test_from_and_config_together(noise_student, tmp_path, capsys):
     (["--formats", "onnx", "--gallery", "photos"], "--gallery needs a TFLite file"),
     (["--precisions", "fp32", "--qat"], "add int8 to --precisions"),
     (["--precisions", "int8", "--qat"], "records none"),  # the noise student was not distilled
+    (["--unlabeled", "photos"], "--from ships a trained checkpoint"),
 ])
 def test_options_no_ship_could_mean(options, expected, noise_student, tmp_path, capsys):
     out = tmp_path / "out"

@@ -71,8 +71,9 @@ def test_the_train_stage_resumes_its_own_recipe_and_restarts_for_another(tmp_pat
         recipes[name].write_text(f"epochs: {epochs}\n")
     stages = Stages(layout.work / "stages.json", 1, lambda line: None)
 
-    def plan(recipe):
-        return types.SimpleNamespace(config=str(recipes[recipe]), data="D", data_fingerprint="f", threads=1)
+    def plan(recipe, unlabeled=None, fingerprint=""):
+        return types.SimpleNamespace(config=str(recipes[recipe]), data="D", data_fingerprint="f", threads=1,
+                                     unlabeled=unlabeled, unlabeled_fingerprint=fingerprint)
 
     steps.train(plan("a.yaml"), layout, stages)
     steps.train(plan("a.yaml"), layout, stages)  # same recipe: the folder is kept for --resume
@@ -80,3 +81,9 @@ def test_the_train_stage_resumes_its_own_recipe_and_restarts_for_another(tmp_pat
     assert calls == [(str(recipes["a.yaml"]), []), (str(recipes["a.yaml"]), ["train_state.pt"]),
                      (str(recipes["b.yaml"]), [])]
     assert stages.commands[-1].startswith("python -m mobilekd.distill --config ") and "--resume" in stages.commands[-1]
+    assert "--unlabeled" not in stages.commands[-1]
+    steps.train(plan("b.yaml", "G", "g1"), layout, stages)  # the gallery's photos join: trained afresh
+    steps.train(plan("b.yaml", "G", "g1"), layout, stages)
+    steps.train(plan("b.yaml", "G", "g2"), layout, stages)  # other photos in it: afresh again
+    assert [listing for _, listing in calls[3:]] == [[], ["train_state.pt"], []]
+    assert stages.commands[-1].endswith("--resume --unlabeled G")
