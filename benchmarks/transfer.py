@@ -3,7 +3,8 @@
     python -m benchmarks.transfer RESULT.json [RESULT.json ...] --out benchmarks/results/transfer
     python -m benchmarks.transfer RESULT.json ... --out benchmarks/results/recipe128 --levers --dataset cub100
 
-Each RESULT is a ``benchmarks.distill_cub`` JSON (one data set, one student size, one or more seeds). Its rows
+Each RESULT is a ``benchmarks.distill_cub`` JSON (one data set, one student size, one or more seeds), or
+``FILE:ARMS`` for only those arms of it (a file of several studies). Its rows
 become one row per (data set, size, arm, seed) -- ``zero_shot``, ``alone``, ``teacher`` and ``recipe`` (the
 shipped ``kl_label_free`` recipe), a ``--set`` variant named after what it changes (``recipe+test_photos``: the
 unlabeled photos of the test classes, ``recipe+imagenet_unlabeled``: the 26k unlabeled ImageNet photos).
@@ -51,13 +52,36 @@ def arm_name(suffix: str) -> str:
     return "+".join(parts)
 
 
-def rows_of(path: Path) -> list[dict]:
-    """One row per (arm, seed) of a distill_cub result file."""
+def parse_spec(spec: str) -> tuple[Path, list[str]]:
+    """``FILE`` or ``FILE:ARM,ARM`` (only those arms of the file)."""
+    path, _, arms = spec.partition(":")
+    return Path(path), [a for a in arms.split(",") if a]
+
+
+def rows_of(spec: str, dataset: str | None = None) -> list[dict]:
+    """One row per (arm, seed) of a distill_cub result file (``FILE:ARMS`` keeps only ARMS), or of a list of
+    ``mobilekd.distill`` runs (``{"rows": [{"seed", "test", "teacher"}, ...]}``, ``FILE:ARM`` names their arm)."""
+    path, arms = parse_spec(spec)
     try:
         result = json.loads(path.read_text())
+        if isinstance(result.get("rows"), list):
+            return run_list_rows(path, result, arms, dataset)
         args, rows = result["args"], result["rows"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise MobileKDError(f"{path}: not a benchmarks.distill_cub result ({error})") from None
+    return [row for row in distill_cub_rows(path, result, args, rows) if not arms or row["arm"] in arms]
+
+
+def run_list_rows(path: Path, result: dict, arms: list[str], dataset: str | None) -> list[dict]:
+    if len(arms) != 1 or not dataset:
+        raise MobileKDError(f"{path}: a list of runs needs its arm (FILE:ARM) and --dataset")
+    size = result.get("student_size", 128)
+    return [{"dataset": dataset, "student_size": size, "arm": arms[0], "seed": int(run["seed"]),
+             "R@1": round(run["test"]["R@1"], 2), "MAP@R": round(run["test"]["MAP@R"], 2), "source": path.name}
+            for run in result["rows"]]
+
+
+def distill_cub_rows(path: Path, result: dict, args: dict, rows: dict) -> list[dict]:
     dataset = args.get("title") or Path(args["data"].rstrip("/")).name
     dataset = DATASET_NAMES.get(dataset, dataset)
     seeds = [int(s) for s in str(args["seeds"]).split(",")]
@@ -112,22 +136,25 @@ def table(rows: list[dict]) -> str:
 @cli_entry
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.transfer", description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", nargs="+", help="benchmarks.distill_cub result JSON files")
+    parser.add_argument("results", nargs="+", metavar="FILE[:ARMS]",
+                        help="benchmarks.distill_cub result JSON files (:ARMS keeps only those arms)")
     parser.add_argument("--out", required=True, help="folder for summary.json and table.md")
     parser.add_argument("--levers", action="store_true", help="the lever-table schema: no dataset, cpu_minutes")
     parser.add_argument("--dataset", help="keep only this data set's rows")
     parser.add_argument("--question", default="Does the shipped recipe carry to data sets other than CUB-100?")
     args = parser.parse_args(argv)
-    rows = merge([row for path in args.results for row in rows_of(Path(path))])
+    rows = merge([row for spec in args.results for row in rows_of(spec, args.dataset)])
     if args.dataset:
         rows = [r for r in rows if r["dataset"] == args.dataset]
     if not rows:
         raise MobileKDError("no rows: check the result files and --dataset")
     sources = []
-    for path in args.results:
-        result = json.loads(Path(path).read_text())
-        sources.append({"file": Path(path).name, "command": result.get("command"),
-                        "git_commit": result.get("git_commit"), "machine": result.get("machine")})
+    for spec in args.results:
+        path = parse_spec(spec)[0]
+        result = json.loads(path.read_text())
+        sources.append({"file": str(path), "command": result.get("command"),
+                        "git_commit": result.get("git_commit") or result.get("git_commits"),
+                        "machine": result.get("machine")})
     if args.levers:
         rows = [{k: v for k, v in r.items() if k != "dataset"} for r in rows if r["arm"] != "teacher"]
     out = Path(args.out)

@@ -49,3 +49,18 @@ def test_a_file_that_is_not_a_result_is_one_error(tmp_path, capsys):
     assert transfer.main([str(tmp_path / "bad.json"), "--out", str(tmp_path / "out")]) != 0
     assert "not a benchmarks.distill_cub result" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_arms_of_a_file_and_a_list_of_runs(tmp_path):
+    name = "MobileNetV1-0.25 (ImageNet, 128 px) "
+    study = result_file(tmp_path / "study.json", "cub100-227", "0",
+                        {name + "zero_shot": m(60.0, 20.0), name + "alone": m(58.0, 18.0)})  # alone at another lr
+    runs = tmp_path / "runs.json"
+    runs.write_text(json.dumps({"rows": [{"seed": 0, "test": m(75.0, 27.0)}, {"seed": 1, "test": m(74.0, 26.0)}]}))
+    out = tmp_path / "out"
+    assert transfer.main([f"{study}:zero_shot", f"{runs}:recipe+test_photos", "--dataset", "cub100",
+                          "--out", str(out)]) == 0
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert sorted((r["arm"], r["seed"]) for r in rows) == [("recipe+test_photos", 0), ("recipe+test_photos", 1),
+                                                          ("zero_shot", 0)]
+    assert transfer.main([str(runs), "--dataset", "cub100", "--out", str(tmp_path / "x")]) != 0  # arm needed
