@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qat", action="store_true",
                         help="int8: fine-tune the student with int8 simulated first (export.qat, 2 epochs on its "
                              "own teacher cache) and export the int8 files from that student")
+    parser.add_argument("--allow-regression", action="store_true",
+                        help="ship a student even if training left it below the student it started from (by "
+                             "default that stops the ship before any export)")
     parser.add_argument("--float-convs", type=int, default=0, metavar="N",
                         help="int8: keep the first N convolutions float (the usual fix for a failing int8 gate)")
     gates = parser.add_argument_group("parity gates (default: each exporter's own)")
@@ -92,7 +95,8 @@ def make_plan(args) -> Plan:
                 args.calib_images, args.latency_runs, args.float_convs, gates, args.gallery, args.gallery_precision,
                 config.get("teacher") or None, config.get("teacher_size"), layout_name, fraction, fingerprint,
                 plans.structural_only(exports), plans.title_for(str(data), arch), qat=args.qat,
-                unlabeled=unlabeled, unlabeled_fingerprint=plans.unlabeled_fingerprint(unlabeled))
+                unlabeled=unlabeled, unlabeled_fingerprint=plans.unlabeled_fingerprint(unlabeled),
+                allow_regression=args.allow_regression)
 
 
 def unlabeled_photos(args) -> str | None:
@@ -150,6 +154,7 @@ def run(plan: Plan) -> Layout:
     else:
         stages.run("source checkpoint", {"checkpoint": steps.checkpoint_sha(plan.checkpoint)},
                    [plan.checkpoint / "model.safetensors"], lambda: None)
+    steps.check_no_regression(plan)
     ckpt = steps.checkpoint_sha(plan.checkpoint)
     if plan.qat:
         stages.run("qat", {"checkpoint": ckpt, "calib_images": plan.calib_images},

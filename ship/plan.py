@@ -43,6 +43,7 @@ class Plan:
     qat: bool = False  # int8 files come from a quantization-aware fine-tuning (export.qat) of the checkpoint
     unlabeled: str | None = None  # unlabeled photos the train stage distils on besides the data (--unlabeled)
     unlabeled_fingerprint: str = ""
+    allow_regression: bool = False  # ship a student that ended below its starting point (steps.check_no_regression)
 
 
 def missing_package(fmt: str) -> str | None:

@@ -49,6 +49,19 @@ def train(plan, layout, stages) -> None:
     distill_main.__wrapped__(argv)  # the undecorated main: an error reaches the ship's one error line
 
 
+def check_no_regression(plan) -> None:
+    """The first gate: a student whose training left it below the student it started from (``below_untrained``
+    in its model.json: lower test R@1) is not shipped, unless ``--allow-regression``."""
+    meta = json.loads((plan.checkpoint / "model.json").read_text())
+    if not meta.get("below_untrained") or plan.allow_regression:
+        return
+    after, before = meta["metrics"], meta["untrained_metrics"]
+    raise MobileKDError(f"training made the student worse: test R@1 {after['R@1']:.2f} after it, "
+                        f"{before['R@1']:.2f} before it ({plan.checkpoint}). Distil on the photos the app will "
+                        "search too (--gallery or --unlabeled DIR: the measured fix, docs/distillation.md), or "
+                        "pass --allow-regression to ship it anyway")
+
+
 def train_key(plan) -> dict:
     """What the trained student depends on: the recipe's options, the data and the unlabeled photos. Not the
     thread count: with the default ``--threads 0`` it follows the machine's load, and a resumed training keeps its own."""

@@ -157,3 +157,18 @@ def test_a_failing_gate_stops_before_anything_is_published(noise_student, tmp_pa
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "MODEL_CARD.md"]
     assert (out / "MODEL_CARD.md").read_text() == "the previous bundle"
     assert not (out.with_name("out.work") / "exports" / "onnx-fp32" / "model.onnx").exists()
+
+
+def test_a_student_that_training_made_worse_is_not_shipped(noise_student, tmp_path, capsys):
+    import shutil
+
+    ckpt = tmp_path / "worse"
+    shutil.copytree(noise_student["ckpt"], ckpt)
+    meta = json.loads((ckpt / "model.json").read_text())
+    meta.update(metrics={"R@1": 40.0, "MAP@R": 9.0}, untrained_metrics={"R@1": 50.0, "MAP@R": 10.0},
+                below_untrained=True)
+    (ckpt / "model.json").write_text(json.dumps(meta))
+    out = tmp_path / "out"
+    refused(["--from", str(ckpt), "--out", str(out), *FAST], capsys, "made the student worse", "40.00", "50.00",
+            "--allow-regression")
+    assert not out.exists()
