@@ -162,10 +162,25 @@ def keeps_teacher_live(config: Config, teacher) -> bool:
     return teacher is not None and (config.effective_views == 0 or config.uses_feature_maps)
 
 
+def batch_shape(config: Config, domain: Domain) -> tuple[int, int]:
+    """P classes x K images per batch: the configured ones, or, on training data with fewer than P classes
+    (a small catalogue), every class with K raised so a batch keeps its P x K images -- a recipe runs unchanged
+    on any data set."""
+    labels = domain.train_images.labels
+    present = len(set(int(label) for label in labels if label >= 0))
+    if not present or present >= config.batch_classes:
+        return config.batch_classes, config.images_per_class
+    per_class = -(-config.batch_classes * config.images_per_class // present)
+    log(f"note: {domain.name} trains on {present} classes, fewer than --batch-classes {config.batch_classes}: "
+        f"batches of {present} classes x {per_class} images")
+    return present, per_class
+
+
 def domain_loader(config: Config, domain: Domain, position: int, context: Context) -> None:
     """The domain's P x K batch sampler (sharded across processes under torchrun) and its DataLoader."""
     c = config
-    sampler = PKBatchSampler(domain.train_images.labels, c.batch_classes, c.images_per_class, c.effective_views,
+    classes, per_class = batch_shape(c, domain)
+    sampler = PKBatchSampler(domain.train_images.labels, classes, per_class, c.effective_views,
                              run_seed(c.seed, "sampler", position), c.steps_per_epoch or None, c.unlabeled_per_batch)
     if context.enabled:
         sampler = ShardedBatchSampler(sampler, context)

@@ -153,3 +153,10 @@ def test_a_run_that_ends_below_its_start_says_so_plainly(capsys):
     better = {"test": {"R@1": 61.0, "MAP@R": 19.0}}
     StartingPointHook().on_train_end(run, better)
     assert better["below_untrained"] is False and "WARNING" not in summary_table(better, "student")
+
+
+def test_fewer_training_classes_than_a_batch_asks_for_use_them_all_with_more_images_each(folder_dataset, tmp_path):
+    run = Trainer(tiny(folder_dataset, tmp_path / "run", batch_classes=50, images_per_class=2, steps_per_epoch=1))
+    classes = run.train_set.images.num_classes
+    assert classes < 50 and (run.primary.sampler.P, run.primary.sampler.K) == (classes, -(-100 // classes))
+    assert run.run()["test"]["queries"] > 0  # it trains, where it used to stop on the recipe's default of 16
