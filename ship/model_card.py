@@ -159,6 +159,18 @@ RUN_ONLY = {"out", "resume", "overwrite", "progress", "threads", "device", "num_
             "teacher_cache", "memory_format", "skip_bad_images"}
 
 
+def starting_point_section(meta: dict) -> list[str]:
+    """What training changed: the student's test metrics before its first step and after its last."""
+    before, after = meta.get("untrained_metrics"), meta.get("metrics")
+    if not before or not after:
+        return []
+    verdict = ("**below** its starting point (shipped with --allow-regression)" if meta.get("below_untrained")
+               else "above its starting point")
+    return ["## What training changed", "",
+            f"Test R@1 / MAP@R of the student before training {before['R@1']:.2f} / {before['MAP@R']:.2f}, after "
+            f"it {after['R@1']:.2f} / {after['MAP@R']:.2f}: {verdict}.", ""]
+
+
 def write_model_card(path: Path, plan, meta: dict, recall: dict, latency: dict, exports: dict[str, dict],
                      splits: dict) -> None:
     """Write MODEL_CARD.md (``splits``: {"train"/"test": (images, class names)})."""
@@ -193,6 +205,7 @@ def write_model_card(path: Path, plan, meta: dict, recall: dict, latency: dict, 
                   "epochs with its int8 arithmetic simulated, its teacher's loss plus a KL anchor to its own "
                   "neighbourhoods); their gates compare them with that fine-tuned student, the metrics below with "
                   "this one.", ""]
+    lines += starting_point_section(meta)
     lines += metrics_section(recall) + gates_section(exports) + latency_section(latency)
     lines += limits_section(recall, test_classes, plan.structural_only) + licences_section(meta)
     path.write_text("\n".join(lines))

@@ -30,3 +30,15 @@ def test_the_teacher_wheels_licence_is_read_from_its_metadata():
 def test_a_random_init_student_without_teacher_claims_no_weights_licence():
     text = "\n".join(licences_section({"spec": {"arch": "mobilenetv1_025", "pretrained": False}, "config": {}}))
     assert "Apache" not in text and "Your data's licence" in text
+
+
+def test_the_card_says_what_training_changed():
+    from ship.model_card import starting_point_section
+
+    meta = {"untrained_metrics": {"R@1": 54.49, "MAP@R": 13.30}, "metrics": {"R@1": 67.52, "MAP@R": 22.62},
+            "below_untrained": False}
+    text = "\n".join(starting_point_section(meta))
+    assert "54.49 / 13.30" in text and "67.52 / 22.62" in text and "above its starting point" in text
+    worse = "\n".join(starting_point_section({**meta, "metrics": {"R@1": 50.0, "MAP@R": 12.0}, "below_untrained": True}))
+    assert "**below** its starting point" in worse
+    assert starting_point_section({"metrics": {"R@1": 1.0, "MAP@R": 1.0}}) == []  # a student trained from scratch
