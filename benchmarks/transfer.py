@@ -73,8 +73,12 @@ def rows_of(spec: str, dataset: str | None = None) -> list[dict]:
 
 
 def run_list_rows(path: Path, result: dict, arms: list[str], dataset: str | None) -> list[dict]:
+    """The runs' data set is the file's ``data.path`` (else ``--dataset``); FILE:ARM names their arm."""
+    data = (result.get("data") or {}).get("path") if isinstance(result.get("data"), dict) else None
+    dataset = DATASET_NAMES.get(Path(data).name, Path(data).name) if data else dataset
     if len(arms) != 1 or not dataset:
-        raise MobileKDError(f"{path}: a list of runs needs its arm (FILE:ARM) and --dataset")
+        raise MobileKDError(f"{path}: a list of runs needs its arm (FILE:ARM) and a data set (data.path or "
+                            "--dataset)")
     size = result.get("student_size", 128)
     return [{"dataset": dataset, "student_size": size, "arm": arms[0], "seed": int(run["seed"]),
              "R@1": round(run["test"]["R@1"], 2), "MAP@R": round(run["test"]["MAP@R"], 2), "source": path.name}
