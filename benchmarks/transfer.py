@@ -7,7 +7,8 @@ Each RESULT is a ``benchmarks.distill_cub`` JSON (one data set, one student size
 ``FILE:ARMS`` for only those arms of it (a file of several studies). Its rows
 become one row per (data set, size, arm, seed) -- ``zero_shot``, ``alone``, ``teacher`` and ``recipe`` (the
 shipped ``kl_label_free`` recipe), a ``--set`` variant named after what it changes (``recipe+test_photos``: the
-unlabeled photos of the test classes, ``recipe+imagenet_unlabeled``: the 26k unlabeled ImageNet photos).
+unlabeled photos of the test classes, ``recipe+other_photos_of_test_classes``: half of them, the other half
+searched, ``recipe+imagenet_unlabeled``: the 26k unlabeled ImageNet photos).
 
 Writes ``OUT/summary.json`` (``rows``: dataset, student_size, arm, seed, R@1, MAP@R, and with ``--levers``
 cpu_minutes: the arm's training run plus the teacher caches built for it; ``sources``: each file with its command,
@@ -35,6 +36,8 @@ def unlabeled_name(path: str) -> str:
     name = Path(path.rstrip("/")).name
     if name.endswith("test_unlabeled"):
         return "test_photos"
+    if name.endswith("testA_unlabeled"):  # half of each test class's photos; the other half is searched
+        return "other_photos_of_test_classes"
     return "imagenet_unlabeled" if name.startswith("imagenet-unlabeled") else name
 
 
