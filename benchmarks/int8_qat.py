@@ -4,7 +4,8 @@
 --student-size 128 --out benchmarks/results/int8_qat`` embeds the test split with the float student (the
 reference) and with every int8 file (``benchmarks.recall``), and appends one row per file to
 ``OUT/summary.json``: R@1 / MAP@R of the float student and of the file, the top-10 neighbour overlap and the
-mean cosine with the float student's embeddings of the same images. The files come from ``export.tflite`` /
+mean cosine with the float student's embeddings of the same images, and the git commit and CPU of that row's
+measurement (the file's own ``git_commit`` / ``machine`` are those of its latest writer). The files come from ``export.tflite`` /
 ``export.onnx --quantize int8`` of RUN (ptq) and of ``export.qat RUN`` (qat).
 """
 
@@ -64,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     files = {(method, runtime): path for method, pair in (("ptq", args.ptq), ("qat", args.qat)) if pair
              for runtime, path in zip(("tflite", "onnx"), pair)}
-    rows = [{"student_size": args.student_size, "seed": args.seed, "recipe": args.recipe, "float_run": args.float_run, **row}
-            for row in measure(args.float_run, files, args.data, args.threads)]
+    from benchmarks.machine import cpu_model, git_commit
+
+    where = {"git_commit": git_commit(), "cpu_model": cpu_model()}  # per row: rows of several runs share the file
+    rows = [{"student_size": args.student_size, "seed": args.seed, "recipe": args.recipe, "float_run": args.float_run,
+             **row, **where} for row in measure(args.float_run, files, args.data, args.threads)]
     summary_path = Path(args.out) / "summary.json"
     previous = json.loads(summary_path.read_text())["rows"] if summary_path.is_file() else []
     key = lambda r: (r["student_size"], r.get("recipe", "cub"), r["seed"], r["method"], r["runtime"])  # noqa: E731

@@ -43,6 +43,7 @@ def test_rows_compare_every_file_with_the_float_student(tmp_path, capsys):
     assert rows[("ptq", "onnx")]["mean_cos"] < 0.5 and rows[("ptq", "tflite")]["mean_cos"] < 0.999
     assert rows[("qat", "tflite")]["r1_int8"] == rows[("qat", "tflite")]["r1_float"] == 100.0
     assert all(r["seed"] == 3 and r["student_size"] == 32 for r in rows.values())
+    assert all(r["cpu_model"] and "git_commit" in r for r in rows.values())  # each row says where it was measured
     assert main(argv) == 0  # a re-run replaces its own rows, it does not add to them
     assert len(json.loads((out / "summary.json").read_text())["rows"]) == 4
     assert "qat  tflite" in capsys.readouterr().out
