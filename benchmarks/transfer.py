@@ -163,7 +163,8 @@ def main(argv=None) -> int:
                         "git_commit": result.get("git_commit") or result.get("git_commits"),
                         "machine": result.get("machine")})
     if args.levers:
-        rows = [{k: v for k, v in r.items() if k != "dataset"} for r in rows if r["arm"] != "teacher"]
+        rows = [{"cpu_minutes": None, **{k: v for k, v in r.items() if k != "dataset"}}  # None: not recorded
+                for r in rows if r["arm"] != "teacher"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machines = list({json.dumps(s["machine"], sort_keys=True): s["machine"] for s in sources}.values())
