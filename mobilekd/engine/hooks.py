@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from mobilekd.engine.builders import log
 from mobilekd.io import unlock_folder, write_json
+from mobilekd.models.checkpoint import is_checkpoint
 
 
 class Hook:
@@ -29,8 +30,9 @@ class Hook:
 
 
 def starts_from_weights(config) -> bool:
-    """Whether the run's student has something to lose: ImageNet, ``--student-weights`` or ``--init-from``."""
-    return bool(config.pretrained or config.student_weights or config.init_from)
+    """Whether the run's student has something to lose: ImageNet, ``--student-weights``, ``--init-from`` or a
+    trained checkpoint folder as ``--student`` (a run continued from, say, a 224 px student)."""
+    return bool(config.pretrained or config.student_weights or config.init_from or is_checkpoint(config.student))
 
 
 def below_untrained(trained: dict | None, untrained: dict | None) -> bool:

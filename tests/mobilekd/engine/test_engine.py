@@ -135,6 +135,8 @@ def test_a_run_from_weights_reports_its_starting_point_beside_the_trained_studen
     assert model["below_untrained"] == metrics["below_untrained"]
     scratch = train(tiny(folder_dataset, tmp_path / "scratch"))  # nothing to lose: no extra evaluation
     assert "untrained" not in scratch
+    continued = train(tiny(folder_dataset, tmp_path / "continued", student=str(tmp_path / "run"), kl_weight=1.0))
+    assert continued["untrained"] == summary["test"]  # a trained checkpoint as --student: it too has a start to keep
 
 
 def test_a_run_that_ends_below_its_start_says_so_plainly(capsys):
