@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new", required=True)
     common(p, "test")
     p.add_argument("--tolerance", type=float, default=0.0, help="allowed R@1 drop in points (default 0)")
+    p.add_argument("--old-size", type=int, help="input size of the old (gallery) model, e.g. 224")
+    p.add_argument("--new-size", type=int, help="input size of the new (query) model, e.g. 128: with the same "
+                   "checkpoint as --old, 128 px queries against a gallery it embedded at 224 px")
 
     p = sub.add_parser("teacher", help="student -> teacher-gallery R@1 for distilled students")
     p.add_argument("--student", required=True, nargs="+")
@@ -142,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                           threads, args.layout, args.random_seeds, args.progress)
         _emit(args, "evaluate", result, format_evaluation(result))
     elif args.command == "upgrade":
-        result = upgrade_check(args.old, args.new, args.data, args.split, args.tolerance, threads=threads,
-                               layout=args.layout, progress=args.progress)
+        result = upgrade_check(args.old, args.new, args.data, args.split, args.tolerance, args.old_size,
+                               args.new_size, threads, args.layout, args.progress)
         _emit(args, "upgrade", result, format_upgrade(result))
     elif args.command == "teacher":
         result = teacher_check(args.student, args.teacher, args.data, args.split, args.teacher_size, threads,

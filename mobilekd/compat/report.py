@@ -44,9 +44,14 @@ def format_evaluation(result: dict) -> str:
     return "\n".join(lines)
 
 
+def sized(size: int | None) -> str:
+    return f" at {size} px" if size else ""
+
+
 def format_upgrade(result: dict) -> str:
     lines = [f"Upgrade check on {result['data']} ({result['split']} split, {result['images']} images): "
-             f"old `{result['old']}` ({result['old_dim']}-d), new `{result['new']}` ({result['new_dim']}-d)", "",
+             f"old `{result['old']}`{sized(result.get('old_size'))} ({result['old_dim']}-d), new "
+             f"`{result['new']}`{sized(result.get('new_size'))} ({result['new_dim']}-d)", "",
              "| queries -> gallery | R@1 | MAP@R |", "|---|---|---|"]
     for key in ("old->old", "new->new", "new->old", "old->new"):
         m = result.get(key)

@@ -161,6 +161,7 @@ def upgrade_check(old: str, new: str, data: str, split: str = "test", tolerance:
     check_aligned(o, [n])
     result = {"format": COMPAT_FORMAT, "kind": "compat-upgrade", "old": old, "new": new, "data": str(data),
               "split": split, "images": len(images), "tolerance": tolerance, "old_dim": o.dim, "new_dim": n.dim,
+              "old_size": old_size, "new_size": new_size,
               "old->old": retrieval_metrics(o.embeddings, labels), "new->new": retrieval_metrics(n.embeddings, labels)}
     if o.dim != n.dim:
         result["new->old"] = result["old->new"] = None

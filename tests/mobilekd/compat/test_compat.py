@@ -232,6 +232,17 @@ def test_cli_end_to_end(tmp_path, folder_dataset, tiny_models, capsys):
     assert compat.main(["upgrade", "--old", tiny_models["student"], "--new", tiny_models["student_v2"],
                         "--data", data, "--tolerance", "100"]) == 0
     assert "compatible: no re-index needed" in capsys.readouterr().out
+    # one checkpoint at two sizes: small queries against a gallery it embedded larger
+    sizes = tmp_path / "sizes"
+    assert compat.main(["upgrade", "--old", tiny_models["student"], "--old-size", "48", "--new", tiny_models["student"],
+                        "--new-size", "32", "--data", data, "--out", str(sizes)]) == 0
+    two_sizes = json.loads((sizes / "upgrade.json").read_text())
+    assert (two_sizes["old_size"], two_sizes["new_size"]) == (48, 32) and two_sizes["new->old"] is not None
+    assert "at 48 px" in (sizes / "upgrade.md").read_text()
+    assert compat.main(["upgrade", "--old", tiny_models["student"], "--old-size", "32", "--new", tiny_models["student"],
+                        "--new-size", "32", "--data", data, "--out", str(sizes)]) == 0
+    assert json.loads((sizes / "upgrade.json").read_text())["old->old"] == two_sizes["new->new"]
+    capsys.readouterr()
 
     assert compat.main(["teacher", "--student", tiny_models["student"], tiny_models["student_wide"],
                         "--teacher", tiny_models["student_v2"], "--data", data, "--out", str(up)]) == 0
