@@ -43,7 +43,8 @@ the fraction of the student->teacher R@1 gap closed) goes to ``--results`` ``.md
 ``OUT/distill_cub``, in the run folder) with the command and the machine, titled with ``--title`` (default: the
 name of ``--data``'s folder). JSON: ``command``, ``machine``, ``args`` (``student_size`` ...), ``rows`` (name ->
 metrics; with several ``--seeds``, the mean over seeds), ``costs`` (name -> {seed: cpu_minutes, wall_minutes} of
-the arm's run) and ``cache_costs`` (seed -> the same for the teacher caches built for it), and with several seeds
+the arm's run) and ``cache_costs`` (seed -> the same for building the teacher caches its arms use, also when an
+earlier run built them: ``build_cost.json`` in the cache folder records it), and with several seeds
 ``sd`` (name -> the standard deviation of each metric over seeds) and ``seeds`` (name -> {seed: metrics}).
 """
 
@@ -64,6 +65,8 @@ from mobilekd.config import Config
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import write_json
 from mobilekd.metrics import format_table
+
+CACHE_COST_FILE = "build_cost.json"  # what building a teacher cache cost, for the rows of later runs that reuse it
 
 # Weights: the normalised-softmax metric loss has gradients tens of times larger than a teacher loss at
 # weight 1 (measured on Omniglot with the former from-scratch demo recipe: 32 px, random init; weight 1 and 10
@@ -248,6 +251,27 @@ def build_cache(config: Config, cache_dir: Path) -> None:
                        config.device, progress=config.progress)
 
 
+def charged_cache_cost(config: Config, cache: Path) -> dict:
+    """Build (or reuse) one teacher cache and return what building it cost: measured when built here, else as
+    recorded in ``build_cost.json`` by the run that built it, so a row that reuses another run's cache is still
+    charged the teacher pass it needed."""
+    import hashlib
+
+    with cost_meter() as cost:
+        build_cache(config, cache)
+    try:
+        manifest = hashlib.sha256((cache / "manifest.json").read_bytes()).hexdigest()  # which cache was built
+        recorded = json.loads((cache / CACHE_COST_FILE).read_text())
+    except (OSError, ValueError):
+        recorded = {}
+        if not (cache / "manifest.json").is_file():  # nothing built to record
+            return cost
+    if recorded.get("manifest_sha256") == manifest:
+        return {key: recorded[key] for key in ("cpu_minutes", "wall_minutes")}
+    write_json(cache / CACHE_COST_FILE, {**cost, "manifest_sha256": manifest})
+    return cost
+
+
 def check_inputs(args, arms: list[str]) -> None:
     """The folders the chosen arms read, checked before hours of training rather than at the arm that needs them."""
     needed = {"--data": args.data}
@@ -378,11 +402,11 @@ def main(argv=None) -> int:
     for seed in seeds:
         configs = [arm_config(args, a, seed) for a in arms if a != "zero_shot"]
         configs += [pretrain_config(args, a, seed) for a in arms if ARMS[a].get("pretrain")]
-        with cost_meter() as cache_cost:
-            for cache in dict.fromkeys(c.teacher_cache for c in configs if c.teacher_cache):
-                # one teacher pass per cache, shared by the arms that use it (built before any of them)
-                build_cache(next(c for c in configs if c.teacher_cache == cache), Path(cache))
-        cache_costs[str(seed)] = cache_cost
+        caches = dict.fromkeys(c.teacher_cache for c in configs if c.teacher_cache)
+        # one teacher pass per cache, shared by the arms that use it (built before any of them)
+        charged = [charged_cache_cost(next(c for c in configs if c.teacher_cache == cache), Path(cache))
+                   for cache in caches]
+        cache_costs[str(seed)] = {key: round(sum(c[key] for c in charged), 3) for key in ("cpu_minutes", "wall_minutes")}
         done: dict[str, dict] = {}  # arms of identical options (alone and init_imagenet on ImageNet students) run once
         for arm in arms:
             twin = json.dumps({**arm_config(args, arm, seed).to_dict(), "out": None, "zero_shot": arm == "zero_shot"},
