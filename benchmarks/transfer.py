@@ -8,7 +8,8 @@ Each RESULT is a ``benchmarks.distill_cub`` JSON (one data set, one student size
 become one row per (data set, size, arm, seed) -- ``zero_shot``, ``alone``, ``teacher`` and ``recipe`` (the
 shipped ``kl_label_free`` recipe), a ``--set`` variant named after what it changes (``recipe+test_photos``: the
 unlabeled photos of the test classes, ``recipe+other_photos_of_test_classes``: half of them, the other half
-searched, ``recipe+imagenet_unlabeled``: the 26k unlabeled ImageNet photos).
+searched, ``recipe+imagenet_unlabeled``: the 26k unlabeled ImageNet photos, ``recipe+after_224px``: continued
+from a 224 px run), and ``+teacher_260px`` when the teacher ran at another size than the shipped recipe's.
 
 Writes ``OUT/summary.json`` (``rows``: dataset, student_size, arm, seed, R@1, MAP@R, and with ``--levers``
 cpu_minutes: the arm's training run plus the teacher caches built for it; ``sources``: each file with its command,
@@ -20,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
 
 from benchmarks import markdown_table, write_result
+from mobilekd.config import read_config_file
 from mobilekd.errors import MobileKDError, cli_entry
 from mobilekd.io import atomic_path
 
@@ -41,18 +44,33 @@ def unlabeled_name(path: str) -> str:
     return "imagenet_unlabeled" if name.startswith("imagenet-unlabeled") else name
 
 
+def student_name(path: str) -> str:
+    """A run that starts from a trained checkpoint: ``after_224px`` for a distill_cub run folder of that size."""
+    size = re.search(r"/(\d+)px/", path)
+    return f"after_{size[1]}px" if size else "from_checkpoint"
+
+
 def arm_name(suffix: str) -> str:
     """``kl_label_free+unlabeled=/x/caltech101_test_unlabeled`` -> ``recipe+test_photos``; ``+lr=0.001`` (the
-    recipe's own lr, given with --set in older runs) is dropped."""
-    arm, *changes = suffix.split("+")
+    recipe's own lr, given with --set in older runs) is dropped, and so is ``pretrained=False`` beside a
+    ``student=`` checkpoint (``recipe+after_224px``: continued from the 224 px run of that folder)."""
+    arm, *changes = re.split(r"\+(?=[a-z_]+=)", suffix)  # a checkpoint path may itself hold "+"
     parts = ["recipe" if arm == RECIPE_ARM else arm]
+    from_checkpoint = any(change.startswith("student=") for change in changes)
     for change in changes:
         key, _, value = change.partition("=")
         if key == "unlabeled":
             parts.append(unlabeled_name(value))
-        elif change != "lr=0.001":
+        elif key == "student":
+            parts.append(student_name(value))
+        elif change != "lr=0.001" and not (from_checkpoint and change == "pretrained=False"):
             parts.append(change)
     return "+".join(parts)
+
+
+def shipped_teacher_size() -> int:
+    """The shipped recipe's teacher resolution: rows distilled from the teacher at another size say so."""
+    return int(read_config_file("cub")["teacher_size"])
 
 
 def parse_spec(spec: str) -> tuple[Path, list[str]]:
@@ -93,8 +111,13 @@ def distill_cub_rows(path: Path, result: dict, args: dict, rows: dict) -> list[d
     dataset = DATASET_NAMES.get(dataset, dataset)
     seeds = [int(s) for s in str(args["seeds"]).split(",")]
     out = []
+    size = args.get("teacher_size")
+    other_teacher = f"teacher_{size}px" if size and size != shipped_teacher_size() else ""
     for name, metrics in rows.items():
-        arm = "teacher" if name.startswith("teacher ") else arm_name(name.split("px) ", 1)[1])
+        if name.startswith("teacher "):
+            arm = other_teacher or "teacher"
+        else:
+            arm = "+".join(filter(None, [arm_name(name.split("px) ", 1)[1]), other_teacher]))
         per_seed = result.get("seeds", {}).get(name) or {str(seeds[0]): metrics}
         for seed, m in per_seed.items():
             row = {"dataset": dataset, "student_size": args["student_size"], "arm": arm, "seed": int(seed),

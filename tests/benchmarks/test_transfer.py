@@ -67,3 +67,18 @@ def test_arms_of_a_file_and_a_list_of_runs(tmp_path):
     runs.write_text(json.dumps({"data": {"path": "/d/cub100-227"}, "rows": [{"seed": 0, "test": m(75.0, 27.0)}]}))
     assert transfer.main([f"{runs}:recipe+test_photos", "--out", str(out)]) == 0  # the data set from data.path
     assert json.loads((out / "summary.json").read_text())["rows"][0]["dataset"] == "cub100"
+
+
+def test_a_run_continued_from_a_larger_run_and_a_teacher_at_another_size_are_named_so(tmp_path):
+    name = "MobileNetV1-0.25 (ImageNet, 128 px) "
+    continued = name + ("kl_label_free+pretrained=False+student=/r/seed0/224px/recipe_a+b"
+                        "+unlabeled=/x/cub_test_unlabeled")
+    first = result_file(tmp_path / "a.json", "cub100-227", "0", {continued: m(72.0, 28.0)})
+    teacher = json.loads((tmp_path / "a.json").read_text())
+    teacher["args"]["teacher_size"] = 260
+    teacher["rows"] = {"teacher efficientnet_lite2 (ImageNet, 260 px)": m(84.0, 40.0),
+                       name + "kl_label_free+unlabeled=/x/cub_test_unlabeled": m(71.0, 27.0)}
+    (tmp_path / "b.json").write_text(json.dumps(teacher))
+    assert transfer.main([first, str(tmp_path / "b.json"), "--out", str(tmp_path / "out")]) == 0
+    arms = {r["arm"] for r in json.loads((tmp_path / "out" / "summary.json").read_text())["rows"]}
+    assert arms == {"recipe+after_224px+test_photos", "teacher_260px", "recipe+test_photos+teacher_260px"}
