@@ -9,7 +9,8 @@ become one row per (data set, size, arm, seed) -- ``zero_shot``, ``alone``, ``te
 shipped ``kl_label_free`` recipe), a ``--set`` variant named after what it changes (``recipe+test_photos``: the
 unlabeled photos of the test classes, ``recipe+other_photos_of_test_classes``: half of them, the other half
 searched, ``recipe+imagenet_unlabeled``: the 26k unlabeled ImageNet photos, ``recipe+after_224px``: continued
-from a 224 px run), and ``+teacher_260px`` when the teacher ran at another size than the shipped recipe's.
+from a 224 px run), with ``+epochs=12`` / ``+teacher_260px`` when the file's own flags differ from the shipped
+recipe's.
 
 Writes ``OUT/summary.json`` (``rows``: dataset, student_size, arm, seed, R@1, MAP@R, and with ``--levers``
 cpu_minutes: the arm's training run plus the teacher caches built for it; ``sources``: each file with its command,
@@ -68,9 +69,15 @@ def arm_name(suffix: str) -> str:
     return "+".join(parts)
 
 
-def shipped_teacher_size() -> int:
-    """The shipped recipe's teacher resolution: rows distilled from the teacher at another size say so."""
-    return int(read_config_file("cub")["teacher_size"])
+def recipe_changes(args: dict) -> tuple[str, str]:
+    """What a distill_cub file's own flags change in the shipped recipe, as (student arm suffix, teacher arm):
+    ``+epochs=12`` for a longer schedule, ``+teacher_260px`` / ``teacher_260px`` for the teacher at another size."""
+    shipped = read_config_file("cub")
+    epochs = args.get("epochs")
+    size = args.get("teacher_size")
+    teacher = f"teacher_{size}px" if size and size != shipped["teacher_size"] else ""
+    longer = f"epochs={epochs}" if epochs and epochs != shipped["epochs"] else ""
+    return "+".join(filter(None, [longer, teacher])), teacher or "teacher"
 
 
 def parse_spec(spec: str) -> tuple[Path, list[str]]:
@@ -111,13 +118,10 @@ def distill_cub_rows(path: Path, result: dict, args: dict, rows: dict) -> list[d
     dataset = DATASET_NAMES.get(dataset, dataset)
     seeds = [int(s) for s in str(args["seeds"]).split(",")]
     out = []
-    size = args.get("teacher_size")
-    other_teacher = f"teacher_{size}px" if size and size != shipped_teacher_size() else ""
+    changes, teacher = recipe_changes(args)
     for name, metrics in rows.items():
-        if name.startswith("teacher "):
-            arm = other_teacher or "teacher"
-        else:
-            arm = "+".join(filter(None, [arm_name(name.split("px) ", 1)[1]), other_teacher]))
+        arm = teacher if name.startswith("teacher ") else "+".join(filter(None, [arm_name(name.split("px) ", 1)[1]),
+                                                                                   changes]))
         per_seed = result.get("seeds", {}).get(name) or {str(seeds[0]): metrics}
         for seed, m in per_seed.items():
             row = {"dataset": dataset, "student_size": args["student_size"], "arm": arm, "seed": int(seed),

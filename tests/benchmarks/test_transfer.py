@@ -82,3 +82,15 @@ def test_a_run_continued_from_a_larger_run_and_a_teacher_at_another_size_are_nam
     assert transfer.main([first, str(tmp_path / "b.json"), "--out", str(tmp_path / "out")]) == 0
     arms = {r["arm"] for r in json.loads((tmp_path / "out" / "summary.json").read_text())["rows"]}
     assert arms == {"recipe+after_224px+test_photos", "teacher_260px", "recipe+test_photos+teacher_260px"}
+
+
+def test_a_longer_schedule_given_as_a_flag_is_named_like_one_given_with_set(tmp_path):
+    name = "MobileNetV1-0.25 (ImageNet, 224 px) "
+    path = tmp_path / "a.json"
+    result_file(path, "cub100-227", "0", {name + "kl_label_free+unlabeled=/x/cub_test_unlabeled": m(80.0, 33.0)})
+    result = json.loads(path.read_text())
+    result["args"].update(epochs=12, teacher_size=192)
+    path.write_text(json.dumps(result))
+    assert transfer.main([str(path), "--out", str(tmp_path / "out")]) == 0
+    rows = json.loads((tmp_path / "out" / "summary.json").read_text())["rows"]
+    assert [r["arm"] for r in rows] == ["recipe+test_photos+epochs=12"]
