@@ -101,16 +101,21 @@ def rows_of(spec: str, dataset: str | None = None) -> list[dict]:
 
 
 def run_list_rows(path: Path, result: dict, arms: list[str], dataset: str | None) -> list[dict]:
-    """The runs' data set is the file's ``data.path`` (else ``--dataset``); FILE:ARM names their arm."""
+    """The runs' data set is the file's ``data.path`` (else ``--dataset``); FILE:ARM names their arm; a run's
+    ``cpu_minutes``, when given, is its cost."""
     data = (result.get("data") or {}).get("path") if isinstance(result.get("data"), dict) else None
     dataset = DATASET_NAMES.get(Path(data).name, Path(data).name) if data else dataset
     if len(arms) != 1 or not dataset:
         raise MobileKDError(f"{path}: a list of runs needs its arm (FILE:ARM) and a data set (data.path or "
                             "--dataset)")
     size = result.get("student_size", 128)
-    return [{"dataset": dataset, "student_size": size, "arm": arms[0], "seed": int(run["seed"]),
+    rows = [{"dataset": dataset, "student_size": size, "arm": arms[0], "seed": int(run["seed"]),
              "R@1": round(run["test"]["R@1"], 2), "MAP@R": round(run["test"]["MAP@R"], 2), "source": path.name}
             for run in result["rows"]]
+    for row, run in zip(rows, result["rows"]):
+        if run.get("cpu_minutes") is not None:  # what the run cost, when its list recorded it
+            row["cpu_minutes"] = round(run["cpu_minutes"], 1)
+    return rows
 
 
 def distill_cub_rows(path: Path, result: dict, args: dict, rows: dict) -> list[dict]:

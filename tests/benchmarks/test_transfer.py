@@ -64,9 +64,11 @@ def test_arms_of_a_file_and_a_list_of_runs(tmp_path):
     assert sorted((r["arm"], r["seed"]) for r in rows) == [("recipe+test_photos", 0), ("recipe+test_photos", 1),
                                                           ("zero_shot", 0)]
     assert transfer.main([str(runs), "--dataset", "cub100", "--out", str(tmp_path / "x")]) != 0  # arm needed
-    runs.write_text(json.dumps({"data": {"path": "/d/cub100-227"}, "rows": [{"seed": 0, "test": m(75.0, 27.0)}]}))
-    assert transfer.main([f"{runs}:recipe+test_photos", "--out", str(out)]) == 0  # the data set from data.path
-    assert json.loads((out / "summary.json").read_text())["rows"][0]["dataset"] == "cub100"
+    runs.write_text(json.dumps({"data": {"path": "/d/cub100-227"},
+                                "rows": [{"seed": 0, "test": m(75.0, 27.0), "cpu_minutes": 9.04}]}))
+    assert transfer.main([f"{runs}:recipe+test_photos", "--out", str(out), "--levers"]) == 0  # data set: data.path
+    row = json.loads((out / "summary.json").read_text())["rows"][0]
+    assert row["cpu_minutes"] == 9.0 and row["arm"] == "recipe+test_photos"
 
 
 def test_a_run_continued_from_a_larger_run_and_a_teacher_at_another_size_are_named_so(tmp_path):
