@@ -1,10 +1,12 @@
 """Retrieval quality of checkpoints, model names and exported files: Recall@1/2/4/8, MAP@R, R-Precision.
 
-    python -m benchmarks.recall MODEL... --data DATA [--split test] [--gallery-model M] [--out recall.json]
+    python -m benchmarks.recall MODEL... --data DATA [--split test] [--gallery-model M [--gallery-size PX]]
+        [--out recall.json]
 
 Symmetric: every test image queries all the others, all embedded by MODEL (leave-one-out). Asymmetric
 (``--gallery-model M``): queries embedded by MODEL, the gallery (the same images) by M -- e.g. an int8
-``.tflite`` on the phone searching a gallery indexed by the float checkpoint or by the teacher. The metric
+``.tflite`` on the phone searching a gallery indexed by the float checkpoint or by the teacher, or a student's
+128 px queries against the gallery it embedded at 224 px (``--size 128 --gallery-size 224``). The metric
 code is ``mobilekd.metrics.retrieval_metrics`` (one implementation for training, export and benchmarks).
 
 MODEL may also be an ``.npz`` of precomputed embeddings (arrays ``keys``, ``embeddings``).
@@ -81,7 +83,7 @@ def symmetric_metrics(query, labels) -> dict:
 def evaluate(specs: list[str], data: str, split: str = "test", gallery_model: str | None = None,
              labels: list[str] | None = None, batch_size: int = 64, threads: int | None = None,
              progress: bool = True, layout: str = "auto", size: int | None = None,
-             save_embeddings: str | None = None) -> dict:
+             save_embeddings: str | None = None, gallery_size: int | None = None) -> dict:
     import torch
 
     from mobilekd.data import load_image_set
@@ -96,9 +98,9 @@ def evaluate(specs: list[str], data: str, split: str = "test", gallery_model: st
     embed = lambda m, name: embed_image_set(m, images, batch_size=batch_size, progress=progress, desc=f"embed {name}")  # noqa: E731
     gallery = None
     if gallery_model:
-        g_label, _, g_runtime, g_model = make_embedder(gallery_model, threads)
+        g_label, _, g_runtime, g_model = make_embedder(gallery_model, threads, size=gallery_size or size)
         gallery = embed(g_model, g_label)
-        result["gallery"] = {"model": g_label, "runtime": g_runtime}
+        result["gallery"] = {"model": g_label, "runtime": g_runtime, "size": gallery_size or size}
     saved: set[str] = set()
     for i, spec in enumerate(specs):
         try:
@@ -140,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gallery-model", help="embed the gallery with this model (asymmetric retrieval)")
     parser.add_argument("--labels", help="comma-separated names for the models in the tables")
     parser.add_argument("--size", type=int, help="input size for checkpoints and names (exported files keep theirs)")
+    parser.add_argument("--gallery-size", type=int, help="input size of --gallery-model (default: --size): e.g. "
+                        "a student's 128 px queries against the gallery it embedded at 224 px")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, help="CPU threads (default: all usable cores)")
     parser.add_argument("--out", help="write the result JSON here")
@@ -155,8 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         raise MobileKDError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.threads is not None and args.threads < 1:
         raise MobileKDError(f"--threads must be >= 1 (or left out: all usable cores), got {args.threads}")
-    if args.size is not None and args.size < 1:
-        raise MobileKDError(f"--size must be a positive pixel count, got {args.size}")
+    for flag, value in (("--size", args.size), ("--gallery-size", args.gallery_size)):
+        if value is not None and value < 1:
+            raise MobileKDError(f"{flag} must be a positive pixel count, got {value}")
+    if args.gallery_size and not args.gallery_model:
+        raise MobileKDError("--gallery-size is the size of --gallery-model: give --gallery-model too")
     if args.out:
         check_writable_file(args.out)  # before the measurement, not after it
     if args.save_embeddings:
@@ -167,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         threads = usable_cores()
     result = evaluate(args.models, args.data, args.split, args.gallery_model,
                       args.labels.split(",") if args.labels else None, args.batch_size, threads,
-                      not args.quiet, args.layout, args.size, args.save_embeddings)
+                      not args.quiet, args.layout, args.size, args.save_embeddings, args.gallery_size)
     if not result["results"]:
         raise MobileKDError("nothing could be measured: " + "; ".join(f"{e['model']}: {e['error']}" for e in result["errors"]))
     for e in result["errors"]:

@@ -569,3 +569,22 @@ def test_publish_prints_and_writes_one_stamped_report(tmp_path, capsys):
     assert written["rows"] == [1] and "git_commit" in written and "cpu" in json.dumps(written["machine"]).lower()
     assert (tmp_path / "study" / "speed.md").read_text() == "\n".join(table)
     assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["speed.json", "speed.md"]  # no temp files left
+
+
+def test_recall_small_queries_against_the_gallery_one_checkpoint_embedded_larger(tmp_path, tiny_models, capsys):
+    from benchmarks.recall import main
+
+    data = tmp_path / "data"
+    _tiny_set(data)
+    ckpt = tiny_models["checkpoint"]
+    runs = {}
+    for name, sizes in (("two", ["--size", "32", "--gallery-size", "48"]), ("same", ["--size", "48"])):
+        out = tmp_path / f"{name}.json"
+        assert main([ckpt, "--data", str(data), "--split", "all", "--gallery-model", ckpt, *sizes,
+                     "--out", str(out), "--quiet"]) == 0
+        runs[name] = json.loads(out.read_text())
+    assert runs["two"]["gallery"]["size"] == 48 and runs["same"]["gallery"]["size"] == 48
+    # the 48 px gallery is the one the 48 px queries search: leave-one-out over the same images
+    assert runs["same"]["results"][0]["asymmetric"]["R@1"] == runs["same"]["results"][0]["symmetric"]["R@1"]
+    assert main([ckpt, "--data", str(data), "--gallery-size", "48"]) != 0
+    assert "give --gallery-model too" in capsys.readouterr().err
