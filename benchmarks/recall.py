@@ -46,6 +46,7 @@ def make_embedder(spec: str, threads: int | None = None, label: str | None = Non
         return label or path.name, "embeddings", "embeddings", PrecomputedEmbeddings(path)
     target = load_target(spec, size=size, label=label)
     if target.model is not None:
+        target.model.spec.preprocess = target.preprocess  # --size: the model embeds at the size asked for
         return target.label, target.kind, "torch-eager", target.model
     from mobilekd.runtime.file_embedder import FileEmbedder
 
