@@ -42,6 +42,8 @@ def test_rows_arms_seeds_and_gap_share(tmp_path, capsys):
     assert transfer.main([first, "--out", str(tmp_path / "lever"), "--levers", "--dataset", "cub100"]) == 0
     lever = json.loads((tmp_path / "lever" / "summary.json").read_text())["rows"]
     assert all("dataset" not in r and r["arm"] != "teacher" for r in lever)
+    lever_table = (tmp_path / "lever" / "table.md").read_text()  # the gap from the teacher row, and the cost
+    assert "| recipe | 1 | 70.00 | 25.00 | 50 % | 5.0 |" in lever_table
 
 
 def test_a_file_that_is_not_a_result_is_one_error(tmp_path, capsys):
