@@ -43,7 +43,7 @@ the fraction of the student->teacher R@1 gap closed) goes to ``--results`` ``.md
 ``OUT/distill_cub``, in the run folder) with the command and the machine, titled with ``--title`` (default: the
 name of ``--data``'s folder). JSON: ``command``, ``machine``, ``args`` (``student_size`` ...), ``rows`` (name ->
 metrics; with several ``--seeds``, the mean over seeds), ``costs`` (name -> {seed: cpu_minutes, wall_minutes} of
-the arm's run) and ``cache_costs`` (seed -> the same for building the teacher caches its arms use, also when an
+the arm's run; none for an arm reused from an earlier run) and ``cache_costs`` (seed -> the same for building the teacher caches its arms use, also when an
 earlier run built them: ``build_cost.json`` in the cache folder records it), and with several seeds
 ``sd`` (name -> the standard deviation of each metric over seeds) and ``seeds`` (name -> {seed: metrics}).
 """
@@ -413,9 +413,11 @@ def main(argv=None) -> int:
                               sort_keys=True)
             if twin in done:
                 print(f"== {arm} (seed {seed}): the same run as an arm above, reusing its metrics", flush=True)
+            earlier = twin in done or finished_summary(arm_config(args, arm, seed)) is not None
             with cost_meter() as cost:
                 summary = done[twin] = done.get(twin) or run_arm(args, arm, seed, teacher_tests=teacher_tests)
-            costs.setdefault(row_name(args, arm), {})[str(seed)] = cost
+            if not earlier:  # an arm reused from an earlier run has no cost of its own to record here
+                costs.setdefault(row_name(args, arm), {})[str(seed)] = cost
             per_seed[arm][seed] = summary["test"]
             teacher_metrics = teacher_metrics or summary.get("teacher")
             if ARMS[arm].get("pretrain"):  # the first stage's own test metrics: what pre-training alone reached

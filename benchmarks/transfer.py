@@ -132,7 +132,8 @@ def distill_cub_rows(path: Path, result: dict, args: dict, rows: dict) -> list[d
             row = {"dataset": dataset, "student_size": args["student_size"], "arm": arm, "seed": int(seed),
                    "R@1": round(m["R@1"], 2), "MAP@R": round(m["MAP@R"], 2), "source": path.name}
             cost = result.get("costs", {}).get(name, {}).get(seed)
-            if cost:  # the seed's teacher caches count for the arms that use a teacher
+            if cost and cost.get("wall_minutes") != 0.0:  # 0.0: reused from an earlier run by an older distill_cub
+                # the seed's teacher caches count for the arms that use a teacher
                 cache = result.get("cache_costs", {}).get(seed, {}) if arm not in ("zero_shot", "alone") else {}
                 row["cpu_minutes"] = round(cost["cpu_minutes"] + cache.get("cpu_minutes", 0.0), 1)
             out.append(row)

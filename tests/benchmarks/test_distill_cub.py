@@ -155,6 +155,7 @@ def test_tiny_end_to_end_zero_shot_and_label_free_kl(folder_dataset, tmp_path):
     assert again["rows"] == saved["rows"]
     # the reused cache is charged what building it cost, as recorded by the call that built it
     assert again["cache_costs"]["0"] == saved["cache_costs"]["0"]
+    assert again["costs"] == {}  # reused arms cost nothing new: no cost is recorded for them
 
 
 def tiny_argv(data, tmp_path, arms, *extra):
