@@ -43,8 +43,9 @@ the fraction of the student->teacher R@1 gap closed) goes to ``--results`` ``.md
 ``OUT/distill_cub``, in the run folder) with the command and the machine, titled with ``--title`` (default: the
 name of ``--data``'s folder). JSON: ``command``, ``machine``, ``args`` (``student_size`` ...), ``rows`` (name ->
 metrics; with several ``--seeds``, the mean over seeds), ``costs`` (name -> {seed: cpu_minutes, wall_minutes} of
-the arm's run; none for an arm reused from an earlier run) and ``cache_costs`` (seed -> the same for building the teacher caches its arms use, also when an
-earlier run built them: ``build_cost.json`` in the cache folder records it), and with several seeds
+the arm's run; none for an arm reused from an earlier run) and ``cache_costs`` (seed -> the same for building
+the teacher caches its arms use, also when an earlier run built them: ``build_cost.json`` in the cache folder
+records it), and with several seeds
 ``sd`` (name -> the standard deviation of each metric over seeds) and ``seeds`` (name -> {seed: metrics}).
 """
 
@@ -53,6 +54,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import statistics
@@ -255,17 +257,15 @@ def charged_cache_cost(config: Config, cache: Path) -> dict:
     """Build (or reuse) one teacher cache and return what building it cost: measured when built here, else as
     recorded in ``build_cost.json`` by the run that built it, so a row that reuses another run's cache is still
     charged the teacher pass it needed."""
-    import hashlib
-
     with cost_meter() as cost:
         build_cache(config, cache)
+    if not (cache / "manifest.json").is_file():  # nothing built to record
+        return cost
+    manifest = hashlib.sha256((cache / "manifest.json").read_bytes()).hexdigest()  # which cache was built
     try:
-        manifest = hashlib.sha256((cache / "manifest.json").read_bytes()).hexdigest()  # which cache was built
         recorded = json.loads((cache / CACHE_COST_FILE).read_text())
     except (OSError, ValueError):
         recorded = {}
-        if not (cache / "manifest.json").is_file():  # nothing built to record
-            return cost
     if recorded.get("manifest_sha256") == manifest:
         return {key: recorded[key] for key in ("cpu_minutes", "wall_minutes")}
     write_json(cache / CACHE_COST_FILE, {**cost, "manifest_sha256": manifest})
@@ -409,11 +409,11 @@ def main(argv=None) -> int:
         cache_costs[str(seed)] = {key: round(sum(c[key] for c in charged), 3) for key in ("cpu_minutes", "wall_minutes")}
         done: dict[str, dict] = {}  # arms of identical options (alone and init_imagenet on ImageNet students) run once
         for arm in arms:
-            twin = json.dumps({**arm_config(args, arm, seed).to_dict(), "out": None, "zero_shot": arm == "zero_shot"},
-                              sort_keys=True)
+            config = arm_config(args, arm, seed)
+            twin = json.dumps({**config.to_dict(), "out": None, "zero_shot": arm == "zero_shot"}, sort_keys=True)
             if twin in done:
                 print(f"== {arm} (seed {seed}): the same run as an arm above, reusing its metrics", flush=True)
-            earlier = twin in done or finished_summary(arm_config(args, arm, seed)) is not None
+            earlier = twin in done or finished_summary(config) is not None
             with cost_meter() as cost:
                 summary = done[twin] = done.get(twin) or run_arm(args, arm, seed, teacher_tests=teacher_tests)
             if not earlier:  # an arm reused from an earlier run has no cost of its own to record here

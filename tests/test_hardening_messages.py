@@ -282,6 +282,10 @@ def test_compat_upgrade_refuses_a_non_finite_or_out_of_range_tolerance(noise_stu
         assert compat("upgrade", "--old", noise_student["ckpt"], "--new", noise_student["ckpt"],
                       "--data", noise_student["data"], "--tolerance", tolerance) == 2
         assert "--tolerance must be in 0..100" in one_error_line(capsys)
+    for flag in ("--old-size", "--new-size"):  # 0 would silently mean the model's own size
+        assert compat("upgrade", "--old", noise_student["ckpt"], "--new", noise_student["ckpt"],
+                      "--data", noise_student["data"], flag, "0") == 2
+        assert f"{flag} must be a positive pixel count" in one_error_line(capsys)
 
 
 def test_zero_or_negative_numbers_do_not_silently_mean_off_or_all(onnx_copy, noise_student, folder_dataset,

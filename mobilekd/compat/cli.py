@@ -98,7 +98,7 @@ def _emit(args, name: str, result: dict, text: str) -> None:
         write_markdown(out / f"{name}.md", text + "\n")
 
 
-SIZE_FLAGS = ("size", "query_size", "gallery_size", "teacher_size")
+SIZE_FLAGS = ("size", "query_size", "gallery_size", "teacher_size", "old_size", "new_size")
 
 
 def check_options(args) -> None:
